@@ -1,0 +1,114 @@
+"""The thin ``.cryo`` accessors on DataArray, Dataset and DataFrame.
+
+Each method hands off to a pure function in the model modules; no logic lives here.
+
+Examples
+--------
+>>> import numpy as np
+>>> import cryoxr
+>>> ds = cryoxr.make_poseset(np.zeros((2, 3)), experiment_id="t", pixel_spacing=1.0)
+>>> ds.cryo.rotation.as_quat().shape
+(2, 4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.spatial.transform import Rotation
+
+from cryoxr import image, poseset, projection, projection_model
+
+__all__ = ["ImageAccessor", "PoseSetAccessor", "ProjectionModelAccessor"]
+
+
+@xr.register_dataarray_accessor("cryo")
+class ImageAccessor:
+    """``da.cryo``: an image DataArray (or projected positions) seen through cryoxr."""
+
+    def __init__(self, da: xr.DataArray) -> None:
+        self._da = da
+
+    @property
+    def image(self) -> image.Image:
+        """The DataArray wrapped as a validated :class:`cryoxr.Image`."""
+        return image.Image(self._da)
+
+    def validate(self) -> xr.DataArray:
+        """:func:`cryoxr.validate_image`."""
+        return image.validate_image(self._da)
+
+    def bin(self, factor: int) -> xr.DataArray:
+        """:func:`cryoxr.image.bin_image`."""
+        return image.bin_image(self._da, factor)
+
+    def in_field_of_view(self, *, image_shape: Sequence[int], margin: float = 0.0) -> xr.DataArray:
+        """:func:`cryoxr.in_field_of_view` on projected positions."""
+        return projection.in_field_of_view(self._da, image_shape=image_shape, margin=margin)
+
+
+@xr.register_dataset_accessor("cryo")
+class PoseSetAccessor:
+    """``ds.cryo``: a PoseSet Dataset seen through cryoxr."""
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        self._ds = ds
+
+    @property
+    def rotation(self) -> Rotation:
+        """The orientations as a scipy Rotation: :func:`cryoxr.poseset.rotation`."""
+        return poseset.rotation(self._ds)
+
+    @property
+    def experiment_ids(self) -> list[str]:
+        """:func:`cryoxr.poseset.experiment_ids`."""
+        return poseset.experiment_ids(self._ds)
+
+    def validate(self, *, check_values: bool = True) -> xr.Dataset:
+        """:func:`cryoxr.validate_poseset`."""
+        return poseset.validate_poseset(self._ds, check_values=check_values)
+
+    def absolute_position(self, *, unit: str = "pixel") -> xr.DataArray:
+        """``position + shift``: :func:`cryoxr.poseset.absolute_position`."""
+        return poseset.absolute_position(self._ds, unit=unit)
+
+    def to_cryotypes(self) -> Any:
+        """:func:`cryoxr.to_cryotypes`."""
+        return poseset.to_cryotypes(self._ds)
+
+    def project(self, model: pd.DataFrame, **kwargs: Any) -> xr.DataArray:
+        """:func:`cryoxr.project` these poses through ``model``."""
+        return projection.project(self._ds, model, **kwargs)
+
+
+@pd.api.extensions.register_dataframe_accessor("cryo")
+class ProjectionModelAccessor:
+    """``df.cryo``: a ProjectionModel DataFrame seen through cryoxr."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        self._df = df
+
+    def validate(self) -> pd.DataFrame:
+        """:func:`cryoxr.validate_projection_model`."""
+        return projection_model.validate_projection_model(self._df)
+
+    def projection_matrices(
+        self,
+        tilt_image_center: Sequence[float],
+        tomogram_dimensions: Sequence[float],
+        *,
+        specimen_center: Sequence[float] | None = None,
+    ) -> np.ndarray:
+        """:func:`cryoxr.projection_model_to_projection_matrices`."""
+        return projection_model.projection_model_to_projection_matrices(
+            self._df, tilt_image_center, tomogram_dimensions, specimen_center=specimen_center
+        )
+
+    def experiments(self) -> Mapping[str, pd.DataFrame]:
+        """One sub-model per experiment, in order of appearance."""
+        grouped = self._df.groupby(projection_model.PMDL.EXPERIMENT_ID, sort=False)
+        return {str(key): group for key, group in grouped}

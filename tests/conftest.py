@@ -1,0 +1,90 @@
+"""Shared fixtures: canonical objects, eager and chunked twins, a compute-counting scheduler."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from scipy.spatial.transform import Rotation
+
+import cryoxr
+
+
+class CountingScheduler:
+    """A dask scheduler that counts computes and fails past a budget (as in xarray's tests)."""
+
+    def __init__(self, max_computes: int = 0) -> None:
+        self.total_computes = 0
+        self.max_computes = max_computes
+
+    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        self.total_computes += 1
+        if self.total_computes > self.max_computes:
+            raise RuntimeError(
+                f"Too many computes. Total: {self.total_computes} > max: {self.max_computes}."
+            )
+        return dask.get(dsk, keys, **kwargs)
+
+
+@contextmanager
+def raise_if_dask_computes(max_computes: int = 0) -> Iterator[CountingScheduler]:
+    """Fail if the block computes dask graphs more than ``max_computes`` times."""
+    scheduler = CountingScheduler(max_computes)
+    with dask.config.set(scheduler=scheduler):
+        yield scheduler
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261125)
+
+
+@pytest.fixture
+def tilt_model() -> pd.DataFrame:
+    """41 tilts, -60..60, tilt axis 85 deg, small shifts: a typical dose-symmetric series."""
+    angles = np.linspace(-60, 60, 41)
+    return cryoxr.make_projection_model(
+        rotation_x=0.3,
+        rotation_y=angles,
+        rotation_z=85.0,
+        dx=np.sin(np.deg2rad(angles)) * 3.0,
+        dy=np.cos(np.deg2rad(angles)) * -2.0,
+        experiment_id="TS_01",
+        pixel_spacing=1.35,
+        source="synthetic",
+    )
+
+
+def random_poses(
+    rng: np.random.Generator, n: int, *, experiment_id: Any = "TS_01", pixel_spacing: float = 1.35,
+    dims: tuple[int, int, int] = (4096, 4096, 1000), chunks: int | None = None,
+) -> xr.Dataset:
+    position = rng.uniform(0, 1, size=(n, 3)) * np.asarray(dims)
+    shift = rng.normal(0, 2, size=(n, 3))
+    return cryoxr.make_poseset(
+        position,
+        shift=shift,
+        orientation=Rotation.random(n, random_state=int(rng.integers(1 << 31))) if n else np.zeros((0, 4)),
+        experiment_id=experiment_id,
+        pixel_spacing=pixel_spacing,
+        source="synthetic",
+        chunks=chunks,
+    )
+
+
+@pytest.fixture
+def poses(rng: np.random.Generator) -> xr.Dataset:
+    """1,000 particles in a 4096 x 4096 x 1000 bin-1 tomogram, numpy-backed."""
+    return random_poses(rng, 1000)
+
+
+@pytest.fixture(params=["numpy", "dask"])
+def poses_twin(request: pytest.FixtureRequest, rng: np.random.Generator) -> xr.Dataset:
+    """The same poses eager and chunked (chunks of 300 particles)."""
+    return random_poses(rng, 1000, chunks=None if request.param == "numpy" else 300)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,30 +11,9 @@ import xarray as xr
 from scipy.spatial.transform import Rotation
 
 import cryoxr
+from cryoxr.testing import CountingScheduler, raise_if_dask_computes
 
-
-class CountingScheduler:
-    """A dask scheduler that counts computes and fails past a budget (as in xarray's tests)."""
-
-    def __init__(self, max_computes: int = 0) -> None:
-        self.total_computes = 0
-        self.max_computes = max_computes
-
-    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        self.total_computes += 1
-        if self.total_computes > self.max_computes:
-            raise RuntimeError(
-                f"Too many computes. Total: {self.total_computes} > max: {self.max_computes}."
-            )
-        return dask.get(dsk, keys, **kwargs)
-
-
-@contextmanager
-def raise_if_dask_computes(max_computes: int = 0) -> Iterator[CountingScheduler]:
-    """Fail if the block computes dask graphs more than ``max_computes`` times."""
-    scheduler = CountingScheduler(max_computes)
-    with dask.config.set(scheduler=scheduler):
-        yield scheduler
+__all__ = ["CountingScheduler", "raise_if_dask_computes", "random_poses"]
 
 
 @pytest.fixture
@@ -62,8 +38,13 @@ def tilt_model() -> pd.DataFrame:
 
 
 def random_poses(
-    rng: np.random.Generator, n: int, *, experiment_id: Any = "TS_01", pixel_spacing: float = 1.35,
-    dims: tuple[int, int, int] = (4096, 4096, 1000), chunks: int | None = None,
+    rng: np.random.Generator,
+    n: int,
+    *,
+    experiment_id: Any = "TS_01",
+    pixel_spacing: float = 1.35,
+    dims: tuple[int, int, int] = (4096, 4096, 1000),
+    chunks: int | None = None,
 ) -> xr.Dataset:
     position = rng.uniform(0, 1, size=(n, 3)) * np.asarray(dims)
     shift = rng.normal(0, 2, size=(n, 3))

@@ -1,0 +1,371 @@
+"""Projection: oracle parity with cryotypes, units, multi-tomogram sets, laziness, extraction."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from cryotypes.projectionmodel import projection_model_to_projection_matrices as cryotypes_matrices
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cryoxr
+from conftest import raise_if_dask_computes, random_poses
+from cryoxr.errors import CryoxrError, InvalidValueError
+from cryoxr.projection import count_in_field_of_view, extract_subtilts, in_field_of_view, project
+
+DIMS = (4096, 4096, 1000)
+CENTRE = (2048.0, 2048.0)
+
+
+def cryotypes_project(poses: xr.Dataset, model: pd.DataFrame, centre, dims) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The oracle: cryotypes' matrices applied particle by particle, tilt by tilt."""
+    matrices = np.asarray(cryotypes_matrices(model, centre, dims)).reshape(-1, 4, 4)
+    points = poses["position"].values + poses["shift"].values
+    out = np.empty((len(points), len(matrices), 2))
+    for i, p in enumerate(points):
+        homogeneous = np.append(p, 1.0)
+        for t, m in enumerate(matrices):
+            out[i, t] = (m @ homogeneous)[:2]
+    return out
+
+
+def test_equals_cryotypes_particle_by_particle(poses_twin: xr.Dataset, tilt_model: pd.DataFrame) -> None:
+    sub = poses_twin.isel(particle=slice(0, 400))
+    projected = project(sub, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE)
+    assert projected.dims == ("particle", "image", "axis")
+    assert projected.axis.values.tolist() == ["x", "y"]
+    assert projected.dtype == np.float64
+    assert isinstance(projected.data, da.Array)
+    np.testing.assert_allclose(
+        projected.values, cryotypes_project(sub, tilt_model, CENTRE, DIMS), rtol=0, atol=1e-9
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    n_tilts=st.integers(1, 61),
+    chunks=st.integers(1, 50),
+    dims=st.tuples(st.integers(1, 5000), st.integers(1, 5000), st.integers(1, 2000)),
+    centre=st.tuples(st.floats(0, 5000), st.floats(0, 5000)),
+)
+def test_random_models_equal_cryotypes(seed: int, n_tilts: int, chunks: int, dims, centre) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    model = cryoxr.make_projection_model(
+        rotation_x=rng.uniform(-5, 5, n_tilts),
+        rotation_y=rng.uniform(-70, 70, n_tilts),
+        rotation_z=rng.uniform(-180, 180, n_tilts),
+        dx=rng.normal(0, 20, n_tilts),
+        dy=rng.normal(0, 20, n_tilts),
+        experiment_id="TS",
+        pixel_spacing=1.0,
+    )
+    poses = random_poses(rng, 37, experiment_id="TS", pixel_spacing=1.0, dims=dims, chunks=chunks)
+    projected = project(poses, model, tomogram_dimensions=dims, tilt_image_center=centre)
+    np.testing.assert_allclose(
+        projected.values, cryotypes_project(poses, model, centre, dims), rtol=0, atol=1e-9
+    )
+
+
+def test_zero_tilt_hand_computed() -> None:
+    poses = cryoxr.make_poseset(
+        [[10.0, 20.0, 30.0], [0.0, 0.0, 0.0]],
+        shift=[[1.0, -1.0, 5.0], [0, 0, 0]],
+        experiment_id="a",
+        pixel_spacing=1.0,
+    )
+    model = cryoxr.make_projection_model(experiment_id="a", pixel_spacing=1.0)
+    xy = project(poses, model, tomogram_dimensions=(100, 50, 40), tilt_image_center=(60.0, 70.0)).values
+    # (x, y) -> (x - cx + ix, y - cy + iy), centre (50, 25, 20); z is dropped
+    np.testing.assert_allclose(xy[:, 0], [[11 - 50 + 60, 19 - 25 + 70], [0 - 50 + 60, 0 - 25 + 70]])
+
+
+def test_rotation_z_90_hand_computed() -> None:
+    poses = cryoxr.make_poseset([[13.0, 7.0, 2.0]], experiment_id="a", pixel_spacing=1.0)
+    model = cryoxr.make_projection_model(rotation_z=[90.0], experiment_id="a", pixel_spacing=1.0)
+    xy = project(poses, model, tomogram_dimensions=(20, 10, 4), tilt_image_center=(0.0, 0.0)).values
+    # relative to centre (10, 5, 2): (3, 2) -> Rz(90) -> (-2, 3)
+    np.testing.assert_allclose(xy[0, 0], [-2.0, 3.0], atol=1e-12)
+
+
+def test_binned_poses_are_rescaled_hand_computed() -> None:
+    """Tomogram binned 4x (5.4 Å/px) against unbinned tilts (1.35 Å/px)."""
+    poses = cryoxr.make_poseset(
+        [[100.0, 100.0, 50.0], [512.0, 256.0, 128.0]], experiment_id="t", pixel_spacing=5.4
+    )
+    model = cryoxr.make_projection_model(rotation_y=[0.0, 90.0], experiment_id="t", pixel_spacing=1.35)
+    xy = project(poses, model, tomogram_dimensions=(1024, 1024, 256), tilt_image_center=(2048, 2048)).values
+    # 0 deg: (p - c) * 4 + 2048; centre (512, 512, 128)
+    np.testing.assert_allclose(xy[0, 0], [(100 - 512) * 4 + 2048, (100 - 512) * 4 + 2048])
+    np.testing.assert_allclose(xy[1, 0], [2048, (256 - 512) * 4 + 2048])
+    # 90 deg about y: x' = z - cz (scaled), y unchanged
+    np.testing.assert_allclose(xy[0, 1], [(50 - 128) * 4 + 2048, (100 - 512) * 4 + 2048], atol=1e-9)
+
+
+def test_binned_equals_unbinned_projection(poses: xr.Dataset, tilt_model: pd.DataFrame) -> None:
+    binned = poses.copy()
+    binned["position"] = poses["position"] / 4
+    binned["shift"] = poses["shift"] / 4
+    binned.attrs["pixel_spacing"] = 1.35 * 4
+    a = project(poses, tilt_model, tomogram_dimensions=(4096, 4096, 1000), tilt_image_center=CENTRE)
+    b = project(binned, tilt_model, tomogram_dimensions=(1024, 1024, 250), tilt_image_center=CENTRE)
+    np.testing.assert_allclose(a.values, b.values, atol=1e-9)
+
+
+def test_multi_tomogram_sets_experiment_by_experiment(rng: np.random.Generator) -> None:
+    models = {
+        "TS_01": cryoxr.make_projection_model(
+            rotation_y=np.linspace(-60, 60, 41), rotation_z=85.0, experiment_id="TS_01", pixel_spacing=1.35
+        ),
+        "TS_02": cryoxr.make_projection_model(
+            rotation_y=np.linspace(-45, 45, 31),
+            rotation_z=-95.0,
+            dx=3.0,
+            experiment_id="TS_02",
+            pixel_spacing=1.35,
+        ),
+        "unused": cryoxr.make_projection_model(rotation_y=[0.0], experiment_id="unused", pixel_spacing=1.35),
+    }
+    model = pd.concat(list(models.values()), ignore_index=True)
+    ids = rng.choice(["TS_01", "TS_02"], size=500)
+    poses = random_poses(rng, 500, experiment_id=ids, chunks=64)
+    dims = {"TS_01": (4096, 4096, 1000), "TS_02": (3710, 3838, 800)}
+    centres = {"TS_01": (2048, 2048), "TS_02": (1855, 1919)}
+    projected = project(poses, model, tomogram_dimensions=dims, tilt_image_center=centres)
+    assert projected.sizes["image"] == 41
+    assert projected.attrs["experiment_ids"] == ["TS_01", "TS_02"] or projected.attrs["experiment_ids"] == [
+        "TS_02",
+        "TS_01",
+    ]
+    values = projected.values
+    for eid in ("TS_01", "TS_02"):
+        rows = np.flatnonzero(ids == eid)
+        expected = cryotypes_project(poses.isel(particle=rows), models[eid], centres[eid], dims[eid])
+        t = expected.shape[1]
+        np.testing.assert_allclose(values[rows, :t], expected, atol=1e-9)
+        assert np.isnan(values[rows, t:]).all()
+    assert projected.experiment_id.values.tolist() == ids.tolist()
+
+
+def test_missing_experiment_is_named(poses: xr.Dataset) -> None:
+    model = cryoxr.make_projection_model(rotation_y=[0.0], experiment_id="other", pixel_spacing=1.35)
+    with pytest.raises(CryoxrError, match=r"experiment\(s\) \['TS_01'\].*absent") as info:
+        project(poses, model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE)
+    assert isinstance(info.value, ValueError)
+
+
+def test_mapping_without_entry_is_named(poses: xr.Dataset, tilt_model: pd.DataFrame) -> None:
+    with pytest.raises(
+        InvalidValueError, match="tomogram_dimensions is a mapping without an entry for experiment 'TS_01'"
+    ):
+        project(poses, tilt_model, tomogram_dimensions={"x": DIMS}, tilt_image_center=CENTRE)
+
+
+def test_two_dimensional_set_with_single_row_model() -> None:
+    poses = cryoxr.make_poseset([[10.0, 20.0], [30.0, 40.0]], experiment_id="mic", pixel_spacing=1.0)
+    model = cryoxr.make_projection_model(experiment_id="mic", pixel_spacing=1.0)
+    xy = project(poses, model, tomogram_dimensions=(64, 64, 1), tilt_image_center=(32, 32))
+    np.testing.assert_allclose(xy.values[:, 0], [[10.0, 20.0], [30.0, 40.0]])
+
+
+def test_float32_output(poses: xr.Dataset, tilt_model: pd.DataFrame) -> None:
+    a = project(poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE)
+    b = project(poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE, dtype=np.float32)
+    assert b.dtype == np.float32
+    np.testing.assert_allclose(b.values, a.values, atol=2e-3)
+
+
+def test_two_million_particles_build_lazily_and_graph_grows_with_chunks(tilt_model: pd.DataFrame) -> None:
+    n = 2_000_000
+    rng = da.random.default_rng(1)
+    position = rng.uniform(0, 4096, size=(n, 3), chunks=(100_000, 3))
+    poses = cryoxr.make_poseset(position, experiment_id="TS_01", pixel_spacing=1.35)
+    tilt_series = cryoxr.Image.from_array(
+        da.zeros((41, 4096, 4096), chunks=(1, 4096, 4096), dtype=np.float32),
+        pixel_spacing=1.35,
+        experiment_id="TS_01",
+        stack=True,
+    )
+    with raise_if_dask_computes():
+        projected = project(poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE)
+        mask = in_field_of_view(projected, image_shape=(4096, 4096), margin=32)
+        counts = count_in_field_of_view(
+            poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE, image_shape=(4096, 4096)
+        )
+        patches = extract_subtilts(tilt_series, projected, box_size=64)
+    assert projected.chunks == ((100_000,) * 20, (41,), (2,))
+    assert mask.dims == ("particle", "image")
+    assert counts.dims == ("image",)
+    assert patches.shape == (n, 41, 64, 64)
+    # graph size follows the number of chunks, not of particles
+    small = cryoxr.make_poseset(position[:200_000], experiment_id="TS_01", pixel_spacing=1.35)
+    small_graph = len(
+        project(small, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE).data.dask
+    )
+    big_graph = len(projected.data.dask)
+    assert big_graph < 12 * small_graph
+
+
+def test_matrices_enter_the_graph_once(poses: xr.Dataset, tilt_model: pd.DataFrame) -> None:
+    projected = project(poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE, chunks=100)
+    graph = dict(projected.data.__dask_graph__())
+    weight_like = [k for k, v in graph.items() if isinstance(v, np.ndarray) and v.ndim == 3]
+    assert len(weight_like) == 1
+    project_tasks = [k for k in graph if isinstance(k, tuple) and str(k[0]).startswith("project_block")]
+    assert len(project_tasks) == 10
+
+
+def test_in_field_of_view_matches_explicit_bounds(poses_twin: xr.Dataset, tilt_model: pd.DataFrame) -> None:
+    projected = project(poses_twin, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE)
+    shape = (3838, 3710)  # (ny, nx)
+    mask = in_field_of_view(projected, image_shape=shape, margin=10.5).values
+    xy = projected.values
+    expected = (
+        (xy[..., 0] >= 10.5)
+        & (xy[..., 0] <= shape[1] - 1 - 10.5)
+        & (xy[..., 1] >= 10.5)
+        & (xy[..., 1] <= shape[0] - 1 - 10.5)
+    )
+    np.testing.assert_array_equal(mask, expected)
+    assert 0 < expected.mean() < 1  # the case is not trivial
+    counts = count_in_field_of_view(
+        poses_twin,
+        tilt_model,
+        tomogram_dimensions=DIMS,
+        tilt_image_center=CENTRE,
+        image_shape=shape,
+        margin=10.5,
+    )
+    np.testing.assert_array_equal(counts.values, expected.sum(axis=0))
+    assert projected.cryo.in_field_of_view(image_shape=shape, margin=10.5).values.sum() == expected.sum()
+
+
+def test_in_field_of_view_edges_and_nan() -> None:
+    xy = xr.DataArray(
+        np.array([[[0.0, 0.0], [-1e-9, 0.0], [9.0, 9.0], [np.nan, 1.0]]]), dims=("particle", "image", "axis")
+    )
+    assert in_field_of_view(xy, image_shape=(10, 10)).values.tolist() == [[True, False, True, False]]
+    with pytest.raises(InvalidValueError, match="image_shape"):
+        in_field_of_view(xy, image_shape=(10,))
+
+
+def _gaussian_tilt_series(points: np.ndarray, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """(T, ny, nx) images with a Gaussian spot at every (particle, tilt) point."""
+    n_tilts = points.shape[1]
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    images = np.zeros((n_tilts, *shape))
+    for t in range(n_tilts):
+        for x, y in points[:, t]:
+            images[t] += np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    return images
+
+
+def test_extracted_mean_patch_peaks_at_box_centre(rng: np.random.Generator) -> None:
+    model = cryoxr.make_projection_model(
+        rotation_y=[-40.0, 0.0, 35.0],
+        rotation_z=80.0,
+        dx=[1.3, 0.0, -2.2],
+        experiment_id="ts",
+        pixel_spacing=2.0,
+    )
+    dims = (200, 180, 60)
+    poses = cryoxr.make_poseset(
+        rng.uniform([40, 40, 10], [160, 140, 50], size=(40, 3)),
+        experiment_id="ts",
+        pixel_spacing=2.0,
+        chunks=16,
+    )
+    projected = project(poses, model, tomogram_dimensions=dims, tilt_image_center=(100, 90))
+    points = projected.values
+    images = _gaussian_tilt_series(points, (180, 200), sigma=1.5)
+    tilt_series = cryoxr.Image.from_array(
+        images.astype(np.float32), pixel_spacing=2.0, experiment_id="ts", stack=True
+    )
+    box = 16
+    patches = extract_subtilts(tilt_series, projected, box_size=box, particles_per_task=7)
+    assert patches.dims == ("particle", "image", "y", "x")
+    assert patches.dtype == np.float32
+    mean = patches.mean("particle", skipna=True).values
+    for t in range(3):
+        # centroid of the peak region, in box pixels: within 0.5 px of the centre
+        peak = mean[t]
+        weights = np.where(peak > peak.max() * 0.3, peak, 0)
+        yy, xx = np.mgrid[0:box, 0:box]
+        cy, cx = (weights * yy).sum() / weights.sum(), (weights * xx).sum() / weights.sum()
+        assert abs(cx - box // 2) < 0.5
+        assert abs(cy - box // 2) < 0.5
+        assert np.unravel_index(np.argmax(peak), peak.shape) == (box // 2, box // 2)
+    residual_x = patches.residual_x.values
+    np.testing.assert_allclose(residual_x, points[..., 0] - np.floor(points[..., 0] + 0.5))
+    assert np.abs(residual_x).max() <= 0.5
+
+
+def test_extraction_outside_is_nan() -> None:
+    ts = cryoxr.Image.from_array(np.ones((2, 10, 10)), pixel_spacing=1.0, experiment_id="t", stack=True)
+    xy = xr.DataArray(np.array([[[0.0, 0.0], [np.nan, np.nan]]]), dims=("particle", "image", "axis"))
+    patch = extract_subtilts(ts, xy, box_size=4).values
+    # nearest pixel (0, 0) sits at box index 2: rows/cols 0 and 1 are outside the image
+    assert np.isnan(patch[0, 0, :2]).all()
+    assert np.isnan(patch[0, 0, :, :2]).all()
+    assert (patch[0, 0, 2:, 2:] == 1).all()
+    assert np.isnan(patch[0, 1]).all()
+    with pytest.raises(InvalidValueError, match="box_size"):
+        extract_subtilts(ts, xy, box_size=0)
+    with pytest.raises(InvalidValueError, match="2 images, the projected positions 3 tilts"):
+        extract_subtilts(
+            ts, xr.DataArray(np.zeros((1, 3, 2)), dims=("particle", "image", "axis")), box_size=4
+        )
+
+
+def test_mean_patch_streams_with_bounded_chunks(tilt_model: pd.DataFrame) -> None:
+    """The per-tilt mean over many particles never materialises the patches."""
+    n = 20_000
+    poses = cryoxr.make_poseset(
+        np.random.default_rng(0).uniform(0, 512, size=(n, 3)),
+        experiment_id="TS_01",
+        pixel_spacing=1.35,
+        chunks=5_000,
+    )
+    projected = project(
+        poses, tilt_model.iloc[:3], tomogram_dimensions=(512, 512, 512), tilt_image_center=(256, 256)
+    )
+    ts = cryoxr.Image.from_array(
+        da.ones((3, 512, 512), chunks=(1, 512, 512)), pixel_spacing=1.35, experiment_id="TS_01", stack=True
+    )
+    patches = extract_subtilts(ts, projected, box_size=32, particles_per_task=1000)
+    assert patches.data.chunksize == (1000, 1, 32, 32)
+    total = patches.notnull().sum(("particle", "y", "x"))
+    with dask.config.set(scheduler="threads"):
+        mean = patches.mean("particle").values
+    assert mean.shape == (3, 32, 32)
+    assert int(total.values.max()) > 0
+
+
+@pytest.mark.distributed
+def test_local_cluster_equals_threaded(poses: xr.Dataset, tilt_model: pd.DataFrame) -> None:
+    distributed = pytest.importorskip("distributed")
+    projected = project(poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE, chunks=250)
+    counts = count_in_field_of_view(
+        poses,
+        tilt_model,
+        tomogram_dimensions=DIMS,
+        tilt_image_center=CENTRE,
+        image_shape=(4096, 4096),
+        chunks=250,
+    )
+    with dask.config.set(scheduler="threads"):
+        local = projected.values
+        local_counts = counts.values
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        remote, remote_counts = client.compute([projected.data, counts.data], sync=True)
+    np.testing.assert_array_equal(remote, local)
+    np.testing.assert_array_equal(remote_counts, local_counts)

@@ -614,7 +614,14 @@ def plot_orientations(
         ax.plot(lon, lat, linestyle="none", marker=".", markersize=3, alpha=0.6, color="tab:blue")
     else:
         ax.plot([], [], linestyle="none", marker=".")
+    from matplotlib import patheffects
+
     ax.grid(True, alpha=0.4)
+    ax.set_xticks(np.radians([-120, -60, 0, 60, 120]))
+    halo = [patheffects.withStroke(linewidth=2.5, foreground="white")]
+    for label in ax.get_xticklabels():  # longitude labels sit on the map: keep them legible
+        label.set_path_effects(halo)
+        label.set_fontsize(8)
     ax.set_xlabel("longitude: azimuth from +x towards +y")
     ax.set_ylabel("latitude: elevation above xy")
     eids = poses.attrs.get("experiment_id") if "experiment_id" not in poses.coords else None

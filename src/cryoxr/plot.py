@@ -618,7 +618,7 @@ def plot_orientations(
 
     ax.grid(True, alpha=0.4)
     ax.set_xticks(np.radians([-120, -60, 0, 60, 120]))
-    halo = [patheffects.withStroke(linewidth=2.5, foreground="white")]
+    halo: list[patheffects.AbstractPathEffect] = [patheffects.withStroke(linewidth=2.5, foreground="white")]
     for label in ax.get_xticklabels():  # longitude labels sit on the map: keep them legible
         label.set_path_effects(halo)
         label.set_fontsize(8)

@@ -1,0 +1,375 @@
+"""IMOD tilt-series alignments (``.xf`` + ``.tlt`` [+ ``.xtilt``]) <-> ProjectionModel.
+
+File contents (one line per view, in stack order):
+
+==========  =============================  =============================================
+file        columns                        meaning
+==========  =============================  =============================================
+``.xf``     ``A11 A12 A21 A22 DX DY``      raw -> aligned image:
+                                           ``x' = A (x - c) + D + c'`` (pixels of the raw
+                                           stack; ``c`` = image centre)
+``.tlt``    ``angle``                      tilt angle (deg), AngleOffset already included
+``.xtilt``  ``angle``                      per-view tilt about x (deg)
+==========  =============================  =============================================
+
+Conversion (CONVENTIONS.md section 4 and its "settled from the tools' own source" table)::
+
+    rotation_z = atan2(A12, A11)                      # tilt-axis angle, CCW from y
+    (dx, dy)   = -A^-1 (DX, DY)                       # pixels of the raw stack
+    rotation_y = tlt + angle_offset - subtract_angle_offset
+    rotation_x = s * (xtilt - x_axis_tilt)            # s = +1 "rotx", -1 "flipyz"
+
+and back: ``A = Rz2(-rotation_z)``, ``(DX, DY) = -A (dx, dy)``. Only the rotation part of
+``A`` survives; a magnification or stretch in an ``.xf`` is not part of a ProjectionModel.
+
+**Centres.** IMOD rotates images about ``nx / 2`` measured from the *corner* of the first
+pixel, i.e. ``((nx - 1) / 2, (ny - 1) / 2)`` in cryoxr's pixel-centre frame, and its
+tomogram centre is ``(N - 1) / 2`` (``newstack.f90``, ``tilt.f90``, ``cubinterp.c``).
+These differ by half a pixel from cryotypes' / RELION's ``n // 2``; the reader returns
+them in ``df.attrs["tilt_image_center"]`` and ``df.attrs["specimen_center"]`` (when
+``image_size`` / ``tomogram_dimensions`` are given) so that::
+
+    project(poses, df, tomogram_dimensions=dims,
+            tilt_image_center=df.attrs["tilt_image_center"],
+            specimen_center=df.attrs["specimen_center"])
+
+reproduces IMOD's geometry.
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> from cryoxr import make_projection_model
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> model = make_projection_model(rotation_y=[-30.0, 30.0], rotation_z=85.0, dx=5.0, dy=-10.0,
+...                               experiment_id="TS_01", pixel_spacing=1.35)
+>>> write_imod_alignment(model, folder / "TS_01.xf", folder / "TS_01.tlt")
+>>> back = read_imod_alignment(folder / "TS_01.xf", folder / "TS_01.tlt", pixel_spacing=1.35,
+...                            image_size=(4096, 4096))
+>>> back[["rotation_y", "rotation_z", "dx", "dy"]].round(6).values.tolist()
+[[-30.0, 85.0, 5.0, -10.0], [30.0, 85.0, 5.0, -10.0]]
+>>> back.attrs["tilt_image_center"]
+(2047.5, 2047.5)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from cryoxr.errors import FormatError, InvalidValueError
+from cryoxr.io._atomic import atomic_path, check_overwrite
+from cryoxr.io.tables import read_numeric_table
+from cryoxr.projection_model import PMDL, make_projection_model, validate_projection_model
+
+__all__ = [
+    "IMOD_CENTER_RULE",
+    "TLT_COLUMNS",
+    "XF_COLUMNS",
+    "XTILT_SIGN",
+    "imod_centers",
+    "read_imod_alignment",
+    "write_imod_alignment",
+]
+
+PathLike = str | os.PathLike[str]
+XtiltConvention = Literal["rotx", "flipyz"]
+
+#: ``.xf`` columns: name and meaning, in file order
+XF_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("A11", "rotation matrix, row 1 col 1"),
+    ("A12", "rotation matrix, row 1 col 2"),
+    ("A21", "rotation matrix, row 2 col 1"),
+    ("A22", "rotation matrix, row 2 col 2"),
+    ("DX", "x shift applied after rotation (raw-stack pixels)"),
+    ("DY", "y shift applied after rotation (raw-stack pixels)"),
+)
+#: ``.tlt`` / ``.xtilt`` column
+TLT_COLUMNS: tuple[tuple[str, str], ...] = (("angle", "degrees"),)
+#: sign of ``rotation_x`` relative to ``xtilt - x_axis_tilt``, by final volume orientation
+XTILT_SIGN: dict[str, float] = {"rotx": 1.0, "flipyz": -1.0}
+#: how IMOD centres images and tomograms, in cryoxr's pixel-centre frame
+IMOD_CENTER_RULE = "(n - 1) / 2"
+
+
+def imod_centers(
+    image_size: Sequence[int] | None = None, tomogram_dimensions: Sequence[int] | None = None
+) -> dict[str, tuple[float, ...] | None]:
+    """IMOD's tilt-image and specimen centres, ``(n - 1) / 2`` per axis.
+
+    Parameters
+    ----------
+    image_size
+        Raw tilt-image size ``(nx, ny)`` in pixels.
+    tomogram_dimensions
+        Tomogram size ``(nx, ny, nz)`` in pixels of the same (unbinned) stack.
+
+    Returns
+    -------
+    dict
+        ``tilt_image_center`` (x, y) and ``specimen_center`` (x, y, z); None where the
+        size was not given.
+
+    Examples
+    --------
+    >>> imod_centers((4096, 4095), (4096, 4096, 1000))
+    {'tilt_image_center': (2047.5, 2047.0), 'specimen_center': (2047.5, 2047.5, 499.5)}
+    """
+
+    def centre(size: Sequence[int] | None, n: int, name: str) -> tuple[float, ...] | None:
+        if size is None:
+            return None
+        values = np.asarray(size, dtype=np.float64).reshape(-1)
+        if values.shape != (n,) or not np.isfinite(values).all() or (values <= 0).any():
+            raise InvalidValueError(f"imod_centers: {name} must be {n} positive sizes, found {size!r}")
+        return tuple(float((v - 1.0) / 2.0) for v in values)
+
+    return {
+        "tilt_image_center": centre(image_size, 2, "image_size"),
+        "specimen_center": centre(tomogram_dimensions, 3, "tomogram_dimensions"),
+    }
+
+
+def _read_angles(path: PathLike, what: str) -> tuple[Path, np.ndarray]:
+    p, table = read_numeric_table(path, names=[name for name, _ in TLT_COLUMNS], n_columns=1, what=what)
+    return p, table[:, 0]
+
+
+def read_imod_alignment(
+    xf: PathLike,
+    tlt: PathLike,
+    *,
+    xtilt: PathLike | None = None,
+    angle_offset: float = 0.0,
+    subtract_angle_offset: float = 0.0,
+    x_axis_tilt: float = 0.0,
+    xtilt_convention: XtiltConvention = "rotx",
+    image_size: Sequence[int] | None = None,
+    tomogram_dimensions: Sequence[int] | None = None,
+    experiment_id: str | None = None,
+    pixel_spacing: float = 1.0,
+) -> pd.DataFrame:
+    """Read an IMOD alignment (``.xf`` + ``.tlt`` [+ ``.xtilt``]) as a ProjectionModel.
+
+    Parameters
+    ----------
+    xf
+        The ``.xf`` file: ``A11 A12 A21 A22 DX DY`` per view.
+    tlt
+        The ``.tlt`` file: one tilt angle per view (tiltalign's solved angles, which
+        already include its AngleOffset).
+    xtilt
+        Optional ``.xtilt`` file: per-view tilt about x (deg). Absent: 0 for every view.
+    angle_offset
+        tilt.com ``OFFSET`` (DELANG, deg), added to every angle as IMOD's ``tilt`` does.
+        Default 0.
+    subtract_angle_offset
+        An angle (deg) to subtract from every ``.tlt`` angle. RELION 5 subtracts
+        align.log's ``AngleOffset`` (its tomograms are rotated about y by that angle
+        relative to IMOD's); pass it here to reproduce RELION. Default 0: IMOD's own
+        geometry.
+    x_axis_tilt
+        tilt.com ``XAXISTILT`` (deg), subtracted from the per-view x tilts as ``tilt``
+        does. Default 0.
+    xtilt_convention
+        ``"rotx"`` (default): ``rotation_x = xtilt - x_axis_tilt``, for volumes rotated to
+        the usual final orientation with ``clip rotx`` / ``trimvol -rx``;
+        ``"flipyz"``: the negative, for flipyz'd or unrotated volumes.
+    image_size
+        Raw tilt-image size ``(nx, ny)``, to return IMOD's image centre in attrs.
+    tomogram_dimensions
+        Tomogram size ``(nx, ny, nz)`` in raw-stack pixels, to return IMOD's specimen
+        centre in attrs.
+    experiment_id
+        Default: the ``.xf`` file's stem.
+    pixel_spacing
+        Å per raw-stack pixel. IMOD's alignment files do not store it; the default 1.0
+        means "in pixels".
+
+    Returns
+    -------
+    pandas.DataFrame
+        The ProjectionModel, one row per view in stack order; extra column ``view``
+        (0-based index in the stack). ``df.attrs``: ``format`` ``"imod"``,
+        ``center_rule`` ``"(n - 1) / 2"``, ``tilt_image_center`` and
+        ``specimen_center`` (tuples, or None when the size was not given), and the
+        options used.
+
+    Raises
+    ------
+    FormatError
+        A line with other than 6 numbers in the ``.xf`` (or 1 in ``.tlt`` / ``.xtilt``),
+        text or NaN where numbers belong, files of different lengths, a singular
+        ``A``, an empty or non-UTF-8 file.
+    CryoxrFileNotFoundError
+        A file does not exist.
+
+    Examples
+    --------
+    The worked numbers of CONVENTIONS.md section 4:
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.xf").write_text("0.0871557 0.9961947 -0.9961947 0.0871557 9.526 5.853\\n")
+    >>> _ = (folder / "a.tlt").write_text("30.0\\n")
+    >>> df = read_imod_alignment(folder / "a.xf", folder / "a.tlt")
+    >>> df[["rotation_x", "rotation_y", "rotation_z", "dx", "dy"]].round(3).values.tolist()
+    [[0.0, 30.0, 85.0, 5.0, -10.0]]
+    """
+    if xtilt_convention not in XTILT_SIGN:
+        raise InvalidValueError(
+            f"read_imod_alignment: xtilt_convention must be one of {sorted(XTILT_SIGN)}, found {xtilt_convention!r}"
+        )
+    names = [name for name, _ in XF_COLUMNS]
+    xf_path, table = read_numeric_table(xf, names=names, n_columns=len(XF_COLUMNS), what="IMOD .xf")
+    n = table.shape[0]
+    a = table[:, :4].reshape(n, 2, 2)
+    d = table[:, 4:6]
+    det = np.linalg.det(a)
+    singular = ~(np.abs(det) > 1e-12)
+    if singular.any():
+        row = int(np.argmax(singular))
+        raise FormatError(
+            f"{xf_path}, line {row + 1}: expected an invertible A11 A12 A21 A22 matrix, found "
+            f"determinant {det[row]:g}"
+        )
+    tlt_path, angles = _read_angles(tlt, "IMOD .tlt")
+    if angles.shape[0] != n:
+        raise FormatError(
+            f"{tlt_path}: expected one tilt angle per view of {xf_path.name} ({n}), found {angles.shape[0]}"
+        )
+    if xtilt is not None:
+        xtilt_path, xtilts = _read_angles(xtilt, "IMOD .xtilt")
+        if xtilts.shape[0] != n:
+            raise FormatError(
+                f"{xtilt_path}: expected one x tilt per view of {xf_path.name} ({n}), found {xtilts.shape[0]}"
+            )
+    else:
+        xtilts = np.zeros(n)
+    shifts = -np.linalg.solve(a, d[:, :, None])[:, :, 0]
+    centers = imod_centers(image_size, tomogram_dimensions)
+    df = make_projection_model(
+        rotation_x=XTILT_SIGN[xtilt_convention] * (xtilts - float(x_axis_tilt)),
+        rotation_y=angles + float(angle_offset) - float(subtract_angle_offset),
+        rotation_z=np.rad2deg(np.arctan2(a[:, 0, 1], a[:, 0, 0])),
+        dx=shifts[:, 0],
+        dy=shifts[:, 1],
+        experiment_id=experiment_id if experiment_id is not None else xf_path.stem,
+        pixel_spacing=pixel_spacing,
+        source=str(xf_path),
+        extra={"view": np.arange(n, dtype=np.int64)},
+    )
+    df.attrs.update(
+        {
+            "format": "imod",
+            "center_rule": IMOD_CENTER_RULE,
+            **centers,
+            "angle_offset": float(angle_offset),
+            "subtract_angle_offset": float(subtract_angle_offset),
+            "x_axis_tilt": float(x_axis_tilt),
+            "xtilt_convention": xtilt_convention,
+        }
+    )
+    return df
+
+
+def _fmt(value: float) -> str:
+    """Shortest text that reads back to the same float64."""
+    text = repr(float(value))
+    return "0.0" if text == "-0.0" else text
+
+
+def write_imod_alignment(
+    model: pd.DataFrame,
+    xf: PathLike,
+    tlt: PathLike,
+    *,
+    xtilt: PathLike | None = None,
+    angle_offset: float = 0.0,
+    subtract_angle_offset: float = 0.0,
+    x_axis_tilt: float = 0.0,
+    xtilt_convention: XtiltConvention = "rotx",
+    overwrite: bool = False,
+) -> None:
+    """Write a one-experiment ProjectionModel as IMOD ``.xf`` + ``.tlt`` [+ ``.xtilt``].
+
+    The exact inverse of :func:`read_imod_alignment` with the same options:
+    ``A = Rz2(-rotation_z)``, ``(DX, DY) = -A (dx, dy)``,
+    ``tlt = rotation_y - angle_offset + subtract_angle_offset``,
+    ``xtilt = s * rotation_x + x_axis_tilt``. Numbers are written with full float64
+    precision (IMOD reads them free-format).
+
+    Parameters
+    ----------
+    model
+        A ProjectionModel with a single ``experiment_id``; rows in stack order.
+    xf, tlt
+        Output paths.
+    xtilt
+        Output path for the per-view x tilts; required when any ``rotation_x`` differs
+        from ``-x_axis_tilt`` (the value that needs no ``.xtilt``).
+    angle_offset, subtract_angle_offset, x_axis_tilt, xtilt_convention
+        As in :func:`read_imod_alignment`.
+    overwrite
+        Replace existing files; otherwise raise
+        :class:`~cryoxr.errors.FileExistsNoOverwriteError` before writing anything.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from cryoxr import make_projection_model
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> model = make_projection_model(rotation_y=30.0, rotation_z=85.0, dx=5.0, dy=-10.0,
+    ...                               experiment_id="a", pixel_spacing=1.0)
+    >>> write_imod_alignment(model, folder / "a.xf", folder / "a.tlt")
+    >>> [round(float(v), 3) for v in (folder / "a.xf").read_text().split()]
+    [0.087, 0.996, -0.996, 0.087, 9.526, 5.853]
+    """
+    validate_projection_model(model, name="write_imod_alignment")
+    if xtilt_convention not in XTILT_SIGN:
+        raise InvalidValueError(
+            f"write_imod_alignment: xtilt_convention must be one of {sorted(XTILT_SIGN)}, found {xtilt_convention!r}"
+        )
+    ids = pd.unique(model[PMDL.EXPERIMENT_ID])
+    if len(ids) != 1:
+        raise InvalidValueError(
+            f"write_imod_alignment: an .xf holds one tilt series, found {len(ids)} experiments "
+            f"{[str(i) for i in ids[:5]]}; select one first (df[df.experiment_id == ...])"
+        )
+    rz = np.deg2rad(model[PMDL.ROTATION_Z].to_numpy(dtype=np.float64))
+    c, s = np.cos(rz), np.sin(rz)
+    a = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1)  # Rz2(-rotation_z)
+    shift = model[PMDL.SHIFT].to_numpy(dtype=np.float64)
+    d = -np.einsum("nij,nj->ni", a, shift)
+    angles = (
+        model[PMDL.ROTATION_Y].to_numpy(dtype=np.float64) - float(angle_offset) + float(subtract_angle_offset)
+    )
+    xtilts = XTILT_SIGN[xtilt_convention] * model[PMDL.ROTATION_X].to_numpy(dtype=np.float64) + float(
+        x_axis_tilt
+    )
+    if xtilt is None and np.any(np.abs(xtilts) > 1e-12):
+        raise InvalidValueError(
+            "write_imod_alignment: rotation_x needs a per-view .xtilt file (found x tilts up to "
+            f"{float(np.max(np.abs(xtilts))):g} deg); pass xtilt=<path>"
+        )
+    xf_lines = [
+        " ".join(f"{_fmt(v):>22}" for v in (*row_a.reshape(-1), *row_d))
+        for row_a, row_d in zip(a, d, strict=True)
+    ]
+    outputs: list[tuple[PathLike, list[str]]] = [(xf, xf_lines), (tlt, [_fmt(v) for v in angles])]
+    if xtilt is not None:
+        outputs.append((xtilt, [_fmt(v) for v in xtilts]))
+    _write_all(outputs, overwrite=overwrite)
+
+
+def _write_all(outputs: Sequence[tuple[PathLike, Sequence[str]]], *, overwrite: bool) -> None:
+    """Write several text files, refusing before writing any if one exists."""
+    for path, _ in outputs:
+        check_overwrite(path, overwrite)
+    for path, lines in outputs:
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")

@@ -1,0 +1,260 @@
+"""The ``cryoxr`` command: inspect, convert, project, and the demo.
+
+Every sub-command only parses arguments and calls public functions. Errors reach the
+user as one line, ``cryoxr: error: <file>: <what>``, with exit code 2; ``--debug``
+shows the traceback.
+
+Examples
+--------
+>>> from cryoxr.cli import main
+>>> main(["--version"])
+cryoxr 0.1.0
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+
+from cryoxr.errors import CryoxrError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``cryoxr`` command."""
+    parser = argparse.ArgumentParser(
+        prog="cryoxr",
+        description="Cryo-ET tomograms, particle poses and tilt-series projection at HPC scale.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run the end-to-end demo on built-in synthetic data")
+    demo.add_argument(
+        "--particles", type=int, default=1_000_000, help="particles to simulate (default 1,000,000)"
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("cryoxr-demo"), help="output folder (default ./cryoxr-demo)"
+    )
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-figure", action="store_true", help="skip the PNG figure")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    info = sub.add_parser("info", help="describe files cryoxr can read")
+    info.add_argument("paths", nargs="+", type=Path)
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+
+    convert = sub.add_parser("convert", help="convert images, poses or alignments between formats")
+    convert.add_argument("src", type=Path)
+    convert.add_argument("dst", type=Path)
+    convert.add_argument(
+        "--to", dest="to_format", default=None, help="output format (default: from DST's suffix)"
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    convert.add_argument("--no-progress", action="store_true")
+
+    proj = sub.add_parser("project", help="project particles into every tilt image, streaming to zarr")
+    proj.add_argument("--poses", required=True, type=Path, help="particles (STAR, tbl)")
+    proj.add_argument("--alignment", required=True, type=Path, help="alignment (tomograms.star, xf, aln)")
+    proj.add_argument(
+        "--tomogram-size",
+        nargs=3,
+        type=float,
+        metavar=("X", "Y", "Z"),
+        help="tomogram size in pixels of the poses (default: from the alignment file)",
+    )
+    proj.add_argument(
+        "--image-size",
+        nargs=2,
+        type=int,
+        metavar=("X", "Y"),
+        help="tilt-image size in pixels: adds the field-of-view mask",
+    )
+    proj.add_argument(
+        "--tilt-image-center",
+        nargs=2,
+        type=float,
+        metavar=("X", "Y"),
+        help="rotation centre in the tilt images (default: from the alignment, else size // 2)",
+    )
+    proj.add_argument("--margin", type=float, default=0.0, help="field-of-view margin in pixels")
+    proj.add_argument("--chunks", type=int, default=100_000, help="particles per chunk")
+    proj.add_argument(
+        "--scheduler",
+        default="threads",
+        help="threads, processes, or a dask.distributed scheduler address (tcp://...)",
+    )
+    proj.add_argument("--out", required=True, type=Path, help="output zarr store")
+    proj.add_argument("--overwrite", action="store_true")
+    proj.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+@contextmanager
+def _scheduler(name: str, progress: bool) -> Iterator[Any]:
+    """Run computes on the named scheduler, with the matching progress display."""
+    if name in ("threads", "processes", "sync"):
+        from dask.diagnostics import ProgressBar
+
+        with dask.config.set(scheduler=name):
+            if progress:
+                with ProgressBar(minimum=0.5, dt=0.25):
+                    yield None
+            else:
+                yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise CryoxrError(
+            f"--scheduler {name}: needs dask.distributed (pip install 'cryoxr[distributed]')"
+        ) from err
+    with Client(name) as client:
+        yield client
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cryoxr.demo import run_demo
+
+    figure = not args.no_figure
+    if figure:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            figure = False
+    summary = run_demo(args.particles, args.out, seed=args.seed, progress=not args.no_progress, figure=figure)
+    print(summary.format())
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from cryoxr.io import describe
+
+    reports = [describe(path) for path in args.paths]
+    if args.json:
+        print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2, default=str))
+    else:
+        for report in reports:
+            print(f"{report['path']}")
+            for key, value in report.items():
+                if key != "path":
+                    print(f"  {key:<16}{value}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from cryoxr.io import convert
+
+    start = time.perf_counter()
+    with _scheduler("threads", not args.no_progress):
+        written = convert(args.src, args.dst, to=args.to_format, overwrite=args.overwrite)
+    print(f"wrote {written} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _cmd_project(args: argparse.Namespace) -> int:
+    from cryoxr.io import read_alignment, read_poses
+    from cryoxr.io._atomic import atomic_path
+    from cryoxr.projection import in_field_of_view, project
+
+    poses = read_poses(args.poses)
+    model = read_alignment(args.alignment)
+    sizes = model.attrs.get("tomogram_dimensions")
+    if args.tomogram_size is not None:
+        dims: Any = tuple(args.tomogram_size)
+    elif sizes is not None:
+        dims = sizes
+    else:
+        raise CryoxrError(f"{args.alignment}: holds no tomogram size; pass --tomogram-size X Y Z")
+    centre: Any = model.attrs.get("tilt_image_center")
+    if args.tilt_image_center is not None:
+        centre = tuple(args.tilt_image_center)
+    elif centre is None and args.image_size is not None:
+        centre = (args.image_size[0] // 2, args.image_size[1] // 2)
+    if centre is None:
+        raise CryoxrError(
+            f"{args.alignment}: holds no tilt-image centre; pass --image-size X Y or --tilt-image-center X Y"
+        )
+    projected = project(
+        poses,
+        model,
+        tomogram_dimensions=dims,
+        tilt_image_center=centre,
+        specimen_center=model.attrs.get("specimen_center"),
+        chunks=args.chunks,
+    )
+    variables = {"projected": projected}
+    if args.image_size is not None:
+        nx, ny = args.image_size
+        variables["in_field_of_view"] = in_field_of_view(projected, image_shape=(ny, nx), margin=args.margin)
+    out = xr.Dataset(variables)
+    out.attrs.update(poses=str(args.poses), alignment=str(args.alignment))
+    for name in ("experiment_ids",):
+        out.attrs[name] = list(projected.attrs.get(name, []))
+    start = time.perf_counter()
+    with (
+        atomic_path(args.out, overwrite=args.overwrite, directory=True) as tmp,
+        _scheduler(args.scheduler, not args.no_progress) as client,
+    ):
+        if client is not None:
+            from distributed import progress
+
+            future = out.to_zarr(tmp, mode="w-", compute=False)
+            handle = client.compute(future)
+            if not args.no_progress:
+                progress(handle)
+            handle.result()
+        else:
+            out.to_zarr(tmp, mode="w-")
+    elapsed = time.perf_counter() - start
+    n, t = projected.sizes["particle"], projected.sizes["image"]
+    print(f"projected {n:,} particles x {t} tilts in {elapsed:.1f} s -> {args.out}")
+    if "in_field_of_view" in variables:
+        counts = np.asarray(xr.open_zarr(args.out)["in_field_of_view"].sum("particle").values)
+        print(f"in field of view per tilt: min {counts.min():,}, max {counts.max():,}")
+    return 0
+
+
+COMMANDS = {"demo": _cmd_demo, "info": _cmd_info, "convert": _cmd_convert, "project": _cmd_project}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cryoxr`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from cryoxr import __version__
+
+        print(f"cryoxr {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except (CryoxrError, OSError) as err:
+        if args.debug:
+            raise
+        message = (
+            str(err)
+            if isinstance(err, CryoxrError)
+            else f"{getattr(err, 'filename', '') or ''}: {err.strerror or err}"
+        )
+        print(f"cryoxr: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cryoxr: interrupted", file=sys.stderr)
+        return 130

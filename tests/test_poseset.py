@@ -190,3 +190,14 @@ def test_accessor_delegates(poses: xr.Dataset) -> None:
     assert poses.cryo.rotation.as_quat().shape == (1000, 4)
     xr.testing.assert_identical(poses.cryo.absolute_position(), absolute_position(poses))
     assert poses.cryo.validate() is poses
+
+
+def test_chunked_multi_experiment_set_keeps_labels_in_memory(rng: np.random.Generator) -> None:
+    ids = rng.choice(["a", "b"], size=100)
+    ds = random_poses(rng, 100, experiment_id=ids, chunks=30)
+    assert isinstance(ds["position"].data, da.Array)
+    assert isinstance(ds.coords["experiment_id"].data, np.ndarray)
+    with raise_if_dask_computes():
+        cryoxr.validate_poseset(ds, check_values=False)
+        groups = {str(k): g.sizes["particle"] for k, g in ds.groupby("experiment_id")}
+    assert groups == {"a": int((ids == "a").sum()), "b": int((ids == "b").sum())}

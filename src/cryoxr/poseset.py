@@ -220,6 +220,9 @@ def make_poseset(
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     if chunks is not None:
         ds = ds.chunk({"particle": int(chunks)})
+        if "experiment_id" in coords:
+            # labels stay in memory: groupby, selection and projection need them eagerly
+            ds = ds.assign_coords(experiment_id=coords["experiment_id"])
     is_lazy = any(_is_dask(v.data) for v in ds.data_vars.values())
     validate_poseset(ds, check_values=not is_lazy)
     return ds

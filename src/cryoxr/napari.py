@@ -228,12 +228,12 @@ def poseset_layers(
         )
         arrows = np.stack([zyx, direction[:, ::-1] * (vector_length / angstrom_per_data)], axis=1)
 
-    groups: list[tuple[str, np.ndarray | slice]]
+    groups: list[tuple[str, np.ndarray | slice]] = []
     if by_experiment:
         _, first = np.unique(ids, return_index=True)
         groups = [(str(ids[i]), np.flatnonzero(ids == ids[i])) for i in sorted(first)]
-    else:
-        unique = list(dict.fromkeys(ids.tolist()))
+    if not groups:  # one layer for the set (or an empty set: still one, empty, layer)
+        unique = list(dict.fromkeys(ids.tolist())) or [str(poses.attrs.get("experiment_id", "particles"))]
         groups = [(unique[0] if len(unique) == 1 else "particles", slice(None))]
     scale = (angstrom_per_data,) * 3
     layers: list[LayerDataTuple] = []

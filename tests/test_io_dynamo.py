@@ -1,0 +1,236 @@
+"""Dynamo .tbl / .doc <-> PoseSet: worked Euler matrix, eulerangles oracle, columns, origin, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import eulerangles
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.spatial.transform import Rotation
+
+import cryoxr
+from cryoxr.errors import CryoxrError, FileExistsNoOverwriteError, FormatError, InvalidValueError
+from cryoxr.io.dynamo import (
+    DYNAMO_COLUMNS,
+    read_dynamo_table,
+    read_tomogram_map,
+    write_dynamo_table,
+    write_tomogram_map,
+)
+
+
+def _row(
+    *,
+    tag: int = 1,
+    shift: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    eulers: tuple[float, ...] = (0.0, 0.0, 0.0),
+    tomo: int = 1,
+    xyz: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    n: int = 35,
+) -> list[float]:
+    row = [0.0] * n
+    row[0] = tag
+    row[3:6] = shift
+    row[6:9] = eulers
+    row[19] = tomo
+    row[23:26] = xyz
+    return row
+
+
+def _write_rows(path: Path, rows: list[list[float]]) -> Path:
+    path.write_text("".join(" ".join(repr(float(v)) for v in r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_column_table_is_complete() -> None:
+    assert [c.number for c in DYNAMO_COLUMNS] == list(range(1, 43))
+    assert len({c.name for c in DYNAMO_COLUMNS}) == 42
+
+
+def test_worked_euler_matrix(tmp_path: Path) -> None:
+    # CONVENTIONS.md section 7: Dynamo tdrot=10, tilt=20, narot=30
+    ds = read_dynamo_table(_write_rows(tmp_path / "a.tbl", [_row(eulers=(10, 20, 30))]))
+    expected = [[0.7713, 0.6337, 0.0594], [-0.6131, 0.7146, 0.3368], [0.1710, -0.2962, 0.9397]]
+    np.testing.assert_allclose(ds.cryo.rotation.as_matrix()[0], expected, atol=5e-5)
+
+
+def test_eulerangles_oracle_random(tmp_path: Path, rng: np.random.Generator) -> None:
+    eulers = np.stack(
+        [rng.uniform(-180, 180, 200), rng.uniform(0, 180, 200), rng.uniform(-180, 180, 200)], -1
+    )
+    ds = read_dynamo_table(_write_rows(tmp_path / "a.tbl", [_row(eulers=tuple(e)) for e in eulers]))
+    # eulerangles' Dynamo metadata: zxz, extrinsic, right-handed, passive -> orientation = its inverse
+    passive = eulerangles.euler2matrix(eulers, axes="zxz", intrinsic=False, right_handed_rotation=True)
+    np.testing.assert_allclose(ds.cryo.rotation.as_matrix(), np.transpose(passive, (0, 2, 1)), atol=1e-12)
+    # and the RELION <-> Dynamo cross-check: RELION (10, 20, 30) == Dynamo (-60, 20, 100)
+    assert np.allclose(
+        eulerangles.convert_eulers(np.array([10.0, 20, 30]), "relion", "dynamo"), [-60, 20, 100]
+    )
+    relion = Rotation.from_euler("ZYZ", [10, 20, 30], degrees=True).inv()
+    dyn = read_dynamo_table(_write_rows(tmp_path / "b.tbl", [_row(eulers=(-60, 20, 100))]))
+    np.testing.assert_allclose(dyn.cryo.rotation.as_matrix()[0], relion.as_matrix(), atol=1e-12)
+    # the writer inverts exactly: angles come back (tilt in (0, 180) keeps the triple unique)
+    write_dynamo_table(ds, tmp_path / "c.tbl")
+    written = np.loadtxt(tmp_path / "c.tbl")[:, 6:9]
+    np.testing.assert_allclose(written, eulers, atol=1e-9)
+
+
+@pytest.mark.parametrize(("origin", "offset"), [("none", 0.0), ("corner", 0.5), ("one_based", 1.0)])
+def test_origin_keyword(tmp_path: Path, origin: str, offset: float) -> None:
+    tbl = _write_rows(tmp_path / "a.tbl", [_row(xyz=(10, 20, 30), shift=(1, -1, 0.5))])
+    ds = read_dynamo_table(tbl, origin=origin)  # type: ignore[arg-type]
+    assert ds.position.values.tolist() == [[10 - offset, 20 - offset, 30 - offset]]
+    assert ds["shift"].values.tolist() == [[1.0, -1.0, 0.5]]
+    assert ds.attrs["origin"] == origin
+    write_dynamo_table(ds, tmp_path / "b.tbl", origin=origin)  # type: ignore[arg-type]
+    assert np.loadtxt(tmp_path / "b.tbl")[23:26].tolist() == [10.0, 20.0, 30.0]
+    with pytest.raises(InvalidValueError, match="origin must be one of"):
+        read_dynamo_table(tbl, origin="centre")  # type: ignore[arg-type]
+
+
+def test_every_column_kept_and_written_back(tmp_path: Path, rng: np.random.Generator) -> None:
+    rows = rng.integers(1, 9, size=(5, 45)).astype(float)
+    rows[:, 9] = rng.normal(size=5)  # cc, a float column
+    rows[:, 7] = rng.uniform(1, 179, 5)  # tilt away from gimbal lock: angles come back as written
+    rows[:, 35] = 2.7  # apix
+    tbl = _write_rows(tmp_path / "a.tbl", rows.tolist())
+    ds = read_dynamo_table(tbl)
+    assert ds.attrs["n_columns"] == 45
+    assert ds.attrs["pixel_spacing"] == 2.7
+    for name in ("tag", "aligned", "cc", "class", "annotation", "otag", "apix", "eig2", "col33", "col45"):
+        assert name in ds.data_vars, name
+    assert ds["tag"].dtype == np.int64
+    assert ds["cc"].dtype == np.float64
+    assert ds.experiment_id.values.tolist() == [str(int(t)) for t in rows[:, 19]]
+    write_dynamo_table(ds, tmp_path / "b.tbl")
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "b.tbl"), rows, atol=1e-9)
+
+
+def test_defaults_when_writing_foreign_poses(tmp_path: Path) -> None:
+    poses = cryoxr.make_poseset(
+        np.zeros((2, 3)), experiment_id="7", pixel_spacing=1.35, extra={"rlnClassNumber": [1, 2]}
+    )
+    write_dynamo_table(poses, tmp_path / "a.tbl")
+    table = np.loadtxt(tmp_path / "a.tbl")
+    assert table.shape == (2, 35)
+    assert table[:, 0].tolist() == [1, 2]  # tag
+    assert table[:, 1].tolist() == [1, 1]  # aligned
+    assert table[:, 19].tolist() == [7, 7]  # tomo
+    assert table[:, 35 - 1].tolist() == [0, 0]  # sref
+    assert "1.35" not in (tmp_path / "a.tbl").read_text()  # apix is column 36: not in a 35-column table
+
+
+def test_tomogram_map(tmp_path: Path) -> None:
+    doc = tmp_path / "t.doc"
+    write_tomogram_map({3: "/data/Tomo Ω 3.mrc", 1: "TS_01"}, doc)
+    assert read_tomogram_map(doc) == {1: "TS_01", 3: "/data/Tomo Ω 3.mrc"}
+    tbl = _write_rows(tmp_path / "a.tbl", [_row(tomo=3), _row(tomo=1), _row(tomo=3)])
+    ds = read_dynamo_table(tbl, tomogram_map=doc)
+    assert ds.experiment_id.values.tolist() == ["/data/Tomo Ω 3.mrc", "TS_01", "/data/Tomo Ω 3.mrc"]
+    assert ds.tomo.values.tolist() == [3, 1, 3]
+    assert read_dynamo_table(tbl, tomogram_map={1: "a", 3: "b"}).experiment_id.values.tolist() == [
+        "b",
+        "a",
+        "b",
+    ]
+    with pytest.raises(
+        FormatError, match=r"line 2, column 20 \(tomo\): expected a tomogram number of the map"
+    ):
+        read_dynamo_table(tbl, tomogram_map={3: "x"})
+    with pytest.raises(InvalidValueError, match="one-line name"):
+        write_tomogram_map({1: " padded"}, tmp_path / "u.doc")
+    (tmp_path / "bad.doc").write_text("one TS_01\n")
+    with pytest.raises(
+        FormatError, match=r"bad\.doc, line 1, column 1 \(tomogram number\): expected an integer"
+    ):
+        read_tomogram_map(tmp_path / "bad.doc")
+
+
+def test_names_need_a_map(tmp_path: Path) -> None:
+    poses = cryoxr.make_poseset(np.zeros((2, 3)), experiment_id=["TS_01", "TS_02"], pixel_spacing=1.0)
+    with pytest.raises(InvalidValueError, match="pass tomogram_map"):
+        write_dynamo_table(poses, tmp_path / "a.tbl")
+    assert not (tmp_path / "a.tbl").exists()
+    clash = poses.assign(tomo=("particle", np.array([1, 1])))
+    with pytest.raises(InvalidValueError, match="one experiment_id and back"):
+        write_dynamo_table(clash, tmp_path / "a.tbl", tomogram_map=tmp_path / "a.doc")
+
+
+def test_overwrite_refused(tmp_path: Path) -> None:
+    poses = cryoxr.make_poseset(np.zeros((1, 3)), experiment_id=["TS_01"], pixel_spacing=1.0)
+    (tmp_path / "a.doc").write_text("old\n")
+    with pytest.raises(FileExistsNoOverwriteError):
+        write_dynamo_table(poses, tmp_path / "a.tbl", tomogram_map=tmp_path / "a.doc")
+    assert not (tmp_path / "a.tbl").exists()
+    write_dynamo_table(poses, tmp_path / "a.tbl", tomogram_map=tmp_path / "a.doc", overwrite=True)
+    assert (tmp_path / "a.doc").read_text() == "1 TS_01\n"
+
+
+names = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp")), min_size=1, max_size=12
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 30),
+    tomos=st.lists(names, min_size=1, max_size=4, unique=True),
+    origin=st.sampled_from(["none", "corner", "one_based"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_roundtrip_hypothesis(
+    tmp_path_factory: pytest.TempPathFactory, n: int, tomos: list[str], origin: str, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    folder = tmp_path_factory.mktemp("dyn")
+    ids = [tomos[i] for i in rng.integers(0, len(tomos), n)]
+    poses = cryoxr.make_poseset(
+        rng.uniform(0, 4000, (n, 3)),
+        shift=rng.normal(0, 3, (n, 3)),
+        orientation=Rotation.random(n, random_state=seed),
+        experiment_id=ids,
+        pixel_spacing=1.35,
+        extra={"cc": rng.normal(size=n), "class": rng.integers(1, 5, n)},
+    )
+    write_dynamo_table(poses, folder / "p.tbl", tomogram_map=folder / "p.doc", origin=origin)  # type: ignore[arg-type]
+    back = read_dynamo_table(folder / "p.tbl", tomogram_map=folder / "p.doc", origin=origin)  # type: ignore[arg-type]
+    np.testing.assert_allclose(back.position, poses.position, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(back["shift"], poses["shift"], atol=1e-12, rtol=0)
+    angle = (back.cryo.rotation * poses.cryo.rotation.inv()).magnitude()
+    np.testing.assert_allclose(np.rad2deg(angle), 0.0, atol=1e-9)
+    assert back.experiment_id.values.tolist() == ids
+    np.testing.assert_array_equal(back["class"], poses["class"])
+    np.testing.assert_allclose(back["cc"], poses["cc"], rtol=0, atol=0)
+
+
+BAD_TBL = [
+    (" ".join(["1"] * 20) + "\n", "line 1: expected at least 26 columns .*found 20"),
+    (" ".join(["1"] * 35) + "\n" + " ".join(["1"] * 34) + "\n", "line 2: expected 35 columns .*found 34"),
+    (
+        " ".join(["1"] * 6 + ["abc"] + ["1"] * 28) + "\n",
+        r"line 1, column 7 \(tdrot\): expected a number, found 'abc'",
+    ),
+    (
+        " ".join(["1"] * 7 + ["NaN"] + ["1"] * 27) + "\n",
+        r"line 1, column 8 \(tilt\): expected a finite number",
+    ),
+    ("", "empty file"),
+    ((" ".join(["1"] * 35) + "\n").encode() + b"\xc3\x28 1\n", r"line 2: expected UTF-8 text"),
+    (" ".join(["1"] * 19 + ["1.5"] + ["1"] * 15) + "\n", r"line 1, column 20 \(tomo\): expected an integer"),
+]
+
+
+@pytest.mark.parametrize(("content", "message"), BAD_TBL)
+def test_bad_tables(tmp_path: Path, content: str | bytes, message: str) -> None:
+    tbl = tmp_path / "bad.tbl"
+    if isinstance(content, bytes):
+        tbl.write_bytes(content)
+    else:
+        tbl.write_text(content)
+    with pytest.raises(FormatError, match=message) as info:
+        read_dynamo_table(tbl)
+    assert "bad.tbl" in str(info.value)
+    assert isinstance(info.value, CryoxrError)

@@ -287,11 +287,11 @@ def test_plot_orientations_histogram_and_scatter(poses: xr.Dataset) -> None:
 
 
 def test_plot_orientations_of_millions_is_fast(rng: np.random.Generator) -> None:
-    n = 2_000_000
+    n = 1_000_000
     quats = rng.normal(size=(n, 4))
     quats /= np.linalg.norm(quats, axis=1, keepdims=True)
     poses = cryoxr.make_poseset(
-        np.zeros((n, 3)), orientation=quats, experiment_id="t", pixel_spacing=1.0, chunks=500_000
+        np.zeros((n, 3)), orientation=quats, experiment_id="t", pixel_spacing=1.0, chunks=250_000
     )
     start = time.perf_counter()
     fig = plot_orientations(poses)

@@ -38,7 +38,7 @@ from scipy.spatial.transform import Rotation
 
 from cryoxr.image import Image, Tomogram
 from cryoxr.poseset import make_poseset
-from cryoxr.projection import count_in_field_of_view, extract_subtilts, in_field_of_view, project
+from cryoxr.projection import count_in_field_of_view, extract_subtilts, project
 from cryoxr.projection_model import make_projection_model
 
 __all__ = ["DemoSummary", "make_demo_data", "progress_bar", "run_demo"]
@@ -180,12 +180,16 @@ def _tomogram_block(
         & (blobs[:, 2] > z0 - reach)
         & (blobs[:, 2] < z1 + reach)
     ]
-    if len(near):
-        zz, yy, xx = np.ogrid[z0:z1, y0:y1, x0:x1]
-        for x, y, z in near:
-            out += np.exp(-((xx - x) ** 2 + (yy - y) ** 2 + (zz - z) ** 2) / (2 * sigma**2)).astype(
-                np.float32
-            )
+    r = int(np.ceil(reach))
+    for x, y, z in near:  # each blob touches only its (2r+1)^3 neighbourhood
+        cx, cy, cz = int(round(x)), int(round(y)), int(round(z))
+        lo = np.maximum([cz - r - z0, cy - r - y0, cx - r - x0], 0)
+        hi = np.minimum([cz + r + 1 - z0, cy + r + 1 - y0, cx + r + 1 - x0], out.shape)
+        if (hi <= lo).any():
+            continue
+        zz, yy, xx = np.ogrid[lo[0] + z0 : hi[0] + z0, lo[1] + y0 : hi[1] + y0, lo[2] + x0 : hi[2] + x0]
+        blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2 + (zz - z) ** 2) / (2 * sigma**2))
+        out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] += blob.astype(np.float32)
     return out
 
 
@@ -253,7 +257,7 @@ def run_demo(
     progress
         Show dask progress bars.
     figure
-        Draw ``overview.png`` (needs matplotlib).
+        Draw PNG figures into ``out_dir/figures`` (needs matplotlib).
     write_files
         Write the tomogram (OME-Zarr), particles (RELION 5 STAR) and alignment.
     overwrite
@@ -320,7 +324,7 @@ def run_demo(
             cy, cx = (w * yy).sum() / w.sum(), (w * xx).sum() / w.sum()
             worst = max(worst, float(np.hypot(cx - box // 2, cy - box // 2)))
         if figure:
-            files["figure"] = _draw(data, tilt_series, sub, out / "overview.png")
+            files.update(_draw(data, tilt_series, sub, out / "figures"))
         return worst
 
     peak = _timed(timings, "extract + check", _extract) if n_particles else 0.0
@@ -341,20 +345,25 @@ def _write_inputs(data: dict[str, Any], out: Path, *, overwrite: bool, progress:
     return {}
 
 
-def _draw(data: dict[str, Any], tilt_series: Image, projected: xr.DataArray, path: Path) -> Path:
-    from cryoxr import plot  # optional: needs matplotlib
+def _draw(data: dict[str, Any], tilt_series: Image, projected: xr.DataArray, folder: Path) -> dict[str, Path]:
+    """One PNG per picture: tomogram slices, the 0-degree tilt with particles, orientations, tilt scheme."""
+    import matplotlib.pyplot as plt  # optional: needs the plot extra
 
-    fig = plot.demo_overview(
-        tomogram=data["tomogram"],
-        tilt_series=tilt_series,
-        projected=projected,
-        poses=data["poses"],
-        model=data["model"],
-        image_shape=data["tilt_image_shape"],
-    )
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
+    from cryoxr import plot
 
-    plt.close(fig)
-    _ = in_field_of_view  # the overlay colours by field of view
-    return path
+    folder.mkdir(exist_ok=True)
+    zero_tilt = int(np.argmin(np.abs(data["model"].rotation_y.to_numpy())))
+    figures = {
+        "slices": plot.plot_orthoslices(data["tomogram"]),
+        "particles": plot.plot_projected(
+            tilt_series, projected, image=zero_tilt, image_shape=data["tilt_image_shape"]
+        ),
+        "orientations": plot.plot_orientations(data["poses"]),
+        "tilt scheme": plot.plot_tilt_scheme(data["model"]),
+    }
+    paths = {}
+    for name, fig in figures.items():
+        paths[name] = folder / f"{name.replace(' ', '_')}.png"
+        fig.savefig(paths[name], dpi=100)
+        plt.close(fig)
+    return paths

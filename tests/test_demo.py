@@ -1,0 +1,65 @@
+"""The demo and the `cryoxr` command, end to end in subprocesses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from cryoxr.demo import make_demo_data, render_tilt_series, run_demo
+
+
+def test_demo_data_geometry() -> None:
+    data = make_demo_data(1000)
+    assert data["poses"].sizes["particle"] == 1000
+    assert data["tomogram_dimensions"] == (512, 512, 128)
+    assert data["tomogram"].shape == (128, 512, 512)
+    assert len(data["model"]) == 41
+    assert sorted(data["model"].rotation_y) == list(np.arange(-60, 61, 3.0))
+
+
+def test_render_tilt_series_puts_spots_where_asked() -> None:
+    points = np.array([[[10.0, 20.0]], [[30.0, 5.0]]])  # (particle, tilt, xy)
+    images = render_tilt_series(points, (40, 50), sigma=1.0)
+    assert images.shape == (1, 40, 50)
+    assert images[0, 20, 10] > 0.9
+    assert images[0, 5, 30] > 0.9
+
+
+def test_run_demo_small(tmp_path: Path) -> None:
+    summary = run_demo(5_000, tmp_path / "out", progress=False, figure=False)
+    assert summary.n_particles == 5_000
+    assert summary.peak_offset_px <= 0.5
+    stored = zarr.open_array(str(summary.files["projected"]), mode="r")
+    assert stored.shape == (5_000, 41, 2)
+    assert summary.in_field_of_view.shape == (41,)
+    assert summary.in_field_of_view.max() <= 5_000
+    assert "particle-tilts" in summary.format()
+
+
+def test_cli_demo_subprocess(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cryoxr",
+            "demo",
+            "--particles",
+            "20000",
+            "--out",
+            str(tmp_path / "d"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "20,000" in result.stdout
+    assert "mean patch peaks" in result.stdout
+    assert (tmp_path / "d" / "projected.zarr").is_dir()
+    assert (tmp_path / "d" / "figures" / "particles.png").stat().st_size > 10_000

@@ -182,7 +182,7 @@ def _tomogram_block(
     ]
     r = int(np.ceil(reach))
     for x, y, z in near:  # each blob touches only its (2r+1)^3 neighbourhood
-        cx, cy, cz = int(round(x)), int(round(y)), int(round(z))
+        cx, cy, cz = round(x), round(y), round(z)
         lo = np.maximum([cz - r - z0, cy - r - y0, cx - r - x0], 0)
         hi = np.minimum([cz + r + 1 - z0, cy + r + 1 - y0, cx + r + 1 - x0], out.shape)
         if (hi <= lo).any():

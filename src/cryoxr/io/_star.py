@@ -1,0 +1,733 @@
+"""A fast, strict reader and writer of STAR files (RELION's flavour), as tables.
+
+A STAR file is a sequence of data blocks (``data_<name>``), each either a *simple*
+block of ``_label value`` pairs or a *loop* block (``loop_``, one ``_label`` line per
+column, then one whitespace-separated row per line). RELION precedes each block with a
+``# version N`` comment (50001 for RELION 5, 30001 for 3.1/4; none means 3.0).
+
+The format is described as data: :data:`LABEL_TYPES` maps the RELION labels cryoxr
+knows to their column type; unknown labels are typed by their content (integer, else
+float, else text). Rows are never touched one by one in Python:
+
+- reading: only the header lines are walked in Python; each loop body is handed in one
+  piece to pyarrow's multi-threaded CSV parser with the known column names and types.
+  Bodies padded with runs of blanks (RELION's own alignment) are first squeezed to single
+  spaces with vectorised numpy byte operations, so a RELION file and a file written by
+  cryoxr parse the same way. Runs of blanks *inside* a quoted value are squeezed too.
+- writing: every column is formatted at once (pyarrow casts; floats in the shortest form
+  that reads back to the same float64) and the rows are joined in pyarrow, in chunks of
+  :data:`WRITE_CHUNK_ROWS` rows, so memory stays bounded.
+
+A malformed file raises :class:`~cryoxr.errors.FormatError` naming the file, the line,
+the column and what was expected (missing ``loop_``, ragged rows, text where numbers
+belong, Windows line endings, bad UTF-8, ...).
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> import pandas as pd
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "t.star"
+>>> table = pd.DataFrame({"rlnTomoName": ["TS_01", "TS_02"], "rlnAngleRot": [10.0, -3.5]})
+>>> write_star([StarBlock("particles", table, version=50001)], path)
+>>> print(path.read_text())
+<BLANKLINE>
+# version 50001
+<BLANKLINE>
+data_particles
+<BLANKLINE>
+loop_
+_rlnTomoName #1
+_rlnAngleRot #2
+TS_01 10.0
+TS_02 -3.5
+<BLANKLINE>
+>>> blocks = read_star(path)
+>>> blocks["particles"].table.rlnAngleRot.tolist(), blocks["particles"].version
+([10.0, -3.5], 50001)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from cryoxr.errors import CryoxrFileNotFoundError, FormatError
+from cryoxr.io._atomic import atomic_path
+
+__all__ = [
+    "LABEL_TYPES",
+    "WRITE_CHUNK_ROWS",
+    "StarBlock",
+    "format_block_header",
+    "format_rows",
+    "read_star",
+    "write_star",
+    "write_star_blocks",
+]
+
+#: RELION labels whose column type cryoxr knows: label -> "float", "int" or "str".
+#: Any other label is typed by its content (integer, else float, else text).
+LABEL_TYPES: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            "rlnTomoName",
+            "rlnMicrographName",
+            "rlnMicrographMovieName",
+            "rlnImageName",
+            "rlnTomoParticleName",
+            "rlnOpticsGroupName",
+            "rlnTomoTiltSeriesStarFile",
+            "rlnTomoTiltSeriesName",
+            "rlnTomoReconstructedTomogram",
+            "rlnTomoImportImodDir",
+            "rlnTomoImportCtfFindFile",
+            "rlnEtomoDirectiveFile",
+            "rlnMtfFileName",
+            "rlnCtfImage",
+            "rlnTomoVisibleFrames",
+            "rlnMicrographMetadata",
+            "rlnReferenceImage",
+            "rlnTomoProjX",
+            "rlnTomoProjY",
+            "rlnTomoProjZ",
+            "rlnTomoProjW",
+        ],
+        "str",
+    ),
+    **dict.fromkeys(
+        [
+            "rlnOpticsGroup",
+            "rlnClassNumber",
+            "rlnGroupNumber",
+            "rlnRandomSubset",
+            "rlnImageSize",
+            "rlnImageDimensionality",
+            "rlnNrOfSignificantSamples",
+            "rlnTomoSizeX",
+            "rlnTomoSizeY",
+            "rlnTomoSizeZ",
+            "rlnTomoFrameCount",
+            "rlnTomoTiltMovieFrameCount",
+            "rlnTomoSubTomosAre2DStacks",
+            "rlnCtfDataAreCtfPremultiplied",
+            "rlnTomoParticleId",
+            "rlnTomoManifoldIndex",
+        ],
+        "int",
+    ),
+    **dict.fromkeys(
+        [
+            "rlnCoordinateX",
+            "rlnCoordinateY",
+            "rlnCoordinateZ",
+            "rlnCenteredCoordinateXAngst",
+            "rlnCenteredCoordinateYAngst",
+            "rlnCenteredCoordinateZAngst",
+            "rlnOriginXAngst",
+            "rlnOriginYAngst",
+            "rlnOriginZAngst",
+            "rlnOriginX",
+            "rlnOriginY",
+            "rlnOriginZ",
+            "rlnAngleRot",
+            "rlnAngleTilt",
+            "rlnAnglePsi",
+            "rlnTomoSubtomogramRot",
+            "rlnTomoSubtomogramTilt",
+            "rlnTomoSubtomogramPsi",
+            "rlnTomoTiltSeriesPixelSize",
+            "rlnMicrographPixelSize",
+            "rlnMicrographOriginalPixelSize",
+            "rlnImagePixelSize",
+            "rlnTomoSubtomogramBinning",
+            "rlnTomoTomogramBinning",
+            "rlnTomoHand",
+            "rlnVoltage",
+            "rlnSphericalAberration",
+            "rlnAmplitudeContrast",
+            "rlnTomoXTilt",
+            "rlnTomoYTilt",
+            "rlnTomoZRot",
+            "rlnTomoXShiftAngst",
+            "rlnTomoYShiftAngst",
+            "rlnTomoNominalStageTiltAngle",
+            "rlnTomoNominalTiltAxisAngle",
+            "rlnTomoNominalDefocus",
+            "rlnMicrographPreExposure",
+            "rlnDefocusU",
+            "rlnDefocusV",
+            "rlnDefocusAngle",
+            "rlnCtfMaxResolution",
+            "rlnCtfFigureOfMerit",
+            "rlnCtfScalefactor",
+            "rlnCtfBfactor",
+            "rlnPhaseShift",
+            "rlnLogLikeliContribution",
+            "rlnMaxValueProbDistribution",
+            "rlnNormCorrection",
+        ],
+        "float",
+    ),
+}
+
+#: rows formatted per pyarrow call when writing (bounds the writer's memory)
+WRITE_CHUNK_ROWS = 1 << 18
+
+_ARROW_TYPES = {"float": pa.float64(), "int": pa.int64(), "str": pa.string()}
+_KIND_NAMES = {"float": "a number", "int": "an integer"}
+_TOKEN = re.compile(r'"[^"]*"|\S+')
+_VERSION = re.compile(r"#\s*version\s+(\d+)")
+_NEEDS_QUOTES = r'^$|[\s"]|^[#_\']|^(data|loop)_'
+
+
+@dataclass
+class StarBlock:
+    """One data block of a STAR file.
+
+    Parameters
+    ----------
+    name
+        The block name, without ``data_``.
+    table
+        The block's content: one row per loop row, columns in file order. A simple
+        (non-loop) block is a one-row table.
+    loop
+        Whether the block is a ``loop_`` block.
+    version
+        The number of the ``# version N`` line before the block, or None.
+    """
+
+    name: str
+    table: pd.DataFrame
+    loop: bool = True
+    version: int | None = None
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _fail(path: Path, line: int, message: str) -> FormatError:
+    return FormatError(f"{path}, line {line}: {message}")
+
+
+def _squeeze_blanks(chunk: bytes) -> bytes:
+    """Runs of blanks -> one space; no blanks at line starts or ends (vectorised)."""
+    a = np.frombuffer(chunk, dtype=np.uint8)
+    blank = a == 32
+    blank |= a == 9
+    next_sep = np.empty_like(blank)
+    next_sep[:-1] = blank[1:]
+    next_sep[:-1] |= a[1:] == 10
+    next_sep[-1:] = True
+    # keep non-blanks, and the last blank of a run unless it ends the line
+    out = a[~(blank & next_sep)]
+    lead = np.empty(out.shape, dtype=bool)
+    lead[:1] = True
+    lead[1:] = out[:-1] == 10
+    lead &= (out == 32) | (out == 9)
+    out = out[~lead]
+    out[out == 9] = 32
+    return out.tobytes()
+
+
+def _clean_chunk(chunk: bytes) -> bytes:
+    """A chunk of whole body lines as single-space separated lines (cheap checks first)."""
+    if chunk.find(b"\t") >= 0 and chunk.find(b" ") < 0:
+        return chunk.replace(b"\t", b" ")  # tab-separated (e.g. starfile's output)
+    if (
+        chunk.find(b"  ") >= 0
+        or chunk.find(b"\t") >= 0
+        or chunk.find(b"\n ") >= 0
+        or chunk.find(b" \n") >= 0
+        or chunk[:1] == b" "
+    ):
+        return _squeeze_blanks(chunk)
+    return chunk
+
+
+class _BodyReader:
+    """File-like view of one loop body: whole lines, cleaned chunk by chunk, up to the
+    next line starting with ``data_`` or ``#`` (or the end of the file).
+
+    pyarrow pulls from it while parsing earlier blocks on other threads, so the file is
+    never held in memory whole.
+    """
+
+    chunk_size = 1 << 24
+
+    def __init__(self, handle: IO[bytes], start: int) -> None:
+        self._handle = handle
+        self._pending = b""  # cleaned bytes, handed out from _offset on
+        self._offset = 0
+        self._carry = b""  # a partial line read ahead
+        self.start = start  # file offset of the body
+        self.stop = start  # file offset just past the body (valid once exhausted)
+        self.lines = 0  # newlines inside the body
+        self.has_rows = False
+        self.carriage_return = False
+        self._done = False
+        handle.seek(start)
+
+    closed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> None:
+        data = self._handle.read(self.chunk_size)
+        if not data:
+            whole, self._carry = self._carry, b""
+            self._done = True
+        else:
+            data = self._carry + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                self._carry = data
+                return
+            whole, self._carry = data[:cut], data[cut:]
+        if not whole:
+            return
+        ends = [i for i in (whole.find(b"\ndata_"), whole.find(b"\n#")) if i >= 0]
+        if whole[:5] == b"data_" or whole[:1] == b"#":
+            ends.append(-1)
+        if ends:
+            whole = whole[: min(ends) + 1]
+            self._done = True
+        self.stop += len(whole)
+        self.lines += whole.count(b"\n")
+        if whole.find(b"\r") >= 0:
+            self.carriage_return = True
+        cleaned = _clean_chunk(whole)
+        if not self.has_rows and re.search(rb"\S", cleaned):
+            self.has_rows = True
+        self._pending = (
+            self._pending[self._offset :] + cleaned if self._offset < len(self._pending) else cleaned
+        )
+        self._offset = 0
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._done and (size < 0 or len(self._pending) - self._offset < size):
+            self._fill()
+        if self._offset == 0 and (size < 0 or size >= len(self._pending)):
+            out, self._pending = self._pending, b""
+            return out
+        end = len(self._pending) if size < 0 else self._offset + size
+        out = self._pending[self._offset : end]
+        self._offset = min(end, len(self._pending))
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _diagnose(path: Path, body: bytes, first_line: int, labels: Sequence[str], kinds: Sequence[str]) -> None:
+    """Find the first bad row of a loop body the fast parser refused (slow, errors only)."""
+    for offset, raw_line in enumerate(body.split(b"\n")):
+        line = first_line + offset
+        try:
+            raw = raw_line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise _fail(path, line, f"not valid UTF-8 ({err.reason})") from None
+        tokens = _TOKEN.findall(raw)
+        if not tokens:
+            continue
+        if len(tokens) != len(labels):
+            raise _fail(
+                path,
+                line,
+                f"expected {len(labels)} values (one per label), found {len(tokens)}: {raw.strip()[:80]!r}",
+            )
+        for token, label, kind in zip(tokens, labels, kinds, strict=True):
+            if kind in _KIND_NAMES:
+                try:
+                    (float if kind == "float" else int)(token)
+                except ValueError:
+                    raise FormatError(
+                        f"{path}, line {line}, column {label}: expected {_KIND_NAMES[kind]}, found {token!r}"
+                    ) from None
+
+
+def _infer(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    for target in (pa.int64(), pa.float64()):
+        try:
+            return pc.cast(column, target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    return column
+
+
+def _to_pandas(column: pa.ChunkedArray) -> Any:
+    if not pa.types.is_string(column.type):
+        return column.to_numpy()
+    series = column.to_pandas()
+    if series.str.startswith('"').any():
+        quoted = series.str.startswith('"') & series.str.endswith('"') & (series.str.len() >= 2)
+        series = series.where(~quoted, series.str.slice(1, -1))
+    return series
+
+
+def _empty_table(labels: list[str], kinds: list[str]) -> pd.DataFrame:
+    dtypes = {"float": np.float64, "int": np.int64}
+    return pd.DataFrame(
+        {label: pd.Series(dtype=dtypes.get(kind, object)) for label, kind in zip(labels, kinds, strict=True)}
+    )
+
+
+def _read_loop_body(
+    path: Path, handle: IO[bytes], first_line: int, labels: list[str]
+) -> tuple[pd.DataFrame, int, int]:
+    """Parse the loop body at the handle's position; return (table, stop offset, lines)."""
+    kinds = [LABEL_TYPES.get(label, "") for label in labels]
+    names = [f"c{i}" for i in range(len(labels))]
+    reader = _BodyReader(handle, handle.tell())
+    table: pa.Table | None = None
+    error: Exception | None = None
+    try:
+        table = pacsv.read_csv(
+            pa.PythonFile(reader, mode="r"),
+            read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 23),
+            parse_options=pacsv.ParseOptions(delimiter=" ", quote_char='"', double_quote=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={
+                    name: _ARROW_TYPES.get(kind, pa.string()) for name, kind in zip(names, kinds, strict=True)
+                },
+                null_values=[],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+                true_values=[],
+                false_values=[],
+            ),
+        )
+    except pa.ArrowInvalid as err:
+        error = err
+    while not reader._done:  # the parser may stop early on an error: find the end anyway
+        reader.read(1 << 24)
+    if reader.carriage_return:
+        raise _fail(
+            path,
+            first_line,
+            "carriage return (Windows CR+LF line endings); RELION rejects these, convert with dos2unix",
+        )
+    if not reader.has_rows:
+        return _empty_table(labels, kinds), reader.stop, reader.lines
+    if error is not None or table is None:
+        handle.seek(reader.start)
+        _diagnose(path, handle.read(reader.stop - reader.start), first_line, labels, kinds)
+        raise _fail(path, first_line, f"cannot parse the loop body of {len(labels)} columns ({error})")
+    columns: dict[str, Any] = {}
+    for name, label, kind in zip(names, labels, kinds, strict=True):
+        column = table.column(name)
+        if not kind:
+            column = _infer(column)
+        columns[label] = _to_pandas(column)
+        table = table.drop_columns([name])  # free as we go
+    return pd.DataFrame(columns, copy=False), reader.stop, reader.lines
+
+
+def _typed_value(path: Path, line: int, label: str, text: str) -> Any:
+    kind = LABEL_TYPES.get(label, "")
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    if kind == "str":
+        return text
+    for caster in (int, float):
+        if kind and caster is not {"int": int, "float": float}[kind]:
+            continue
+        try:
+            return caster(text)
+        except ValueError:
+            continue
+    if kind:
+        raise FormatError(
+            f"{path}, line {line}, column {label}: expected {_KIND_NAMES[kind]}, found {text!r}"
+        )
+    return text
+
+
+def read_star(path: str | os.PathLike[str]) -> dict[str, StarBlock]:
+    """Read every data block of a STAR file, in file order.
+
+    Parameters
+    ----------
+    path
+        The STAR file.
+
+    Returns
+    -------
+    dict of str to StarBlock
+        Block name -> block. Known labels (:data:`LABEL_TYPES`) get their type
+        (float64, int64, str); other columns are typed by content.
+
+    Raises
+    ------
+    CryoxrFileNotFoundError
+        No such file.
+    FormatError
+        A malformed file; the message names the file, the line (and column) and what was
+        expected.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "bad.star"
+    >>> _ = path.write_text("data_particles\\n_rlnAngleRot #1\\n_rlnAngleTilt #2\\n 1.0 2.0\\n")
+    >>> read_star(path)
+    Traceback (most recent call last):
+    ...
+    cryoxr.errors.FormatError: .../bad.star, line 2: _rlnAngleRot #1 in block data_particles is a loop \
+column (missing loop_?)
+    """
+    path = Path(path)
+    try:
+        handle = open(path, "rb")  # noqa: SIM115  (closed below)
+    except FileNotFoundError:
+        raise CryoxrFileNotFoundError(f"{path}: no such STAR file") from None
+    except IsADirectoryError:
+        raise CryoxrFileNotFoundError(f"{path}: is a folder, expected a STAR file") from None
+    with handle:
+        return _read_blocks(path, handle)
+
+
+def _read_blocks(path: Path, handle: IO[bytes]) -> dict[str, StarBlock]:
+    blocks: dict[str, StarBlock] = {}
+    line_no = 0
+    version: int | None = None
+    name = ""
+    pairs: dict[str, Any] | None = None  # the simple block being filled
+    block_version: int | None = None
+
+    def finish_simple() -> None:
+        if pairs is not None:
+            blocks[name] = StarBlock(
+                name, pd.DataFrame({k: [v] for k, v in pairs.items()}), False, block_version
+            )
+
+    while True:
+        start = handle.tell()
+        raw_line = handle.readline()
+        if not raw_line:
+            break
+        line_no += 1
+        if raw_line.find(b"\r") >= 0:
+            raise _fail(
+                path,
+                line_no,
+                "carriage return (Windows CR+LF line endings); RELION rejects these, convert with dos2unix",
+            )
+        try:
+            text = raw_line.decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            raise _fail(path, line_no, f"not valid UTF-8 ({err.reason})") from None
+        if not text:
+            continue
+        if text.startswith("#"):
+            match = _VERSION.match(text)
+            if match:
+                version = int(match.group(1))
+        elif text.startswith("data_"):
+            finish_simple()
+            name = text[5:].split()[0] if len(text) > 5 else ""
+            if name in blocks:
+                raise _fail(path, line_no, f"block data_{name} appears twice")
+            pairs, block_version, version = {}, version, None
+        elif pairs is None:
+            raise _fail(path, line_no, f"expected 'data_<name>' or a comment, found {text[:80]!r}")
+        elif text == "loop_":
+            if pairs:
+                raise _fail(path, line_no, f"loop_ after '_label value' pairs in block data_{name}")
+            labels: list[str] = []
+            while True:  # the labels
+                start = handle.tell()
+                raw_line = handle.readline()
+                stripped = raw_line.strip()
+                if not stripped.startswith(b"_"):
+                    break
+                line_no += 1
+                label = stripped.split()[0][1:].decode("utf-8", errors="replace")
+                if label in labels:
+                    raise _fail(path, line_no, f"label _{label} appears twice in block data_{name}")
+                labels.append(label)
+            if not labels:
+                raise _fail(path, line_no, f"loop_ in block data_{name} has no _labels")
+            handle.seek(start)
+            table, stop, lines = _read_loop_body(path, handle, line_no + 1, labels)
+            blocks[name] = StarBlock(name, table, True, block_version)
+            handle.seek(stop)
+            line_no += lines
+            pairs = None
+        elif text.startswith("_"):
+            parts = text.split(None, 1)
+            label = parts[0][1:]
+            if len(parts) < 2:
+                raise _fail(path, line_no, f"_{label} in block data_{name} has no value (missing loop_?)")
+            if label in pairs:
+                raise _fail(path, line_no, f"label _{label} appears twice in block data_{name}")
+            if parts[1].startswith("#"):
+                raise _fail(
+                    path,
+                    line_no,
+                    f"_{label} {parts[1]} in block data_{name} is a loop column (missing loop_?)",
+                )
+            pairs[label] = _typed_value(path, line_no, label, parts[1].strip())
+        else:
+            raise _fail(
+                path,
+                line_no,
+                f"expected '_label value' or 'loop_' in block data_{name}, found {text[:80]!r} (missing loop_?)",
+            )
+    finish_simple()
+    return blocks
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _as_arrow(values: Any) -> pa.Array | pa.ChunkedArray:
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return values
+    if isinstance(values, pd.Series | pd.Index) and not pd.api.types.is_numeric_dtype(values.dtype):
+        return pa.array(values, from_pandas=True)  # arrow-backed text: no copy
+    arr = np.asarray(values)
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.int64)
+    try:
+        return pa.array(arr)  # NaN stays a float NaN, never a null
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array(arr.astype(str))
+
+
+def _format_column(values: Any) -> pa.Array | pa.ChunkedArray:
+    """One column as text, vectorised: shortest round-trip floats, ints, quoted strs."""
+    array = _as_arrow(values)
+    if pa.types.is_floating(array.type):
+        array = pc.cast(array, pa.float64())
+        text = pc.cast(array, pa.string())
+        numbers = np.asarray(array)
+        integral = np.isfinite(numbers) & (numbers == np.trunc(numbers))
+        if not integral.any():
+            return text
+        # keep integral floats recognisable as floats ("1000.0", not "1000")
+        plain = pc.and_(pa.array(integral), pc.invert(pc.match_substring(text, "e")))
+        return pc.if_else(plain, pc.binary_join_element_wise(text, ".0", ""), text)
+    if pa.types.is_integer(array.type) or pa.types.is_boolean(array.type):
+        return pc.cast(pc.cast(array, pa.int64()), pa.string())
+    text = pc.fill_null(pc.cast(array, pa.string()), "")
+    quoted = pc.binary_join_element_wise('"', text, '"', "")
+    return pc.if_else(pc.match_substring_regex(text, _NEEDS_QUOTES), quoted, text)
+
+
+def format_rows(columns: Mapping[str, Any]) -> bytes:
+    """The loop-body lines of ``columns`` (label -> values), formatted without a row loop.
+
+    Floats are written in the shortest form that reads back to the same float64
+    (``1.35``, ``1000.0``, ``1e-07``); text with blanks or quotes is double-quoted.
+
+    Examples
+    --------
+    >>> format_rows({"rlnTomoName": ["a b", "c"], "rlnAngleRot": [1.0, 0.1 + 0.2]})
+    b'"a b" 1.0\\nc 0.30000000000000004\\n'
+    """
+    texts = [_format_column(values) for values in columns.values()]
+    if not texts or len(texts[0]) == 0:
+        return b""
+    lines = pc.binary_join_element_wise(*texts, " ") if len(texts) > 1 else texts[0]
+    lines = pc.cast(pc.binary_join_element_wise(lines, "", "\n"), pa.large_string())
+    if isinstance(lines, pa.ChunkedArray):
+        lines = lines.combine_chunks()
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
+    return bytes(memoryview(lines.buffers()[2])[int(offsets[0]) : int(offsets[-1])])
+
+
+def format_block_header(block: StarBlock) -> str:
+    """The text before the rows: version line, ``data_`` line, ``loop_`` and labels.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> print(format_block_header(StarBlock("optics", pd.DataFrame({"rlnOpticsGroup": [1]}))))
+    <BLANKLINE>
+    data_optics
+    <BLANKLINE>
+    loop_
+    _rlnOpticsGroup #1
+    <BLANKLINE>
+    """
+    head = f"\n# version {block.version}\n\n" if block.version is not None else "\n"
+    head += f"data_{block.name}\n\n"
+    if not block.loop:
+        return head
+    return head + "loop_\n" + "".join(f"_{label} #{i + 1}\n" for i, label in enumerate(block.table.columns))
+
+
+def _simple_body(block: StarBlock) -> str:
+    if len(block.table) != 1:
+        raise FormatError(f"simple block data_{block.name}: expected one row, found {len(block.table)}")
+    width = max((len(str(c)) for c in block.table.columns), default=0) + 2
+    lines = []
+    for label in block.table.columns:
+        value = format_rows({label: block.table[label]}).decode("utf-8").strip()
+        lines.append(f"_{label:<{width}}{value}\n")
+    return "".join(lines)
+
+
+def _write_loop_rows(handle: IO[bytes], table: pd.DataFrame) -> None:
+    for start in range(0, len(table), WRITE_CHUNK_ROWS):
+        part = table.iloc[start : start + WRITE_CHUNK_ROWS]
+        handle.write(format_rows({str(c): part[c] for c in part.columns}))
+
+
+def write_star_blocks(handle: IO[bytes], blocks: Iterable[StarBlock]) -> None:
+    """Write blocks to an open binary handle (used by :func:`write_star`)."""
+    for block in blocks:
+        handle.write(format_block_header(block).encode("utf-8"))
+        if block.loop:
+            _write_loop_rows(handle, block.table)
+        else:
+            handle.write(_simple_body(block).encode("utf-8"))
+
+
+def write_star(
+    blocks: Sequence[StarBlock] | Mapping[str, StarBlock],
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Write STAR blocks to ``path`` atomically.
+
+    Parameters
+    ----------
+    blocks
+        The blocks, in order (or a mapping name -> block, in its order).
+    path
+        Destination file.
+    overwrite
+        Replace an existing file.
+
+    Raises
+    ------
+    FileExistsNoOverwriteError
+        ``path`` exists and ``overwrite`` is false.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import pandas as pd
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "g.star"
+    >>> write_star([StarBlock("general", pd.DataFrame({"rlnTomoSubTomosAre2DStacks": [1]}), loop=False)],
+    ...            path)
+    >>> read_star(path)["general"].table.to_dict("list")
+    {'rlnTomoSubTomosAre2DStacks': [1]}
+    """
+    items = list(blocks.values()) if isinstance(blocks, Mapping) else list(blocks)
+    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "wb") as handle:
+        write_star_blocks(handle, items)

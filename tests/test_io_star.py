@@ -1,0 +1,242 @@
+"""The STAR core: strict parsing, exact round trips, starfile as an independent oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cryoxr.errors import CryoxrError, CryoxrFileNotFoundError, FileExistsNoOverwriteError, FormatError
+from cryoxr.io._star import StarBlock, format_rows, read_star, write_star
+
+RELION_PADDED = """
+# version 50001
+
+data_general
+
+_rlnTomoSubTomosAre2DStacks                       1
+
+
+# version 50001
+
+data_optics
+
+loop_
+_rlnOpticsGroup #1
+_rlnOpticsGroupName #2
+_rlnTomoTiltSeriesPixelSize #3
+       1 opticsGroup1     1.350000
+
+
+# version 50001
+
+data_particles
+
+loop_
+_rlnTomoName #1
+_rlnCenteredCoordinateXAngst #2
+_rlnClassNumber #3
+_rlnSomethingNew #4
+	TS_01  -1414.800000     2   0.500000
+  TS_02\t  12.000000     1   7.000000   \n
+"""
+
+
+def test_relion_padded_file(tmp_path: Path) -> None:
+    path = tmp_path / "p.star"
+    path.write_text(RELION_PADDED)
+    blocks = read_star(path)
+    assert list(blocks) == ["general", "optics", "particles"]
+    assert [b.version for b in blocks.values()] == [50001, 50001, 50001]
+    assert not blocks["general"].loop
+    assert blocks["general"].table.to_dict("list") == {"rlnTomoSubTomosAre2DStacks": [1]}
+    assert blocks["optics"].table.rlnTomoTiltSeriesPixelSize.tolist() == [1.35]
+    particles = blocks["particles"].table
+    assert list(particles.columns) == [
+        "rlnTomoName",
+        "rlnCenteredCoordinateXAngst",
+        "rlnClassNumber",
+        "rlnSomethingNew",
+    ]
+    assert particles.rlnTomoName.tolist() == ["TS_01", "TS_02"]
+    assert particles.rlnCenteredCoordinateXAngst.tolist() == [-1414.8, 12.0]
+    assert particles.rlnClassNumber.dtype == np.int64
+    assert particles.rlnSomethingNew.dtype == np.float64  # unknown label, typed by content
+
+
+def test_write_then_starfile_reads_same(tmp_path: Path) -> None:
+    path = tmp_path / "p.star"
+    path.write_text(RELION_PADDED)
+    blocks = read_star(path)
+    out = tmp_path / "out.star"
+    write_star(blocks, out)
+    text = out.read_text()
+    assert text.count("# version 50001") == 3
+    theirs = starfile.read(out)
+    for name, block in blocks.items():
+        pd.testing.assert_frame_equal(
+            theirs[name] if block.loop else pd.DataFrame({k: [v] for k, v in theirs[name].items()}),
+            block.table,
+            check_dtype=False,
+        )
+    again = read_star(out)
+    for name in blocks:
+        pd.testing.assert_frame_equal(again[name].table, blocks[name].table)
+
+
+def test_starfile_output_as_input(tmp_path: Path) -> None:
+    df = pd.DataFrame({"rlnTomoName": ["a", "b"], "rlnAngleRot": [1.25, -3.0], "rlnClassNumber": [1, 2]})
+    path = tmp_path / "s.star"
+    starfile.write({"particles": df}, path)  # tab-separated, no version line
+    block = read_star(path)["particles"]
+    assert block.version is None
+    pd.testing.assert_frame_equal(block.table, df, check_dtype=False)
+
+
+def test_quoted_and_empty_strings_round_trip(tmp_path: Path) -> None:
+    df = pd.DataFrame(
+        {"rlnTomoName": ["with space", "", "plain", "_under", "#hash"], "rlnAngleRot": [1.0] * 5}
+    )
+    path = tmp_path / "q.star"
+    write_star([StarBlock("particles", df)], path)
+    assert '"with space"' in path.read_text()
+    back = read_star(path)["particles"].table
+    assert back.rlnTomoName.tolist() == df.rlnTomoName.tolist()
+
+
+def test_empty_loop_and_empty_block(tmp_path: Path) -> None:
+    path = tmp_path / "e.star"
+    path.write_text(
+        "data_empty\n\nloop_\n_rlnAngleRot #1\n_rlnTomoName #2\n\n# version 30001\ndata_next\nloop_\n_rlnA #1\n1\n"
+    )
+    blocks = read_star(path)
+    assert len(blocks["empty"].table) == 0
+    assert list(blocks["empty"].table.columns) == ["rlnAngleRot", "rlnTomoName"]
+    assert blocks["next"].version == 30001
+    assert blocks["next"].table.rlnA.tolist() == [1]
+
+
+def test_format_rows_float_forms() -> None:
+    text = format_rows({"a": np.array([1000.0, 1.35, 1e-7, -0.0, np.nan, 1e22])}).decode()
+    values = text.split()
+    assert values[:2] == ["1000.0", "1.35"]
+    assert [float(v) for v in values[:4]] == [1000.0, 1.35, 1e-7, 0.0]
+    assert values[4] == "nan"
+    assert float(values[5]) == 1e22
+
+
+def test_overwrite_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.star"
+    path.write_text("keep")
+    with pytest.raises(FileExistsNoOverwriteError):
+        write_star([StarBlock("a", pd.DataFrame({"rlnA": [1]}))], path)
+    assert path.read_text() == "keep"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            "data_p\n_rlnAngleRot #1\n_rlnAngleTilt #2\n1 2\n",
+            "line 2: _rlnAngleRot #1 in block data_p is a loop column (missing loop_?)",
+        ),
+        (
+            "data_p\nloop_\n_rlnAngleRot #1\n_rlnAngleTilt #2\n1 2\n3\n",
+            "line 6: expected 2 values (one per label), found 1",
+        ),
+        (
+            "data_p\nloop_\n_rlnAngleRot #1\n_rlnAngleTilt #2\n1 2\n3 4 5\n",
+            "line 6: expected 2 values (one per label), found 3",
+        ),
+        (
+            "data_p\nloop_\n_rlnAngleRot #1\n_rlnAngleTilt #2\n1 2\n3 abc\n",
+            "line 6, column rlnAngleTilt: expected a number, found 'abc'",
+        ),
+        (
+            "data_p\nloop_\n_rlnClassNumber #1\n1\n2.5\n",
+            "line 5, column rlnClassNumber: expected an integer, found '2.5'",
+        ),
+        ("data_p\r\nloop_\r\n", "line 1: carriage return"),
+        ("data_p\nloop_\n_rlnA #1\n_rlnA #2\n", "line 4: label _rlnA appears twice"),
+        ("hello\n", "line 1: expected 'data_<name>' or a comment, found 'hello'"),
+        ("data_p\nloop_\n\ndata_q\n", "loop_ in block data_p has no _labels"),
+        ("data_p\n_rlnA\n", "line 2: _rlnA in block data_p has no value"),
+        ("data_p\n_rlnAngleRot 1.0x\n", "line 2, column rlnAngleRot: expected a number, found '1.0x'"),
+        ("data_p\n_rlnA 1\ndata_p\n_rlnA 1\n", "line 3: block data_p appears twice"),
+        ("data_p\n_rlnA 1\nloop_\n", "line 3: loop_ after '_label value' pairs"),
+        ("data_p\nloop_\n_rlnTomoName #1\nok\n\xff\n", "line 5: not valid UTF-8"),
+    ],
+)
+def test_bad_files(tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "bad.star"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(FormatError) as info:
+        read_star(path)
+    assert isinstance(info.value, CryoxrError)
+    assert str(info.value).startswith(f"{path}, ")
+    assert expected in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CryoxrFileNotFoundError, match="no such STAR file"):
+        read_star(tmp_path / "nope.star")
+
+
+def test_long_body_over_chunks(tmp_path: Path) -> None:
+    """Bodies longer than one read chunk are stitched at line boundaries."""
+    n = 200_000
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame(
+        {"rlnTomoName": np.char.add("TS_", (np.arange(n) % 7).astype(str)), "rlnAngleRot": rng.normal(size=n)}
+    )
+    path = tmp_path / "big.star"
+    write_star(
+        [StarBlock("particles", df, version=50001), StarBlock("after", pd.DataFrame({"rlnA": [3]}))], path
+    )
+    from cryoxr.io import _star
+
+    old = _star._BodyReader.chunk_size
+    _star._BodyReader.chunk_size = 1 << 16
+    try:
+        blocks = read_star(path)
+    finally:
+        _star._BodyReader.chunk_size = old
+    pd.testing.assert_frame_equal(blocks["particles"].table, df, check_dtype=False)
+    assert blocks["after"].table.rlnA.tolist() == [3]
+
+
+names = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp"), blacklist_characters="\"'"),
+    min_size=1,
+    max_size=8,
+).filter(lambda s: not s.startswith(("#", "_", "data_", "loop_")))
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), n=st.integers(0, 6))
+def test_round_trip_hypothesis(tmp_path: Path, data: st.DataObject, n: int) -> None:
+    df = pd.DataFrame(
+        {
+            "rlnTomoName": data.draw(st.lists(names, min_size=n, max_size=n)),
+            "rlnAngleRot": data.draw(st.lists(finite, min_size=n, max_size=n)),
+            "rlnClassNumber": data.draw(st.lists(st.integers(-(2**62), 2**62), min_size=n, max_size=n)),
+            "myScore": data.draw(st.lists(finite, min_size=n, max_size=n)),
+        }
+    ).astype({"rlnAngleRot": np.float64, "rlnClassNumber": np.int64, "myScore": np.float64})
+    path = tmp_path / "h.star"
+    write_star([StarBlock("particles", df, version=50001)], path, overwrite=True)
+    back = read_star(path)["particles"]
+    assert back.version == 50001
+    if n:
+        pd.testing.assert_frame_equal(back.table, df, check_dtype=False)
+        assert back.table.myScore.dtype == np.float64
+        theirs = starfile.read(path)
+        assert np.array_equal(theirs.rlnAngleRot.to_numpy(dtype=float), df.rlnAngleRot.to_numpy())
+    else:
+        assert len(back.table) == 0

@@ -31,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar  # noqa: E402
 
 
@@ -200,6 +201,9 @@ def test_projected_counts_in_and_out_of_view(tilt_setup: dict[str, Any], image: 
     np.testing.assert_allclose(np.asarray(in_line.get_xydata()), xy)
     assert ax.images[0].get_extent() == pytest.approx([-0.675, 256 * 1.35 - 0.675] * 2)
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("x (Å)", "y (Å)")
+    (frame,) = ax.patches  # the in-view region: pixel centres 10 .. 245
+    assert isinstance(frame, Rectangle)
+    assert (frame.get_x(), frame.get_width()) == pytest.approx((10 * 1.35, 235 * 1.35))
 
 
 def test_projected_reads_one_tilt_in_one_compute(tilt_setup: dict[str, Any]) -> None:

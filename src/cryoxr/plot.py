@@ -301,7 +301,8 @@ def plot_projected(
 
     Particles inside the field of view (:func:`cryoxr.in_field_of_view` with
     ``image_shape`` and ``margin``) are drawn as cyan circles, the others as orange
-    crosses (tilts an experiment lacks, NaN, are not drawn). For a multi-experiment
+    crosses (tilts an experiment lacks, NaN, are not drawn); a dashed rectangle marks
+    the region inside the margin. For a multi-experiment
     ``projected``, only the particles of the tilt series' experiment are drawn. Axes are
     in Å of the tilt series (positions in tilt pixels times the model's pixel spacing),
     y upwards; one dask compute reads the one tilt image and the one tilt's positions.
@@ -428,15 +429,31 @@ def plot_projected(
         linestyle="none",
         marker="x",
         markersize=marker_size,
+        markeredgewidth=1.8,
         color=OUT_OF_VIEW_COLOR,
         label=f"out of view ({len(shown_out)})",
     )
+    if margin:
+        from matplotlib.patches import Rectangle
+
+        # the region counted as in view: pixel centres [margin, n - 1 - margin]
+        ny, nx = (float(v) for v in image_shape)
+        ax.add_patch(
+            Rectangle(
+                (margin * model_spacing, margin * model_spacing),
+                (nx - 1 - 2 * margin) * model_spacing,
+                (ny - 1 - 2 * margin) * model_spacing,
+                fill=False,
+                linestyle="--",
+                linewidth=1.0,
+                edgecolor="white",
+                alpha=0.7,
+                label=f"margin {margin:g} px",
+            )
+        )
     ax.set_xlabel("x (Å)")
     ax.set_ylabel("y (Å)")
-    title = f"{eid}, image {image}"
-    if margin:
-        title += f" (margin {margin:g} px)"
-    ax.set_title(title)
+    ax.set_title(f"{eid}, image {image}")
     ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
     _add_scale_bar(ax, x_edges[1] - x_edges[0], scale_bar)
     figure: Figure = ax.figure  # type: ignore[assignment]

@@ -4,7 +4,9 @@
 napari *layer-data tuples* ``(data, kwargs, layer_type)``: what a napari reader plugin
 returns, and what ``viewer._add_layer_from_data(*t)`` or ``napari.layers.Layer.create(*t)``
 accept. napari is never imported, so the tuples are testable anywhere and work with
-any napari version (only long-standing keyword arguments are used).
+any napari version (only long-standing keyword arguments are used; checked with
+``napari.layers.Layer.create`` on napari 0.9). Building the tuples computes nothing;
+napari itself reads the plane it displays when the layer is created.
 
 World coordinates are Å, for every layer: an image layer's ``scale`` is its pixel
 spacing (1 along ``image``) and its ``translate`` its first coordinate, and a points

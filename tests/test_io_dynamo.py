@@ -234,3 +234,18 @@ def test_bad_tables(tmp_path: Path, content: str | bytes, message: str) -> None:
         read_dynamo_table(tbl)
     assert "bad.tbl" in str(info.value)
     assert isinstance(info.value, CryoxrError)
+
+
+def test_chunked_poses_and_chunked_read(tmp_path: Path, rng: np.random.Generator) -> None:
+    poses = cryoxr.make_poseset(
+        rng.uniform(0, 100, (50, 3)),
+        experiment_id="2",
+        pixel_spacing=1.0,
+        chunks=20,
+        extra={"cc": rng.normal(size=50)},
+    )
+    write_dynamo_table(poses, tmp_path / "a.tbl")
+    back = read_dynamo_table(tmp_path / "a.tbl", chunks=20)
+    assert back.chunks["particle"] == (20, 20, 10)
+    np.testing.assert_allclose(back.position.values, poses.position.values, atol=1e-12)
+    np.testing.assert_array_equal(back["cc"].values, poses["cc"].values)

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MissingDependencyError",
+    "orientation_histogram",
     "plot_orientations",
     "plot_orthoslices",
     "plot_projected",

@@ -49,3 +49,23 @@ def test_accessor_methods_are_thin() -> None:
                     if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
                 ]
                 assert len(body) <= 3, f"{cls.__name__}.{node.name} holds logic"
+
+
+def test_plot_and_napari_accessors(poses: xr.Dataset, tilt_model: pd.DataFrame) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tomo = cryoxr.Tomogram.from_array(np.zeros((4, 8, 8)), pixel_spacing=2.0, experiment_id="t")
+    for fig in (
+        tomo.data.cryo.plot_orthoslices(),
+        poses.cryo.plot_orientations(),
+        tilt_model.cryo.plot_tilt_scheme(),
+    ):
+        assert fig.axes
+        plt.close(fig)
+    ((_, kwargs, kind),) = tomo.data.cryo.to_napari()
+    assert kind == "image"
+    assert kwargs["scale"] == [2.0, 2.0, 2.0] or list(kwargs["scale"]) == [2.0, 2.0, 2.0]
+    assert [layer[2] for layer in poses.cryo.to_napari()] == ["points", "vectors"]

@@ -14,6 +14,7 @@ EXPECTED_BUILTIN = {
     "CryoxrFileNotFoundError": FileNotFoundError,
     "FileExistsNoOverwriteError": FileExistsError,
     "WriteError": OSError,
+    "MissingDependencyError": ImportError,
 }
 
 

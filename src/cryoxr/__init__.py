@@ -15,6 +15,7 @@ Examples
 from cryoxr import accessors as _accessors  # noqa: F401  (registers .cryo)
 from cryoxr.errors import CryoxrError
 from cryoxr.image import Image, Micrograph, Tomogram, bin_image, validate_image
+from cryoxr.napari import to_napari
 from cryoxr.poseset import (
     PoseSet,
     absolute_position,
@@ -53,6 +54,7 @@ __all__ = [
     "project",
     "projection_model_to_projection_matrices",
     "to_cryotypes",
+    "to_napari",
     "validate_image",
     "validate_poseset",
     "validate_projection_model",

@@ -21,7 +21,7 @@ import pandas as pd
 import xarray as xr
 from scipy.spatial.transform import Rotation
 
-from cryoxr import image, poseset, projection, projection_model
+from cryoxr import image, napari, poseset, projection, projection_model
 
 __all__ = ["ImageAccessor", "PoseSetAccessor", "ProjectionModelAccessor"]
 
@@ -49,6 +49,22 @@ class ImageAccessor:
     def in_field_of_view(self, *, image_shape: Sequence[int], margin: float = 0.0) -> xr.DataArray:
         """:func:`cryoxr.in_field_of_view` on projected positions."""
         return projection.in_field_of_view(self._da, image_shape=image_shape, margin=margin)
+
+    def plot_orthoslices(self, **kwargs: Any) -> Any:
+        """:func:`cryoxr.plot.plot_orthoslices` of this tomogram (needs matplotlib)."""
+        from cryoxr import plot  # optional extra
+
+        return plot.plot_orthoslices(self._da, **kwargs)
+
+    def plot_projected(self, tilt_series: image.Image | xr.DataArray, **kwargs: Any) -> Any:
+        """:func:`cryoxr.plot.plot_projected`: these projected positions on ``tilt_series``."""
+        from cryoxr import plot
+
+        return plot.plot_projected(tilt_series, self._da, **kwargs)
+
+    def to_napari(self, **kwargs: Any) -> list[Any]:
+        """:func:`cryoxr.napari.to_napari` layer-data tuples."""
+        return napari.to_napari(self._da, **kwargs)
 
 
 @xr.register_dataset_accessor("cryo")
@@ -84,6 +100,16 @@ class PoseSetAccessor:
         """:func:`cryoxr.project` these poses through ``model``."""
         return projection.project(self._ds, model, **kwargs)
 
+    def plot_orientations(self, **kwargs: Any) -> Any:
+        """:func:`cryoxr.plot.plot_orientations` (needs matplotlib)."""
+        from cryoxr import plot
+
+        return plot.plot_orientations(self._ds, **kwargs)
+
+    def to_napari(self, **kwargs: Any) -> list[Any]:
+        """:func:`cryoxr.napari.to_napari` points and vectors layers."""
+        return napari.to_napari(self._ds, **kwargs)
+
 
 @pd.api.extensions.register_dataframe_accessor("cryo")
 class ProjectionModelAccessor:
@@ -107,6 +133,12 @@ class ProjectionModelAccessor:
         return projection_model.projection_model_to_projection_matrices(
             self._df, tilt_image_center, tomogram_dimensions, specimen_center=specimen_center
         )
+
+    def plot_tilt_scheme(self, **kwargs: Any) -> Any:
+        """:func:`cryoxr.plot.plot_tilt_scheme` (needs matplotlib)."""
+        from cryoxr import plot
+
+        return plot.plot_tilt_scheme(self._df, **kwargs)
 
     def experiments(self) -> Mapping[str, pd.DataFrame]:
         """One sub-model per experiment, in order of appearance."""

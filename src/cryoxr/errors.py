@@ -25,6 +25,7 @@ __all__ = [
     "FileExistsNoOverwriteError",
     "FormatError",
     "InvalidValueError",
+    "MissingDependencyError",
     "SchemaError",
     "UnknownFormatError",
     "WriteError",
@@ -61,3 +62,7 @@ class FileExistsNoOverwriteError(CryoxrError, FileExistsError):
 
 class WriteError(CryoxrError, OSError):
     """Writing failed (disk full, permission, ...); the original file is left untouched."""
+
+
+class MissingDependencyError(CryoxrError, ImportError):
+    """An optional dependency (matplotlib for :mod:`cryoxr.plot`, distributed, ...) is missing."""

@@ -46,7 +46,7 @@ import pandas as pd
 import xarray as xr
 from scipy.spatial.transform import Rotation
 
-from cryoxr.errors import CryoxrError, InvalidValueError
+from cryoxr.errors import InvalidValueError, MissingDependencyError
 from cryoxr.image import Image, validate_image
 from cryoxr.poseset import validate_poseset
 from cryoxr.projection import in_field_of_view
@@ -71,10 +71,6 @@ SCATTER_MAX = 2000
 IN_VIEW_COLOR = "#33ccff"
 OUT_OF_VIEW_COLOR = "#ff7f0e"
 UNIT_VECTORS = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
-
-
-class MissingDependencyError(CryoxrError, ImportError):
-    """An optional dependency (matplotlib for :mod:`cryoxr.plot`) is not installed."""
 
 
 def _pyplot() -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cryoxr.errors import FileExistsNoOverwriteError, WriteError
 
-__all__ = ["atomic_path", "check_overwrite", "TMP_MARKER"]
+__all__ = ["TMP_MARKER", "atomic_path", "check_overwrite"]
 
 TMP_MARKER = ".cryoxr-tmp-"
 

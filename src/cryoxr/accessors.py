@@ -22,6 +22,7 @@ import xarray as xr
 from scipy.spatial.transform import Rotation
 
 from cryoxr import image, napari, poseset, projection, projection_model
+from cryoxr.image import Image
 
 __all__ = ["ImageAccessor", "PoseSetAccessor", "ProjectionModelAccessor"]
 
@@ -56,7 +57,7 @@ class ImageAccessor:
 
         return plot.plot_orthoslices(self._da, **kwargs)
 
-    def plot_projected(self, tilt_series: image.Image | xr.DataArray, **kwargs: Any) -> Any:
+    def plot_projected(self, tilt_series: Image | xr.DataArray, **kwargs: Any) -> Any:
         """:func:`cryoxr.plot.plot_projected`: these projected positions on ``tilt_series``."""
         from cryoxr import plot
 

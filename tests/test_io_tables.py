@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from cryoxr.errors import CryoxrFileNotFoundError, FormatError, UnknownFormatErr
 from cryoxr.io.aretomo import write_aretomo_alignment
 from cryoxr.io.dynamo import read_dynamo_table, write_dynamo_table
 from cryoxr.io.imod import write_imod_alignment
+from cryoxr.io.relion import read_relion_particles, write_relion_particles
 from cryoxr.io.tables import parse_numeric_rows, read_alignment, read_poses
 
 TBL_ROW = " ".join(["1"] * 19 + ["3"] + ["0"] * 3 + ["10", "20", "30"] + ["0"] * 9) + "\n"
@@ -91,14 +91,8 @@ def test_parse_numeric_rows_messages(tmp_path: Path) -> None:
         parse_numeric_rows(p, [(1, "  ")], names=["a"], what="pairs")
 
 
-relion_missing = importlib.util.find_spec("cryoxr.io.relion") is None
-
-
-@pytest.mark.skipif(relion_missing, reason="cryoxr.io.relion has not landed yet (written in parallel)")
 def test_relion_dynamo_relion_roundtrip(tmp_path: Path, rng: np.random.Generator) -> None:
     """RELION -> cryoxr -> Dynamo -> cryoxr -> RELION keeps positions to 1e-6 px, rotations to 1e-9 deg."""
-    from cryoxr.io.relion import read_relion_particles, write_relion_particles
-
     n = 200
     ids = np.where(rng.uniform(size=n) < 0.5, "TS_01", "TS_02")
     poses = cryoxr.make_poseset(
@@ -115,6 +109,7 @@ def test_relion_dynamo_relion_roundtrip(tmp_path: Path, rng: np.random.Generator
     write_relion_particles(from_dynamo, tmp_path / "out.star", version=4)
     back = read_relion_particles(tmp_path / "out.star")
     assert np.asarray(back.experiment_id.values).tolist() == ids.tolist()
+    assert read_poses(tmp_path / "out.star").sizes["particle"] == n  # dispatch of .star
     total = (back.position + back["shift"]).values
     np.testing.assert_allclose(total, (poses.position + poses["shift"]).values, atol=1e-6, rtol=0)
     np.testing.assert_allclose(back.position.values, poses.position.values, atol=1e-6, rtol=0)

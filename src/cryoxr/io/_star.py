@@ -51,6 +51,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -240,84 +241,89 @@ def _squeeze_blanks(chunk: bytes) -> bytes:
     return out.tobytes()
 
 
-def _clean_chunk(chunk: bytes) -> bytes:
-    """A chunk of whole body lines as single-space separated lines (cheap checks first)."""
-    if chunk.find(b"\t") >= 0 and chunk.find(b" ") < 0:
-        return chunk.replace(b"\t", b" ")  # tab-separated (e.g. starfile's output)
-    if (
-        chunk.find(b"  ") >= 0
-        or chunk.find(b"\t") >= 0
-        or chunk.find(b"\n ") >= 0
-        or chunk.find(b" \n") >= 0
-        or chunk[:1] == b" "
-    ):
-        return _squeeze_blanks(chunk)
-    return chunk
+def _clean_chunk(chunk: bytes, n_columns: int) -> bytes:
+    """A chunk of whole body lines as single-space separated lines.
+
+    Cheap single-byte counts decide: ``n_columns - 1`` spaces per line and no tab means
+    the chunk is clean already (a line that is still ragged fails in the parser and is
+    diagnosed there); a chunk of tabs only is tab-separated (e.g. ``starfile``'s output).
+    """
+    tabs = chunk.count(b"\t")
+    spaces = chunk.count(b" ")
+    if not tabs and spaces == chunk.count(b"\n") * (n_columns - 1) and chunk[:1] != b" ":
+        return chunk
+    if not spaces and tabs == chunk.count(b"\n") * (n_columns - 1):
+        return chunk.replace(b"\t", b" ")
+    return _squeeze_blanks(chunk)
 
 
 class _BodyReader:
     """File-like view of one loop body: whole lines, cleaned chunk by chunk, up to the
     next line starting with ``data_`` or ``#`` (or the end of the file).
 
-    pyarrow pulls from it while parsing earlier blocks on other threads, so the file is
-    never held in memory whole.
+    A worker thread reads and cleans the next chunk (numpy releases the GIL) while
+    pyarrow parses the previous ones, and the file is never held in memory whole.
     """
 
     chunk_size = 1 << 24
 
-    def __init__(self, handle: IO[bytes], start: int) -> None:
+    def __init__(self, handle: IO[bytes], start: int, n_columns: int) -> None:
         self._handle = handle
+        self._n_columns = n_columns
         self._pending = b""  # cleaned bytes, handed out from _offset on
         self._offset = 0
         self._carry = b""  # a partial line read ahead
         self.start = start  # file offset of the body
-        self.stop = start  # file offset just past the body (valid once exhausted)
+        self.stop = start  # file offset just past the body (valid once finished)
         self.lines = 0  # newlines inside the body
         self.has_rows = False
         self.carriage_return = False
-        self._done = False
+        self.finished = False
         handle.seek(start)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryoxr-star")
+        self._future: Future[tuple[bytes, bool]] = self._executor.submit(self._produce)
 
     closed = False
 
     def readable(self) -> bool:
         return True
 
-    def _fill(self) -> None:
-        data = self._handle.read(self.chunk_size)
-        if not data:
-            whole, self._carry = self._carry, b""
-            self._done = True
-        else:
+    def _produce(self) -> tuple[bytes, bool]:
+        """Read and clean the next piece of whole lines; (cleaned, body finished)."""
+        while True:
+            data = self._handle.read(self.chunk_size)
+            if not data:
+                whole, self._carry, last = self._carry, b"", True
+                break
             data = self._carry + data
             cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                self._carry = data
-                return
-            whole, self._carry = data[:cut], data[cut:]
-        if not whole:
-            return
+            if cut:
+                whole, self._carry, last = data[:cut], data[cut:], False
+                break
+            self._carry = data
         ends = [i for i in (whole.find(b"\ndata_"), whole.find(b"\n#")) if i >= 0]
         if whole[:5] == b"data_" or whole[:1] == b"#":
             ends.append(-1)
         if ends:
-            whole = whole[: min(ends) + 1]
-            self._done = True
+            whole, last = whole[: min(ends) + 1], True
         self.stop += len(whole)
         self.lines += whole.count(b"\n")
         if whole.find(b"\r") >= 0:
             self.carriage_return = True
-        cleaned = _clean_chunk(whole)
+        cleaned = _clean_chunk(whole, self._n_columns) if whole else b""
         if not self.has_rows and re.search(rb"\S", cleaned):
             self.has_rows = True
-        self._pending = (
-            self._pending[self._offset :] + cleaned if self._offset < len(self._pending) else cleaned
-        )
-        self._offset = 0
+        return cleaned, last
 
     def read(self, size: int = -1) -> bytes:
-        while not self._done and (size < 0 or len(self._pending) - self._offset < size):
-            self._fill()
+        while not self.finished and (size < 0 or len(self._pending) - self._offset < size):
+            cleaned, self.finished = self._future.result()
+            if not self.finished:
+                self._future = self._executor.submit(self._produce)
+            self._pending = (
+                self._pending[self._offset :] + cleaned if self._offset < len(self._pending) else cleaned
+            )
+            self._offset = 0
         if self._offset == 0 and (size < 0 or size >= len(self._pending)):
             out, self._pending = self._pending, b""
             return out
@@ -328,6 +334,7 @@ class _BodyReader:
 
     def close(self) -> None:
         self.closed = True
+        self._executor.shutdown(wait=True)
 
 
 def _diagnose(path: Path, body: bytes, first_line: int, labels: Sequence[str], kinds: Sequence[str]) -> None:
@@ -389,7 +396,7 @@ def _read_loop_body(
     """Parse the loop body at the handle's position; return (table, stop offset, lines)."""
     kinds = [LABEL_TYPES.get(label, "") for label in labels]
     names = [f"c{i}" for i in range(len(labels))]
-    reader = _BodyReader(handle, handle.tell())
+    reader = _BodyReader(handle, handle.tell(), len(labels))
     table: pa.Table | None = None
     error: Exception | None = None
     try:
@@ -410,8 +417,10 @@ def _read_loop_body(
         )
     except pa.ArrowInvalid as err:
         error = err
-    while not reader._done:  # the parser may stop early on an error: find the end anyway
-        reader.read(1 << 24)
+    finally:
+        while not reader.finished:  # the parser may stop early on an error: find the end anyway
+            reader.read(1 << 24)
+        reader.close()
     if reader.carriage_return:
         raise _fail(
             path,

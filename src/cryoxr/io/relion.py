@@ -199,16 +199,45 @@ def _block_from_json(data: Mapping[str, Any], version: int | None) -> StarBlock:
     return StarBlock(str(data["name"]), pd.DataFrame(dict(data["columns"])), bool(data["loop"]), version)
 
 
-def _relion_euler(rotation: Rotation) -> np.ndarray:
-    """(n, 3) rot, tilt, psi in degrees of RELION particle -> tomogram rotations."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Gimbal lock detected", category=UserWarning)
-        angles = rotation.inv().as_euler("ZYZ", degrees=True)
-    return np.asarray(angles).reshape(-1, 3)
+def _relion_quaternions(angles: np.ndarray) -> np.ndarray:
+    """(n, 4) xyzw quaternions of ``Rotation.from_euler("ZYZ", angles, degrees=True).inv()``.
+
+    Closed form of ``q_z(rot) q_y(tilt) q_z(psi)``, conjugated (vectorised; scipy's
+    ``from_euler`` is ~20x slower for 10^6 particles). Tested against scipy and eulerangles.
+    """
+    half = np.deg2rad(np.asarray(angles, dtype=np.float64).reshape(-1, 3)) / 2
+    a, b, c = half[:, 0], half[:, 1], half[:, 2]
+    sb, cb = np.sin(b), np.cos(b)
+    return np.column_stack(
+        [-sb * np.sin(c - a), -sb * np.cos(a - c), -cb * np.sin(a + c), cb * np.cos(a + c)]
+    )
 
 
 def _rotation_from_relion(angles: np.ndarray) -> Rotation:
-    return Rotation.from_euler("ZYZ", angles, degrees=True).inv()
+    return Rotation.from_quat(_relion_quaternions(angles))
+
+
+def _wrap(degrees: np.ndarray) -> np.ndarray:
+    return 180.0 - np.mod(180.0 - degrees, 360.0)  # into (-180, 180]
+
+
+def _relion_euler(quaternions: np.ndarray) -> np.ndarray:
+    """(n, 3) rot, tilt, psi (degrees) of orientations given as (n, 4) xyzw quaternions.
+
+    The inverse of :func:`_relion_quaternions`: tilt in [0, 180], rot and psi in
+    (-180, 180]. At tilt 0 the whole in-plane angle goes to psi (rot = 0); at tilt 180
+    to rot (psi = 0).
+    """
+    q = np.asarray(quaternions, dtype=np.float64).reshape(-1, 4)
+    x, y, z, w = -q[:, 0], -q[:, 1], -q[:, 2], q[:, 3]  # the passive (RELION) rotation
+    sin_half, cos_half = np.hypot(x, y), np.hypot(z, w)
+    total = np.arctan2(z, w)  # (rot + psi) / 2
+    diff = np.arctan2(-x, y)  # (rot - psi) / 2
+    diff = np.where(sin_half < 1e-12, -total, diff)
+    total = np.where(cos_half < 1e-12, diff, total)
+    rot, psi = np.rad2deg(total + diff), np.rad2deg(total - diff)
+    tilt = np.rad2deg(2 * np.arctan2(sin_half, cos_half))
+    return np.column_stack([_wrap(rot), tilt, _wrap(psi)])
 
 
 def _clean(values: np.ndarray) -> np.ndarray:
@@ -266,7 +295,7 @@ def _tomogram_sizes(tomograms: TomogramsInput, where: str) -> dict[str, np.ndarr
 
 
 def _sizes_per_particle(sizes: Mapping[str, np.ndarray], ids: np.ndarray, where: str) -> np.ndarray:
-    names, codes = np.unique(ids, return_inverse=True)
+    codes, names = pd.factorize(np.asarray(ids))
     absent = [str(n) for n in names if str(n) not in sizes]
     if absent:
         raise InvalidValueError(
@@ -394,7 +423,9 @@ def read_relion_particles(
     n = len(table)
     coordinates = _finite(path, block.name, table, coordinate_labels)
     if experiment_label is not None:
-        ids: np.ndarray | str = np.asarray(table[experiment_label].astype(str).to_numpy(), dtype=str)
+        codes, uniques = pd.factorize(table[experiment_label])
+        names = np.asarray([str(u) for u in uniques], dtype=str)
+        ids: np.ndarray | str = names[codes] if n else np.zeros(0, dtype=str)
     else:
         ids = path.stem
     attrs_sizes: dict[str, list[float]] | None = None
@@ -407,7 +438,7 @@ def read_relion_particles(
         sizes = _tomogram_sizes(tomograms, str(path))
         per_particle = _sizes_per_particle(sizes, np.broadcast_to(np.asarray(ids), (n,)), str(path))
         position = coordinates / px + per_particle / 2.0
-        used = set(np.unique(np.asarray(ids)).tolist())
+        used = set(pd.unique(np.asarray(ids).reshape(-1)).tolist())
         attrs_sizes = {k: [float(x) for x in v] for k, v in sizes.items() if k in used}
     else:
         position = coordinates
@@ -419,14 +450,13 @@ def read_relion_particles(
     if ndim == 2:
         position = np.column_stack([position, np.zeros(n)])
         origin = np.column_stack([origin, np.zeros(n)])
-    rotation = (
-        _rotation_from_relion(_finite(path, block.name, table, ANGLE_LABELS))
-        if angle_labels
-        else Rotation.identity(n)
-    )
-    if all(label in columns for label in SUBTOMOGRAM_ANGLE_LABELS):
+    quaternions = np.zeros((n, 4))
+    quaternions[:, 3] = 1.0
+    if angle_labels:
+        quaternions = _relion_quaternions(_finite(path, block.name, table, ANGLE_LABELS))
+    if all(label in columns for label in SUBTOMOGRAM_ANGLE_LABELS) and n:
         pre = _rotation_from_relion(_finite(path, block.name, table, SUBTOMOGRAM_ANGLE_LABELS))
-        rotation = pre * rotation
+        quaternions = np.asarray((pre * Rotation.from_quat(quaternions)).as_quat()).reshape(n, 4)
         origin = pre.apply(origin).reshape(n, 3)
     shift = -origin / px + 0.0  # no -0.0
     modelled = {*coordinate_labels, *origin_labels, *angle_labels}
@@ -446,7 +476,7 @@ def read_relion_particles(
     poses = make_poseset(
         position,
         shift=shift,
-        orientation=rotation.as_quat().reshape(n, 4) if n else np.zeros((0, 4)),
+        orientation=quaternions,
         experiment_id=ids,
         pixel_spacing=px,
         source=str(path),
@@ -604,11 +634,7 @@ def _particle_values(
     m = part.sizes["particle"]
     position = np.asarray(part["position"].values, dtype=np.float64).reshape(m, 3)
     shift = np.asarray(part["shift"].values, dtype=np.float64).reshape(m, 3)
-    rotation = (
-        Rotation.from_quat(np.asarray(part["orientation"].values).reshape(m, 4))
-        if m
-        else Rotation.identity(0)
-    )
+    quaternions = np.asarray(part["orientation"].values, dtype=np.float64).reshape(m, 4)
     if "experiment_id" in part.coords:
         ids = np.asarray(part.coords["experiment_id"].values).astype(str)
     else:
@@ -617,10 +643,10 @@ def _particle_values(
         pre = _rotation_from_relion(
             np.column_stack([part[label].values for label in SUBTOMOGRAM_ANGLE_LABELS])
         )
-        rotation = pre.inv() * rotation
+        quaternions = np.asarray((pre.inv() * Rotation.from_quat(quaternions)).as_quat()).reshape(m, 4)
         shift = pre.inv().apply(shift).reshape(m, 3)
     origin = _clean(-shift * px)
-    angles = _clean(_relion_euler(rotation)) if m else np.zeros((0, 3))
+    angles = _clean(_relion_euler(quaternions))
     if layout.centred and sizes is not None:
         coordinates = _clean((position - _sizes_per_particle(sizes, ids, where) / 2.0) * px)
     else:

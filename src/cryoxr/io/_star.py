@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -221,7 +222,7 @@ def _fail(path: Path, line: int, message: str) -> FormatError:
     return FormatError(f"{path}, line {line}: {message}")
 
 
-def _squeeze_blanks(chunk: bytes) -> bytes:
+def _squeeze_blanks(chunk: bytes | memoryview) -> bytes:
     """Runs of blanks -> one space; no blanks at line starts or ends (vectorised)."""
     a = np.frombuffer(chunk, dtype=np.uint8)
     blank = a == 32
@@ -241,20 +242,29 @@ def _squeeze_blanks(chunk: bytes) -> bytes:
     return out.tobytes()
 
 
-def _clean_chunk(chunk: bytes, n_columns: int) -> bytes:
-    """A chunk of whole body lines as single-space separated lines.
+def _clean_chunk(chunk: bytes, cut: int, lines: int, n_columns: int) -> bytes | memoryview:
+    """``chunk[:cut]`` (whole body lines) as single-space separated lines.
 
-    Cheap single-byte counts decide: ``n_columns - 1`` spaces per line and no tab means
-    the chunk is clean already (a line that is still ragged fails in the parser and is
-    diagnosed there); a chunk of tabs only is tab-separated (e.g. ``starfile``'s output).
+    Cheap single-byte scans decide: ``n_columns - 1`` spaces per line and no tab means the
+    lines are clean already (returned without a copy; a line that is still ragged fails in
+    the parser and is diagnosed there); tabs only means tab-separated (e.g. ``starfile``'s
+    output); anything else is squeezed.
     """
-    tabs = chunk.count(b"\t")
-    spaces = chunk.count(b" ")
-    if not tabs and spaces == chunk.count(b"\n") * (n_columns - 1) and chunk[:1] != b" ":
-        return chunk
-    if not spaces and tabs == chunk.count(b"\n") * (n_columns - 1):
-        return chunk.replace(b"\t", b" ")
-    return _squeeze_blanks(chunk)
+    has_tab = chunk.find(b"\t", 0, cut) >= 0
+    spaces = chunk.count(b" ", 0, cut)
+    if not has_tab and spaces == lines * (n_columns - 1) and chunk[:1] != b" ":
+        return memoryview(chunk)[:cut]
+    if not spaces and chunk.count(b"\t", 0, cut) == lines * (n_columns - 1):
+        return chunk[:cut].replace(b"\t", b" ")
+    return _squeeze_blanks(memoryview(chunk)[:cut])
+
+
+def _line_start(chunk: bytes, marker: bytes, cut: int) -> int:
+    """Offset of the first line of ``chunk[:cut]`` that starts with ``marker``, or -1."""
+    i = chunk.find(marker, 0, cut)
+    while i > 0 and chunk[i - 1] != 10:
+        i = chunk.find(marker, i + 1, cut)
+    return i
 
 
 class _BodyReader:
@@ -262,7 +272,8 @@ class _BodyReader:
     next line starting with ``data_`` or ``#`` (or the end of the file).
 
     A worker thread reads and cleans the next chunk (numpy releases the GIL) while
-    pyarrow parses the previous ones, and the file is never held in memory whole.
+    pyarrow parses the previous ones; clean chunks are handed over without a copy, and
+    the file is never held in memory whole.
     """
 
     chunk_size = 1 << 24
@@ -270,67 +281,68 @@ class _BodyReader:
     def __init__(self, handle: IO[bytes], start: int, n_columns: int) -> None:
         self._handle = handle
         self._n_columns = n_columns
-        self._pending = b""  # cleaned bytes, handed out from _offset on
-        self._offset = 0
-        self._carry = b""  # a partial line read ahead
+        self._pieces: deque[memoryview] = deque()
+        self._offset = 0  # into the first piece
+        self._position = start  # file offset of the next read
         self.start = start  # file offset of the body
         self.stop = start  # file offset just past the body (valid once finished)
         self.lines = 0  # newlines inside the body
         self.has_rows = False
         self.carriage_return = False
         self.finished = False
-        handle.seek(start)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryoxr-star")
-        self._future: Future[tuple[bytes, bool]] = self._executor.submit(self._produce)
+        self._future: Future[tuple[bytes | memoryview, bool]] = self._executor.submit(self._produce)
 
     closed = False
 
     def readable(self) -> bool:
         return True
 
-    def _produce(self) -> tuple[bytes, bool]:
+    def _produce(self) -> tuple[bytes | memoryview, bool]:
         """Read and clean the next piece of whole lines; (cleaned, body finished)."""
+        size, cut, at_end, chunk = self.chunk_size, 0, True, b""
         while True:
-            data = self._handle.read(self.chunk_size)
-            if not data:
-                whole, self._carry, last = self._carry, b"", True
-                break
-            data = self._carry + data
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                whole, self._carry, last = data[:cut], data[cut:], False
-                break
-            self._carry = data
-        ends = [i for i in (whole.find(b"\ndata_"), whole.find(b"\n#")) if i >= 0]
-        if whole[:5] == b"data_" or whole[:1] == b"#":
-            ends.append(-1)
+            self._handle.seek(self._position)
+            chunk = self._handle.read(size)
+            cut = chunk.rfind(b"\n") + 1
+            at_end = len(chunk) < size
+            if cut == 0 and not at_end:
+                size *= 2  # a line longer than a chunk
+                continue
+            if cut == 0:
+                cut = len(chunk)  # the last line, without a newline (or nothing left)
+            break
+        last = at_end and cut == len(chunk)
+        ends = [i for i in (_line_start(chunk, b"data_", cut), _line_start(chunk, b"#", cut)) if i >= 0]
         if ends:
-            whole, last = whole[: min(ends) + 1], True
-        self.stop += len(whole)
-        self.lines += whole.count(b"\n")
-        if whole.find(b"\r") >= 0:
+            cut, last = min(ends), True
+        self._position += cut
+        self.stop = self._position
+        lines = chunk.count(b"\n", 0, cut)
+        self.lines += lines
+        if chunk.find(b"\r", 0, cut) >= 0:
             self.carriage_return = True
-        cleaned = _clean_chunk(whole, self._n_columns) if whole else b""
+        cleaned = _clean_chunk(chunk, cut, lines, self._n_columns) if cut else b""
         if not self.has_rows and re.search(rb"\S", cleaned):
             self.has_rows = True
         return cleaned, last
 
-    def read(self, size: int = -1) -> bytes:
-        while not self.finished and (size < 0 or len(self._pending) - self._offset < size):
+    def read(self, size: int = -1) -> memoryview | bytes:
+        while not self._pieces and not self.finished:
             cleaned, self.finished = self._future.result()
             if not self.finished:
                 self._future = self._executor.submit(self._produce)
-            self._pending = (
-                self._pending[self._offset :] + cleaned if self._offset < len(self._pending) else cleaned
-            )
+            if len(cleaned):
+                self._pieces.append(memoryview(cleaned))
+        if not self._pieces:
+            return b""
+        piece = self._pieces[0]
+        out = piece[self._offset :] if size < 0 else piece[self._offset : self._offset + size]
+        self._offset += len(out)
+        if self._offset >= len(piece):
+            self._pieces.popleft()
             self._offset = 0
-        if self._offset == 0 and (size < 0 or size >= len(self._pending)):
-            out, self._pending = self._pending, b""
-            return out
-        end = len(self._pending) if size < 0 else self._offset + size
-        out = self._pending[self._offset : end]
-        self._offset = min(end, len(self._pending))
-        return out
+        return out  # a short read: pyarrow asks again
 
     def close(self) -> None:
         self.closed = True

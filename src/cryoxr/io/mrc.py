@@ -61,7 +61,9 @@ import math
 import mmap
 import operator
 import os
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,7 +86,7 @@ from cryoxr.errors import (
 from cryoxr.image import IMAGE_DIMS, Chunks, Image, Micrograph, Tomogram, image_coords, validate_image
 from cryoxr.io._atomic import atomic_path
 
-__all__ = ["MRC_MODES", "MRC_SUFFIXES", "MrcArray", "read_mrc", "write_mrc"]
+__all__ = ["MRC_MODES", "MRC_SUFFIXES", "MrcArray", "read_mrc", "rechunk_from_file", "write_mrc"]
 
 #: Suffixes that :func:`cryoxr.io.images.open_image` reads as MRC; ``.mrcs`` is a stack.
 MRC_SUFFIXES: tuple[str, ...] = (".mrc", ".mrcs", ".st", ".ali", ".rec", ".map")
@@ -139,9 +141,6 @@ IMAGE_CLASS: dict[tuple[int, bool], type[Image]] = {
 
 #: target bytes of one auto chunk of a volume, and its z depth
 AUTO_CHUNK_BYTES = 64 * 2**20
-AUTO_CHUNK_DEPTH = 128
-#: reads whose contiguous runs are shorter than this turn off the kernel's read-around
-SEQUENTIAL_RUN_BYTES = 64 * 2**10
 
 NVERSION = 20141
 
@@ -196,18 +195,17 @@ def _mapped(
     planes: tuple[int, int],
     file_shape: tuple[int, ...],
     dtype: np.dtype[Any],
-    *,
-    write: bool,
 ) -> Iterator[_Mapped]:
-    """Map planes ``[lo, hi)`` of a data block; unmap on exit (the caller must not keep views)."""
+    """Map planes ``[lo, hi)`` of a data block, read-only; unmap on exit (keep no views)."""
     lo, hi = planes
     _, ny, nx = file_shape
     plane = ny * nx * dtype.itemsize
     start = offset + lo * plane
     aligned = start - start % mmap.ALLOCATIONGRANULARITY
-    access = mmap.ACCESS_WRITE if write else mmap.ACCESS_READ
-    with open(path, "r+b" if write else "rb") as f:
-        mm = mmap.mmap(f.fileno(), (hi - lo) * plane + start - aligned, access=access, offset=aligned)
+    with open(path, "rb") as f:
+        mm = mmap.mmap(
+            f.fileno(), (hi - lo) * plane + start - aligned, access=mmap.ACCESS_READ, offset=aligned
+        )
     try:
         view = np.ndarray((hi - lo, ny, nx), dtype, buffer=mm, offset=start - aligned).view(_Mapped)
         view.mm = mm
@@ -217,22 +215,59 @@ def _mapped(
         mm.close()
 
 
+def _map_planes(
+    path: str, offset: int, planes: tuple[int, int], file_shape: tuple[int, ...], dtype: np.dtype[Any]
+) -> np.ndarray:
+    """A read-only array over a memory map of planes ``[lo, hi)``, which it keeps alive."""
+    lo, hi = planes
+    _, ny, nx = file_shape
+    plane = ny * nx * dtype.itemsize
+    start = offset + lo * plane
+    aligned = start - start % mmap.ALLOCATIONGRANULARITY
+    with open(path, "rb") as f:
+        mm = mmap.mmap(
+            f.fileno(), (hi - lo) * plane + start - aligned, access=mmap.ACCESS_READ, offset=aligned
+        )
+    return np.ndarray((hi - lo, ny, nx), dtype, buffer=mm, offset=start - aligned)
+
+
+def _whole_rows(basic: list[Any], nx: int) -> bool:
+    """True when a basic key reads whole rows (x complete, y an int or a step-1 slice)."""
+    y, x = basic[1], basic[2]
+    whole_x = isinstance(x, slice) and range(nx)[x] == range(nx)
+    y_ok = isinstance(y, int | np.integer) or (isinstance(y, slice) and y.step in (None, 1))
+    return whole_x and y_ok
+
+
+def _read_rows(
+    path: str, offset: int, planes: np.ndarray, rows: Any, file_shape: tuple[int, ...], dtype: np.dtype[Any]
+) -> np.ndarray:
+    """Rows ``rows`` (int or step-1 slice) of the given planes, with one read per plane."""
+    _, ny, nx = file_shape
+    span = (
+        range(ny)[rows] if isinstance(rows, slice) else range(operator.index(rows), operator.index(rows) + 1)
+    )
+    out = np.empty((len(planes), len(span), nx), dtype)
+    if out.size == 0:
+        return out
+    row_bytes = nx * dtype.itemsize
+    with open(path, "rb", buffering=0) as f:
+        for i, z in enumerate(planes):
+            f.seek(offset + (int(z) * ny + span.start) * row_bytes)
+            target = memoryview(out[i]).cast("B")
+            filled = 0
+            while filled < len(target):
+                n = f.readinto(target[filled:])
+                if not n:
+                    raise FormatError(f"{path}: data block ends early, at plane {z}")
+                filled += n
+    return out
+
+
 def _advise_random(view: _Mapped) -> None:
     """No read-around: a scattered selection pages in only the pages it touches."""
     if hasattr(mmap, "MADV_RANDOM"):  # not on Windows
         view.mm.madvise(mmap.MADV_RANDOM)
-
-
-def _run_bytes(basic: list[Any], file_shape: tuple[int, ...], itemsize: int) -> int:
-    """Length in bytes of the contiguous runs a basic (int / slice) key reads."""
-    _, ny, nx = file_shape
-    run = itemsize
-    for size, k in zip((nx, ny), (basic[2], basic[1]), strict=True):
-        n = len(range(size)[k]) if isinstance(k, slice) else 1
-        run *= n
-        if n != size or (isinstance(k, slice) and k.step not in (None, 1)):
-            break
-    return run
 
 
 class MrcArray:
@@ -315,12 +350,36 @@ class MrcArray:
             # nothing to read: index a zero-strided stand-in for the right result shape
             empty = np.broadcast_to(np.zeros((), self.dtype), (0, ny, nx))
             out = np.array(empty[tuple(basic)])
+        elif (
+            isinstance(zrel, slice)
+            and range(ny)[basic[1]] == range(ny)
+            and range(nx)[basic[2]] == range(nx)
+            and self.file_dtype == self.dtype
+        ):
+            # whole planes in native byte order: a read-only view of a map of just these
+            # planes, no copy (reductions run at memory-map speed); the map closes when the
+            # last view of it is dropped
+            out = _map_planes(self.path, self.offset, (lo, hi), self.file_shape, self.file_dtype)
+        elif _whole_rows(basic, nx):
+            # runs of whole rows: plain reads into the result, one per plane. (A memory map
+            # would map whole page-cache folios around them: several times the bytes read
+            # would count as this process's memory.)
+            planes = np.arange(lo, hi)[zrel]
+            out = _read_rows(
+                self.path, self.offset, np.atleast_1d(planes), basic[1], self.file_shape, self.file_dtype
+            )
+            out = out.astype(self.dtype, copy=False)
+            out = out[
+                (
+                    0 if planes.ndim == 0 else slice(None),
+                    0 if isinstance(basic[1], int | np.integer) else slice(None),
+                )
+            ]
+            arrays = [(axis, rel) for axis, rel in arrays if axis != 0]  # planes are already picked
         else:
-            with _mapped(
-                self.path, self.offset, (lo, hi), self.file_shape, self.file_dtype, write=False
-            ) as view:
-                if _run_bytes(basic, self.file_shape, self.file_dtype.itemsize) < SEQUENTIAL_RUN_BYTES:
-                    _advise_random(view)
+            # scattered short runs (a box, a column): map the planes, page in only what is touched
+            with _mapped(self.path, self.offset, (lo, hi), self.file_shape, self.file_dtype) as view:
+                _advise_random(view)
                 out = np.array(view[tuple(basic)], dtype=self.dtype)  # a copy: the map closes
         dropped = [i for i, k in enumerate(basic) if isinstance(k, int | np.integer)]
         for axis, rel in arrays:
@@ -356,10 +415,18 @@ class _MrcWriteTarget:
         self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
 
     def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
-        lo, hi, zrel = _plane_range(key[0], self.shape[0])
-        with _mapped(self.path, self.offset, (lo, hi), self.shape, self.dtype, write=True) as view:
-            view[(zrel, *key[1:])] = value
-        # unmapped: written pages belong to the page cache, not to this process's memory
+        # write_mrc hands over blocks of whole rows: one write per plane, at its offset
+        nz, ny, nx = self.shape
+        planes = range(nz)[key[0]]
+        rows = range(ny)[key[1]]
+        if (key[2].start or 0, key[2].stop, rows.step) not in {(0, nx, 1), (0, None, 1)}:
+            raise ValueError(f"_MrcWriteTarget: blocks must span whole rows, found key {key}")
+        block = np.ascontiguousarray(value, dtype=self.dtype)
+        row_bytes = nx * self.dtype.itemsize
+        with open(self.path, "r+b", buffering=0) as f:
+            for i, z in enumerate(planes):
+                f.seek(self.offset + (z * ny + rows.start) * row_bytes)
+                f.write(memoryview(block[i]).cast("B"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -440,12 +507,9 @@ def _header_attrs(header: np.void, extended: bytes) -> dict[str, Any]:
 
 
 def _auto_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    """``(128, cy, nx)`` with ``cy = 128 * 2**k`` for chunks of about 64 MiB."""
+    """Slabs of whole planes, about 64 MiB (at least one plane)."""
     nz, ny, nx = shape
-    depth = min(nz, AUTO_CHUNK_DEPTH)
-    rows = AUTO_CHUNK_BYTES / (depth * nx * itemsize)
-    cy = int(128 * 2.0 ** math.floor(math.log2(max(rows, 1.0) / 128)))
-    return depth, max(1, min(ny, cy)), nx
+    return max(1, min(nz, AUTO_CHUNK_BYTES // (ny * nx * itemsize))), ny, nx
 
 
 # ----------------------------------------------------------------------------------------
@@ -582,11 +646,13 @@ def read_mrc(
         return cls(data)
     source: Any = array
     if order_zyx is not None and order_zyx != (0, 1, 2):
-        source = da.from_array(array, chunks=_auto_chunks(array.shape, file_dtype.itemsize), asarray=False,
-                               lock=False, meta=np.empty((0, 0, 0), array.dtype)).transpose(order_zyx)  # fmt: skip
+        source = da.from_array(
+            array, chunks=_auto_chunks(array.shape, file_dtype.itemsize), asarray=False, lock=False,
+            meta=np.empty((0, 0, 0), array.dtype),
+        ).transpose(order_zyx)  # fmt: skip
     elif chunks == "auto" and spatial_ndim == 3 and not stack:
         chunks = _auto_chunks(array.shape, file_dtype.itemsize)
-    return cls.from_array(
+    image = cls.from_array(
         source,
         pixel_spacing=spacing,
         experiment_id=experiment_id,
@@ -595,6 +661,65 @@ def read_mrc(
         chunks=chunks,
         attrs=attrs,
     )
+    if source is array:
+        _remember_source(image.data.data, array)
+    return image
+
+
+# ----------------------------------------------------------------------------------------
+# re-reading at other chunks
+# ----------------------------------------------------------------------------------------
+#: dask name of an unmodified read -> its MrcArray (names are tokens of file, mtime, chunks)
+_SOURCES: OrderedDict[str, MrcArray] = OrderedDict()
+_SOURCES_KEPT = 256
+
+
+def _remember_source(darr: da.Array, array: MrcArray) -> None:
+    _SOURCES[darr.name] = array
+    _SOURCES.move_to_end(darr.name)
+    while len(_SOURCES) > _SOURCES_KEPT:
+        _SOURCES.popitem(last=False)
+
+
+def rechunk_from_file(darr: da.Array, chunks: tuple[int, ...]) -> da.Array:
+    """``darr.rechunk(chunks)``, but read afresh from the file when ``darr`` is an unmodified read.
+
+    Merging chunks (whole-plane slabs into 128-cubes, say) makes dask hold every input
+    chunk an output needs: a band of planes. When ``darr`` is exactly what
+    :func:`read_mrc` returned (same dask name, so same file, mtime and chunks), the file is
+    instead read again in blocks of whole rows, ``chunks`` deep and high, each split
+    into the requested chunks, so memory stays at a few such blocks. Any other array is
+    rechunked by dask.
+
+    Parameters
+    ----------
+    darr
+        A dask array.
+    chunks
+        The wanted chunk shape.
+
+    Returns
+    -------
+    dask.array.Array
+        The same values, chunked as asked.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, mrcfile, numpy as np
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.mrc"
+    >>> mrcfile.write(p, np.arange(64, dtype=np.float32).reshape(4, 4, 4), voxel_size=1.0)
+    >>> tomo = read_mrc(p)
+    >>> rechunk_from_file(tomo.data.data, (2, 2, 2)).chunks
+    ((2, 2), (2, 2), (2, 2))
+    """
+    array = _SOURCES.get(darr.name)
+    if array is None or array.shape != darr.shape:
+        return darr.rechunk(chunks)
+    rows = (*chunks[:-1], array.shape[-1])
+    fresh = da.from_array(
+        array, chunks=rows, asarray=False, lock=False, meta=np.empty((0,) * darr.ndim, darr.dtype)
+    )
+    return fresh.rechunk(chunks)
 
 
 # ----------------------------------------------------------------------------------------
@@ -666,6 +791,75 @@ def _build_header(
     for i, label in enumerate(labels):
         h["label"][i] = label
     return h
+
+
+class _WriteGuard:
+    """Shared by the targets of one write: refuses writes once cancelled, counts writes in flight.
+
+    When a dask task fails, the threaded scheduler raises at once while other tasks are
+    still running; without this, they could write into the temporary file or folder
+    after it was removed (and recreate it).
+    """
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.active = 0
+        self.condition = threading.Condition()
+
+    def cancel_and_wait(self) -> None:
+        with self.condition:
+            self.cancelled = True
+            self.condition.wait_for(lambda: self.active == 0)
+
+
+class _GuardedTarget:
+    """A ``da.store`` target that writes through ``target`` unless the guard was cancelled."""
+
+    def __init__(self, target: Any, guard: _WriteGuard) -> None:
+        self.target, self.guard = target, guard
+        self.shape, self.dtype, self.ndim = target.shape, target.dtype, len(target.shape)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        with self.guard.condition:
+            if self.guard.cancelled:
+                return
+            self.guard.active += 1
+        try:
+            self.target[key] = value
+        finally:
+            with self.guard.condition:
+                self.guard.active -= 1
+                self.guard.condition.notify_all()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # other processes cannot share the guard: they write unguarded
+        return (_unguarded, (self.target,))
+
+
+def _unguarded(target: Any) -> Any:
+    return target
+
+
+def store_guarded(sources: list[da.Array], targets: list[Any], *extra: Any) -> list[Any]:
+    """``da.store`` the sources into the targets, computing ``extra`` in the same pass.
+
+    If anything fails, writes still in flight finish and no later write starts before
+    the error propagates (threaded scheduler), so the caller can remove its temporary
+    output safely.
+
+    Returns
+    -------
+    list
+        The computed ``extra`` values.
+    """
+    guard = _WriteGuard()
+    stored = da.store(sources, [_GuardedTarget(t, guard) for t in targets], lock=False, compute=False)  # type: ignore[misc]
+    try:
+        _, *values = dask.compute(stored, *extra)
+    except BaseException:
+        guard.cancel_and_wait()
+        raise
+    return values
 
 
 def _stats(darr: da.Array) -> list[da.Array]:
@@ -746,7 +940,8 @@ def write_mrc(
     )
     if darr.ndim == 2:
         darr = darr[np.newaxis]
-    darr = darr.astype(file_dtype.newbyteorder("="))
+    # blocks of whole rows, so that each block is one contiguous write per plane
+    darr = darr.astype(file_dtype.newbyteorder("=")).rechunk({darr.ndim - 1: -1})
     file_shape = tuple(int(n) for n in darr.shape)
     extended = _attr_bytes(data.attrs, "mrc_extended_header")
     header = _build_header(data, mode, file_shape, extended)  # type: ignore[arg-type]
@@ -757,8 +952,7 @@ def write_mrc(
             f.seek(HEADER_BYTES)
             f.write(extended)
         target = _MrcWriteTarget(str(tmp), offset, file_shape, file_dtype)  # type: ignore[arg-type]
-        stored = da.store(darr, target, lock=False, compute=False)  # type: ignore[arg-type]
-        _, *stats = dask.compute(stored, *_stats(darr))
+        stats = store_guarded([darr], [target], *_stats(darr))
         if len(stats) == 4:
             header["dmin"], header["dmax"], header["dmean"], header["rms"] = stats
         else:

@@ -189,7 +189,7 @@ _ARROW_TYPES = {"float": pa.float64(), "int": pa.int64(), "str": pa.string()}
 _KIND_NAMES = {"float": "a number", "int": "an integer"}
 _TOKEN = re.compile(r'"[^"]*"|\S+')
 _VERSION = re.compile(r"#\s*version\s+(\d+)")
-_NEEDS_QUOTES = r'^$|[\s"]|^[#_\']|^(data|loop)_'
+_NEEDS_QUOTES = r'^$|[\s"#]|^[_\']|^(data|loop)_'
 
 
 @dataclass
@@ -658,15 +658,25 @@ def format_rows(columns: Mapping[str, Any]) -> bytes:
     >>> format_rows({"rlnTomoName": ["a b", "c"], "rlnAngleRot": [1.0, 0.1 + 0.2]})
     b'"a b" 1.0\\nc 0.30000000000000004\\n'
     """
-    texts = [_format_column(values) for values in columns.values()]
-    if not texts or len(texts[0]) == 0:
-        return b""
-    lines = pc.binary_join_element_wise(*texts, " ") if len(texts) > 1 else texts[0]
-    lines = pc.cast(pc.binary_join_element_wise(lines, "", "\n"), pa.large_string())
+    return bytes(_format_rows_buffer(columns))
+
+
+def _format_rows_buffer(columns: Mapping[str, Any]) -> memoryview:
+    """:func:`format_rows` without the final copy (columns formatted on two threads)."""
+    values = list(columns.values())
+    if not values:
+        return memoryview(b"")
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cryoxr-star") as pool:
+        texts = list(pool.map(_format_column, values))
+    if len(texts[0]) == 0:
+        return memoryview(b"")
+    texts[-1] = pc.binary_join_element_wise(texts[-1], "\n", "")
+    lines = pc.binary_join_element_wise(*texts, " ") if len(texts) > 1 else texts[-1]
     if isinstance(lines, pa.ChunkedArray):
         lines = lines.combine_chunks()
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
-    return bytes(memoryview(lines.buffers()[2])[int(offsets[0]) : int(offsets[-1])])
+    width = np.int64 if pa.types.is_large_string(lines.type) else np.int32
+    offsets = np.frombuffer(lines.buffers()[1], dtype=width)[lines.offset : lines.offset + len(lines) + 1]
+    return memoryview(lines.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
 
 
 def format_block_header(block: StarBlock) -> str:
@@ -704,7 +714,7 @@ def _simple_body(block: StarBlock) -> str:
 def _write_loop_rows(handle: IO[bytes], table: pd.DataFrame) -> None:
     for start in range(0, len(table), WRITE_CHUNK_ROWS):
         part = table.iloc[start : start + WRITE_CHUNK_ROWS]
-        handle.write(format_rows({str(c): part[c] for c in part.columns}))
+        handle.write(_format_rows_buffer({str(c): part[c] for c in part.columns}))
 
 
 def write_star_blocks(handle: IO[bytes], blocks: Iterable[StarBlock]) -> None:

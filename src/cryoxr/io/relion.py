@@ -82,8 +82,8 @@ from cryoxr.io._atomic import atomic_path
 from cryoxr.io._star import (
     WRITE_CHUNK_ROWS,
     StarBlock,
+    _format_rows_buffer,
     format_block_header,
-    format_rows,
     read_star,
     write_star,
     write_star_blocks,
@@ -104,7 +104,7 @@ __all__ = [
 ]
 
 #: decimals kept of the values cryoxr computes when writing (Å, pixels, degrees)
-DECIMALS = 9
+DECIMALS = 10
 
 
 @dataclass(frozen=True)
@@ -619,7 +619,7 @@ def write_relion_particles(
             for start in range(0, n, WRITE_CHUNK_ROWS):
                 part = poses.isel(particle=slice(start, start + WRITE_CHUNK_ROWS)).compute()
                 values = _particle_values(part, ndim, px, has_subtomo, layout, sizes, str(path))
-                handle.write(format_rows({label: values[label] for label in columns}))
+                handle.write(_format_rows_buffer({label: values[label] for label in columns}))
 
 
 def _particle_values(

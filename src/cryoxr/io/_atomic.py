@@ -106,7 +106,9 @@ def atomic_path(
         _remove(tmp)
         if isinstance(err, FileExistsError | WriteError):
             raise
-        raise WriteError(f"{target}: writing failed ({err.strerror or err}); the original is unchanged") from err
+        raise WriteError(
+            f"{target}: writing failed ({err.strerror or err}); the original is unchanged"
+        ) from err
     except BaseException:
         _remove(tmp)
         raise

@@ -713,3 +713,17 @@ def test_closed_form_euler_matches_scipy(rng: np.random.Generator) -> None:
     gimbal = Rotation.from_quat(_relion_quaternions(np.array([[10.0, 0, 20], [10.0, 180, 20]])))
     again = Rotation.from_quat(_relion_quaternions(_relion_euler(gimbal.as_quat())))
     assert np.allclose((again * gimbal.inv()).magnitude(), 0, atol=1e-12)
+
+
+def test_changed_pixel_spacing_updates_optics(tmp_path: Path) -> None:
+    path = particles_file(
+        tmp_path, ["rlnTomoName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"], ["TS_01 100 200 300"]
+    )
+    poses = read_relion_particles(path)
+    binned = poses.assign(position=poses.position / 2)
+    binned.attrs["pixel_spacing"] = 2.7
+    out = tmp_path / "binned.star"
+    write_relion_particles(binned, out, version=4)
+    assert read_star(out)["optics"].table.rlnTomoTiltSeriesPixelSize.tolist() == [2.7]
+    back = read_relion_particles(out)
+    np.testing.assert_allclose(back.position.values * back.attrs["pixel_spacing"], [[135, 270, 405]])

@@ -469,6 +469,7 @@ def read_relion_particles(
         "columns": [str(c) for c in table.columns],
         "ndim": ndim,
         "pixel_size_label": px_label,
+        "experiment_label": experiment_label,
         "blocks": [_block_to_json(b) if b is not block else None for b in blocks.values()],
     }
     if attrs_sizes is not None:
@@ -552,10 +553,12 @@ def write_relion_particles(
 
     Notes
     -----
-    Angles are written as scipy's canonical ZYZ triple (tilt in [0, 180]); a file with
-    an equivalent non-canonical triple (tilt < 0, or rot/psi split at tilt = 0) is
-    written with the canonical one, the same rotation. Columns and blocks read from a
-    file come back in their order; a new set gets a minimal ``data_optics`` block.
+    Angles are written as the canonical ZYZ triple (tilt in [0, 180], rot and psi in
+    (-180, 180]; at tilt 0 the in-plane angle is all psi); a file with an equivalent
+    non-canonical triple (tilt < 0, rot = 270, ...) is written with the canonical one, the
+    same rotation. Columns and blocks read from a file come back in their order (the
+    optics pixel size is set to the PoseSet's ``pixel_spacing``); a new set gets a
+    minimal ``data_optics`` block and ``rlnOpticsGroup`` 1.
 
     Raises
     ------
@@ -578,7 +581,7 @@ def write_relion_particles(
     version_line, layout_name = VERSIONS[version]
     layout = PARTICLE_LAYOUTS[layout_name if ndim == 3 else "pixel"]
     coordinate_labels = layout.labels[:ndim]
-    experiment_label = EXPERIMENT_LABELS[ndim][0]
+    experiment_label = str(relion.get("experiment_label") or EXPERIMENT_LABELS[ndim][0])
     px = float(poses.attrs["pixel_spacing"])
     sizes: Mapping[str, Any] | None = None
     if layout.centred:
@@ -595,6 +598,10 @@ def write_relion_particles(
     blocks_json = relion.get("blocks")
     if blocks_json:
         others = [None if b is None else _block_from_json(b, version_line) for b in blocks_json]
+        px_label = relion.get("pixel_size_label")
+        for block in others:
+            if block is not None and block.name == "optics" and px_label in block.table.columns:
+                block.table[px_label] = px  # positions are written in pixels of this size
     else:
         optics = pd.DataFrame(
             {
@@ -618,7 +625,9 @@ def write_relion_particles(
             handle.write(format_block_header(header).encode("utf-8"))
             for start in range(0, n, WRITE_CHUNK_ROWS):
                 part = poses.isel(particle=slice(start, start + WRITE_CHUNK_ROWS)).compute()
-                values = _particle_values(part, ndim, px, has_subtomo, layout, sizes, str(path))
+                values = _particle_values(
+                    part, ndim, px, has_subtomo, layout, sizes, experiment_label, str(path)
+                )
                 handle.write(_format_rows_buffer({label: values[label] for label in columns}))
 
 
@@ -629,6 +638,7 @@ def _particle_values(
     has_subtomo: bool,
     layout: CoordinateLayout,
     sizes: Mapping[str, Any] | None,
+    experiment_label: str,
     where: str,
 ) -> dict[str, Any]:
     m = part.sizes["particle"]
@@ -658,8 +668,7 @@ def _particle_values(
         values[label] = origin[:, i]
     for i, label in enumerate(ANGLE_LABELS):
         values[label] = angles[:, i]
-    for label in EXPERIMENT_LABELS[ndim][:1]:
-        values[label] = ids
+    values[experiment_label] = ids
     values.setdefault("rlnOpticsGroup", np.ones(m, dtype=np.int64))
     return values
 

@@ -1,10 +1,17 @@
 """MRC / CCP4 files (MRC2014): lazy reading into an Image, streaming writing.
 
 Reading parses the 1024-byte header only; the voxels stay on disk behind a small picklable
-array (:class:`MrcArray`) wrapped in dask. Each dask task maps just the planes it needs
-with :class:`numpy.memmap` (offset and byte order from the header), copies them out and
-unmaps them, so a task works the same under the threaded, process and distributed
-schedulers, and the resident memory of a whole-volume pass stays a few chunks.
+array (:class:`MrcArray`: path, offset, shape, dtype) wrapped in dask. Each read opens the
+file itself, so tasks run the same under the threaded, process and distributed schedulers:
+
+- whole planes in native byte order come back as a read-only view of a memory map of just
+  those planes (no copy: whole-volume reductions run at numpy-on-memmap speed; the map
+  closes when the chunk is dropped);
+- other runs of whole rows (a y-slice, a block of rows) are read with one ``readinto`` per
+  plane (a memory map would also map the page-cache folios around the rows and count
+  them as this process's memory);
+- scattered short runs (a box, a column) are copied out of a memory map advised
+  ``MADV_RANDOM``, which pages in only what is touched.
 
 Header fields cryoxr does not model are kept *raw* in the DataArray's attrs, under
 ``mrc_*`` keys, so that :func:`write_mrc` restores them (CONVENTIONS 1.4: the ``origin``
@@ -29,15 +36,16 @@ attr                      header field(s)
 ``dmin, dmax, dmean, rms`` are recomputed by the writer (as mrcfile does); the machine
 stamp and byte order of written files are always little-endian.
 
-Chunking: a volume read with ``chunks="auto"`` is chunked ``(128, cy, nx)``, ``cy`` a
-power-of-two multiple or fraction of 128 giving chunks of about 64 MiB. Every chunk then
-reads whole rows (contiguous bytes in the file), whole-volume reductions run over a few
-dozen tasks, and rechunking to OME-Zarr's 128-cubes only splits chunks (no merging), which
-keeps conversion memory at a few chunks. Small selections (a z-slice, a y-slice, a box)
+Chunking: a volume read with ``chunks="auto"`` is chunked in slabs of whole planes of
+about 64 MiB (at least one plane): contiguous in the file, mapped without copying, a few
+dozen tasks for a whole-volume pass. Small selections (a z-slice, a y-slice, a 64^3 box)
 read only their own bytes whatever the chunking, because dask fuses the selection into
-the read. Stacks are chunked one image per chunk. ``chunks=None`` skips dask altogether:
-the DataArray is lazily indexed by xarray and each selection reads straight from the file
-(the fastest path for viewing single slices).
+the read. Converting to OME-Zarr's 128-cubes would merge slabs (holding a band of planes
+per output chunk), so :func:`rechunk_from_file` reads an unmodified image afresh in blocks
+of whole rows instead. Stacks are chunked one image per chunk. ``chunks=None`` skips dask
+altogether: the DataArray is lazily indexed by xarray and each selection reads straight
+from the file (no graph: the fastest path for viewing single slices). The trade-offs are
+measured in ``benchmarks/README.md``.
 
 Examples
 --------

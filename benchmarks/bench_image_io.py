@@ -1,0 +1,316 @@
+"""Image IO benchmark: cryoxr against raw ``mrcfile.mmap`` + numpy, ``mrcfile.open`` and plain zarr.
+
+Run ``python benchmarks/bench_image_io.py --quick`` (a 256 MiB tomogram, < 1 min) or without
+``--quick`` (a 4 GiB float32 tomogram, 1024^3). Every method runs in its own subprocess, so
+that its peak resident memory (sampled every 5 ms with psutil) is its own. Times are medians
+over repeats, with a warm page cache; "open + ..." times include opening the file each time.
+
+Printed: access times and their ratio to raw mmap, MRC -> OME-Zarr conversion throughput,
+compression ratio and peak RSS against a plain zarr write of the same array, and the chunk
+trade-off of the OME-Zarr store (128^3 against 256^3 chunks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+QUICK_SHAPE = (256, 512, 512)  # 256 MiB of float32
+FULL_SHAPE = (1024, 1024, 1024)  # 4 GiB of float32
+PIXEL_SPACING = 13.48
+
+
+# ----------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------
+def make_mrc(path: Path, shape: tuple[int, int, int]) -> None:
+    """A float32 tomogram-like volume (noise on a smooth gradient), written slab by slab."""
+    import mrcfile
+
+    nz, ny, nx = shape
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(np.zeros((2, 2, 2), np.float32))
+        mrc.header.nx, mrc.header.ny, mrc.header.nz = nx, ny, nz
+        mrc.header.mx, mrc.header.my, mrc.header.mz = nx, ny, nz
+        mrc.header.cella = (PIXEL_SPACING * nx, PIXEL_SPACING * ny, PIXEL_SPACING * nz)
+    rng = np.random.default_rng(0)
+    slab = 16
+    noise = rng.standard_normal((slab, ny, nx), dtype=np.float32)
+    ramp = np.linspace(-1, 1, nx, dtype=np.float32)
+    with open(path, "r+b") as f:
+        f.truncate(1024)
+        f.seek(1024)
+        for z in range(0, nz, slab):
+            f.write((noise[: min(slab, nz - z)] + ramp * (z / nz)).tobytes())
+
+
+def warm(path: Path) -> None:
+    """Read a file (or every file of a store) once, into the page cache."""
+    for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+        with open(file, "rb") as f:
+            while f.read(64 * 2**20):
+                pass
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# ----------------------------------------------------------------------------------------
+# workers (run in subprocesses)
+# ----------------------------------------------------------------------------------------
+class PeakRss:
+    """Samples this process's resident set every 5 ms."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.process = psutil.Process()
+        self.peak = self.process.memory_info().rss
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.done.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.005)
+
+    def stop(self) -> int:
+        self.done.set()
+        self.thread.join()
+        return self.peak
+
+
+def _median(fn: Callable[[], Any], repeats: int, budget: float = 0.5) -> float:
+    """Median time of up to ``repeats`` calls (at least 3), stopping after ``budget`` seconds."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _openers(method: str, path: str) -> Callable[[], Any]:
+    """A function that opens the file and returns an object with ``zslice/yslice/box/mean``."""
+    import mrcfile
+
+    from cryoxr.io.mrc import read_mrc
+    from cryoxr.io.ome_zarr import read_ome_zarr
+
+    class Raw:
+        def __init__(self, data: np.ndarray) -> None:
+            self.data = data
+            self.nz, self.ny, self.nx = data.shape
+
+        def zslice(self) -> np.ndarray:
+            return np.array(self.data[self.nz // 2])
+
+        def yslice(self) -> np.ndarray:
+            return np.array(self.data[:, self.ny // 2])
+
+        def box(self) -> np.ndarray:
+            z, y, x = self.nz // 2, self.ny // 2, self.nx // 2
+            return np.array(self.data[z : z + 64, y : y + 64, x : x + 64])
+
+        def mean(self) -> float:
+            return float(self.data.mean())
+
+    class Cryo:
+        def __init__(self, image: Any) -> None:
+            self.da = image.data
+            self.nz, self.ny, self.nx = image.shape
+
+        def zslice(self) -> np.ndarray:
+            return self.da.isel(z=self.nz // 2).values
+
+        def yslice(self) -> np.ndarray:
+            return self.da.isel(y=self.ny // 2).values
+
+        def box(self) -> np.ndarray:
+            z, y, x = self.nz // 2, self.ny // 2, self.nx // 2
+            return self.da.isel(z=slice(z, z + 64), y=slice(y, y + 64), x=slice(x, x + 64)).values
+
+        def mean(self) -> float:
+            return float(self.da.mean(skipna=False))  # xarray's default is nanmean
+
+    def mmap_open() -> Raw:
+        mrc = mrcfile.mmap(path, mode="r")
+        return Raw(mrc.data)
+
+    def full_open() -> Raw:
+        with mrcfile.open(path, mode="r") as mrc:
+            return Raw(np.asarray(mrc.data))
+
+    table: dict[str, Callable[[], Any]] = {
+        "raw mrcfile.mmap + numpy": mmap_open,
+        "mrcfile.open (full read)": full_open,
+        "cryoxr read_mrc (dask)": lambda: Cryo(read_mrc(path)),
+        "cryoxr read_mrc(chunks=None)": lambda: Cryo(read_mrc(path, chunks=None)),
+        "cryoxr read_ome_zarr (dask)": lambda: Cryo(read_ome_zarr(path)),
+        "cryoxr read_ome_zarr(chunks=None)": lambda: Cryo(read_ome_zarr(path, chunks=None)),
+    }
+    return table[method]
+
+
+def worker_access(method: str, path: str, repeats: int) -> dict[str, Any]:
+    rss = PeakRss()
+    opener = _openers(method, path)
+    out: dict[str, Any] = {}
+    for op in ("zslice", "yslice", "box"):
+        getattr(opener(), op)()  # warm imports and caches
+        out[f"open + {op}"] = _median(lambda op=op: getattr(opener(), op)(), repeats)
+    if "zarr" not in method:
+        handle = opener()
+        handle.mean()  # warm
+        out["mean (warm)"] = _median(handle.mean, 5)
+    out["peak_rss"] = rss.stop()
+    return out
+
+
+def worker_convert(method: str, src: str, dst: str, chunk: int) -> dict[str, Any]:
+    rss = PeakRss()
+    t0 = time.perf_counter()
+    if method.startswith("cryoxr"):
+        from cryoxr.io.mrc import read_mrc
+        from cryoxr.io.ome_zarr import write_ome_zarr
+
+        levels = 4 if "4 levels" in method else 1
+        write_ome_zarr(read_mrc(src), dst, levels=levels, chunks=(chunk,) * 3, version="0.5")
+    else:
+        import mrcfile
+        import zarr
+
+        with mrcfile.mmap(src, mode="r") as mrc:
+            array = zarr.create_array(dst, shape=mrc.data.shape, chunks=(chunk,) * 3, dtype=mrc.data.dtype)
+            array[:] = mrc.data
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "peak_rss": rss.stop(), "stored": tree_bytes(Path(dst))}
+
+
+def run_worker(args: list[str]) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(args)], capture_output=True, text=True, check=False
+    )
+    if result.returncode:
+        raise RuntimeError(f"worker {args} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def ms(s: float) -> str:
+    return f"{s * 1e3:,.1f} ms" if s < 10 else f"{s:,.1f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="256 MiB instead of 4 GiB")
+    parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, *rest = json.loads(args.worker)
+        result = worker_access(*rest) if kind == "access" else worker_convert(*rest)
+        print(json.dumps(result))
+        return
+
+    shape = QUICK_SHAPE if args.quick else FULL_SHAPE
+    repeats = args.repeats or (20 if args.quick else 10)
+    folder = Path(args.dir or tempfile.mkdtemp(prefix="cryoxr-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    src = folder / f"tomo_{'x'.join(map(str, shape))}.mrc"
+    nbytes = int(np.prod(shape)) * 4
+    if not src.exists() or src.stat().st_size != 1024 + nbytes:
+        t0 = time.perf_counter()
+        make_mrc(src, shape)
+        print(f"wrote {src} ({mib(nbytes)}) in {time.perf_counter() - t0:.1f} s", flush=True)
+    print(f"machine: {os.cpu_count()} cores; volume {shape} float32 = {mib(nbytes)}", flush=True)
+
+    # -- conversion ------------------------------------------------------------------------
+    conversions: dict[str, dict[str, Any]] = {}
+    for method, chunk in [
+        ("plain zarr (zarr.create_array, default codecs)", 128),
+        ("cryoxr write_ome_zarr, 1 level", 128),
+        ("cryoxr write_ome_zarr, 4 levels", 128),
+        ("cryoxr write_ome_zarr, 1 level, 256^3 chunks", 256),
+    ]:
+        dst = folder / f"conv_{len(conversions)}.zarr"
+        shutil.rmtree(dst, ignore_errors=True)
+        warm(src)
+        conversions[method] = run_worker(["convert", method, str(src), str(dst), chunk])
+        conversions[method]["dst"] = str(dst)
+        print(f"  converted: {method}: {conversions[method]['seconds']:.1f} s", flush=True)
+
+    # -- access ----------------------------------------------------------------------------
+    access: dict[str, dict[str, Any]] = {}
+    zarr128 = conversions["cryoxr write_ome_zarr, 1 level"]["dst"]
+    zarr256 = conversions["cryoxr write_ome_zarr, 1 level, 256^3 chunks"]["dst"]
+    for method, path in [
+        ("raw mrcfile.mmap + numpy", src),
+        ("mrcfile.open (full read)", src),
+        ("cryoxr read_mrc (dask)", src),
+        ("cryoxr read_mrc(chunks=None)", src),
+        ("cryoxr read_ome_zarr (dask)", zarr128),
+        ("cryoxr read_ome_zarr(chunks=None)", zarr128),
+        ("cryoxr read_ome_zarr (dask), 256^3", zarr256),
+    ]:
+        warm(Path(path))
+        access[method] = run_worker(["access", method.removesuffix(", 256^3"), str(path), repeats])
+        print(f"  measured: {method}", flush=True)
+
+    # -- tables ------------------------------------------------------------------------------
+    raw = access["raw mrcfile.mmap + numpy"]
+    ops = ["open + zslice", "open + yslice", "open + box", "mean (warm)"]
+    print("\n## Access (median; ratio = time / raw mmap time, lower is better)\n")
+    print("| method | " + " | ".join(ops) + " | peak RSS |")
+    print("|---|" + "---|" * (len(ops) + 1))
+    for method, row in access.items():
+        cells = [f"{ms(row[op])} ({row[op] / raw[op]:.2f}x)" if op in row else "-" for op in ops]
+        print(f"| {method} | " + " | ".join(cells) + f" | {mib(row['peak_rss'])} |")
+    print("\n## MRC -> OME-Zarr conversion\n")
+    plain = conversions["plain zarr (zarr.create_array, default codecs)"]
+    print("| method | time | throughput (input MB/s) | compression (input / stored, all levels) | peak RSS | time vs plain zarr |")
+    print("|---|---|---|---|---|---|")
+    for method, row in conversions.items():
+        print(
+            f"| {method} | {row['seconds']:.1f} s | {nbytes / row['seconds'] / 1e6:,.0f} MB/s | "
+            f"{nbytes / row['stored']:.3f} | {mib(row['peak_rss'])} | {row['seconds'] / plain['seconds']:.2f}x |"
+        )
+    cryo = access["cryoxr read_mrc (dask)"]
+    print("\n## Targets\n")
+    print(
+        f"- open + z-slice, cryoxr (dask) / raw mmap: {cryo['open + zslice'] / raw['open + zslice']:.1f}x (target <= 5x)"
+    )
+    print(
+        f"- whole-volume mean, numpy-on-memmap speed / cryoxr: {raw['mean (warm)'] / cryo['mean (warm)']:.0%} (target >= 70%)"
+    )
+    peak = conversions["cryoxr write_ome_zarr, 4 levels"]["peak_rss"]
+    print(f"- conversion peak RSS (4 levels): {mib(peak)} (target < 1 GiB)")
+    if args.dir is None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

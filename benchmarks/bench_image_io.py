@@ -291,7 +291,9 @@ def main() -> None:
         print(f"| {method} | " + " | ".join(cells) + f" | {mib(row['peak_rss'])} |")
     print("\n## MRC -> OME-Zarr conversion\n")
     plain = conversions["plain zarr (zarr.create_array, default codecs)"]
-    print("| method | time | throughput (input MB/s) | compression (input / stored, all levels) | peak RSS | time vs plain zarr |")
+    print(
+        "| method | time | throughput (input MB/s) | compression (input / stored, all levels) | peak RSS | time vs plain zarr |"
+    )
     print("|---|---|---|---|---|---|")
     for method, row in conversions.items():
         print(

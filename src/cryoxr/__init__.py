@@ -13,8 +13,10 @@ Examples
 """
 
 from cryoxr import accessors as _accessors  # noqa: F401  (registers .cryo)
+from cryoxr import io
 from cryoxr.errors import CryoxrError
 from cryoxr.image import Image, Micrograph, Tomogram, bin_image, validate_image
+from cryoxr.io import convert, describe, open_image, read_alignment, read_poses
 from cryoxr.napari import to_napari
 from cryoxr.poseset import (
     PoseSet,
@@ -45,14 +47,20 @@ __all__ = [
     "Tomogram",
     "absolute_position",
     "bin_image",
+    "convert",
     "count_in_field_of_view",
+    "describe",
     "extract_subtilts",
     "from_cryotypes",
     "in_field_of_view",
+    "io",
     "make_poseset",
     "make_projection_model",
+    "open_image",
     "project",
     "projection_model_to_projection_matrices",
+    "read_alignment",
+    "read_poses",
     "to_cryotypes",
     "to_napari",
     "validate_image",

@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", dest="to_format", default=None, help="output format (default: from DST's suffix)"
     )
     convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    convert.add_argument(
+        "--image-size",
+        nargs=2,
+        type=int,
+        metavar=("X", "Y"),
+        help="tilt-image size, for alignment formats that record it (AreTomo)",
+    )
     convert.add_argument("--no-progress", action="store_true")
 
     proj = sub.add_parser("project", help="project particles into every tilt image, streaming to zarr")
@@ -160,7 +167,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     with _scheduler("threads", not args.no_progress):
-        written = convert(args.src, args.dst, to=args.to_format, overwrite=args.overwrite)
+        written = convert(
+            args.src,
+            args.dst,
+            to=args.to_format,
+            overwrite=args.overwrite,
+            image_size=tuple(args.image_size) if args.image_size else None,
+        )
     print(f"wrote {written} in {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -170,8 +183,10 @@ def _cmd_project(args: argparse.Namespace) -> int:
     from cryoxr.io._atomic import atomic_path
     from cryoxr.projection import in_field_of_view, project
 
-    poses = read_poses(args.poses)
     model = read_alignment(args.alignment)
+    # a RELION 5 tomograms.star holds the sizes RELION 5 particle files need
+    tomograms = args.alignment if args.alignment.suffix.lower() == ".star" else None
+    poses = read_poses(args.poses, tomograms=tomograms) if tomograms else read_poses(args.poses)
     sizes = model.attrs.get("tomogram_dimensions")
     if args.tomogram_size is not None:
         dims: Any = tuple(args.tomogram_size)

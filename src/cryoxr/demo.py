@@ -37,7 +37,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from cryoxr.image import Image, Tomogram
-from cryoxr.poseset import make_poseset
+from cryoxr.poseset import make_poseset, rescale
 from cryoxr.projection import count_in_field_of_view, extract_subtilts, project
 from cryoxr.projection_model import make_projection_model
 
@@ -151,7 +151,8 @@ def make_demo_data(n_particles: int, *, seed: int = 0, chunks: int = 100_000) ->
         extra={"pre_exposure": np.arange(n) * 3.0},
     )
     tilt_shape = (BIN1_TOMOGRAM[1] // TILT_BINNING, BIN1_TOMOGRAM[0] // TILT_BINNING)
-    tomogram = _synthetic_tomogram(tuple(int(d) for d in dims[::-1]), position[:2000], spacing, seed)
+    zyx = (int(dims[2]), int(dims[1]), int(dims[0]))
+    tomogram = _synthetic_tomogram(zyx, position[:2000], spacing, seed)
     return {
         "poses": poses,
         "model": model,
@@ -342,7 +343,31 @@ def run_demo(
 
 def _write_inputs(data: dict[str, Any], out: Path, *, overwrite: bool, progress: bool) -> dict[str, Path]:
     """Write the demo inputs in the field's formats (the IO layer, imported here only)."""
-    return {}
+    from cryoxr.io import (
+        write_imod_alignment,
+        write_ome_zarr,
+        write_relion_particles,
+        write_relion_tilt_series,
+    )
+
+    model: pd.DataFrame = data["model"]
+    tilt_spacing = float(model.pixel_spacing.iloc[0])
+    # RELION keeps particles in pixels of the tilt series: rescale the bin-8 poses
+    poses = rescale(data["poses"], tilt_spacing)
+    ratio = float(data["poses"].attrs["pixel_spacing"]) / tilt_spacing
+    sizes = {EXPERIMENT: tuple(round(d * ratio) for d in data["tomogram_dimensions"])}
+    files = {
+        "tomogram": out / f"{EXPERIMENT}.ome.zarr",
+        "particles": out / "particles.star",
+        "tilt series": out / "tomograms.star",
+        "imod": out / f"{EXPERIMENT}.xf",
+    }
+    with progress_bar(progress), dask.config.set(scheduler="threads"):
+        write_ome_zarr(data["tomogram"], files["tomogram"], levels=3, overwrite=overwrite)
+        write_relion_particles(poses, files["particles"], version=5, tomograms=sizes, overwrite=overwrite)
+    write_relion_tilt_series(model, files["tilt series"], tomograms=sizes, overwrite=overwrite)
+    write_imod_alignment(model, files["imod"], out / f"{EXPERIMENT}.tlt", overwrite=overwrite)
+    return files
 
 
 def _draw(data: dict[str, Any], tilt_series: Image, projected: xr.DataArray, folder: Path) -> dict[str, Path]:
@@ -363,7 +388,8 @@ def _draw(data: dict[str, Any], tilt_series: Image, projected: xr.DataArray, fol
     }
     paths = {}
     for name, fig in figures.items():
-        paths[name] = folder / f"{name.replace(' ', '_')}.png"
-        fig.savefig(paths[name], dpi=100)
+        path = folder / f"{name.replace(' ', '_')}.png"
+        fig.savefig(path, dpi=100)
+        paths[f"{name} figure"] = path
         plt.close(fig)
     return paths

@@ -46,6 +46,7 @@ __all__ = [
     "experiment_ids",
     "from_cryotypes",
     "make_poseset",
+    "rescale",
     "rotation",
     "to_cryotypes",
     "validate_poseset",
@@ -418,6 +419,34 @@ def absolute_position(ds: xr.Dataset, *, unit: str = "pixel") -> xr.DataArray:
         out.attrs["units"] = "angstrom"
         return out
     raise InvalidValueError(f"absolute_position: unit must be 'pixel' or 'angstrom', found {unit!r}")
+
+
+def rescale(ds: xr.Dataset, pixel_spacing: float) -> xr.Dataset:
+    """The same poses in pixels of another size (e.g. from a binned tomogram to bin 1).
+
+    ``position`` and ``shift`` are multiplied by ``old_spacing / pixel_spacing`` (lazily
+    for dask sets); positions keep the convention that the centre of the first pixel is 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ds = make_poseset([[10.0, 20.0, 5.0]], experiment_id="t", pixel_spacing=10.8)
+    >>> rescale(ds, 5.4).position.values.tolist(), rescale(ds, 5.4).attrs["pixel_spacing"]
+    ([[20.0, 40.0, 10.0]], 5.4)
+    """
+    old = float(ds.attrs["pixel_spacing"])
+    try:
+        new = float(pixel_spacing)
+    except (TypeError, ValueError):
+        new = float("nan")
+    if not math.isfinite(new) or new <= 0:
+        raise InvalidValueError(
+            f"rescale: pixel_spacing must be a positive number of Å, found {pixel_spacing!r}"
+        )
+    ratio = old / new
+    out = ds.assign(position=ds["position"] * ratio, shift=ds["shift"] * ratio)
+    out.attrs = {**ds.attrs, "pixel_spacing": new}
+    return out
 
 
 def to_cryotypes(ds: xr.Dataset) -> Any:

@@ -273,7 +273,8 @@ def read_poses(path: PathLike, **kwargs: Any) -> xr.Dataset:
     ----------
     path
         A RELION ``.star`` particle file or a Dynamo ``.tbl``; other suffixes are
-        recognised by content.
+        recognised by content. A RELION 5 file (centred coordinates) takes the tomogram
+        sizes from ``tomograms=`` or, when not given, from a ``tomograms.star`` beside it.
     **kwargs
         Passed on to the format's reader (e.g. ``tomogram_map=`` for Dynamo).
 
@@ -296,8 +297,19 @@ def read_poses(path: PathLike, **kwargs: Any) -> xr.Dataset:
     1
     """
     p, reader = _reader(path, KNOWN_POSE_FORMATS, "pose")
+    if reader.__name__ == "read_relion_particles" and kwargs.get("tomograms") is None:
+        sibling = p.with_name("tomograms.star")
+        if _needs_tomogram_sizes(p) and sibling.is_file():
+            # RELION 5 keeps sizes in tomograms.star: use the one beside the particles
+            kwargs["tomograms"] = sibling
     result: xr.Dataset = reader(p, **kwargs)
     return result
+
+
+def _needs_tomogram_sizes(path: Path) -> bool:
+    """A RELION 5 particle file: centred coordinates, which need the tomogram sizes."""
+    with path.open("rb") as handle:
+        return b"_rlnCenteredCoordinateXAngst" in handle.read(1 << 16)
 
 
 def read_alignment(path: PathLike, **kwargs: Any) -> pd.DataFrame:

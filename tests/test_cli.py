@@ -1,0 +1,162 @@
+"""The `cryoxr` command end to end, in subprocesses, on files the demo writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import cryoxr
+from cryoxr.cli import main
+from cryoxr.demo import run_demo
+from cryoxr.io import read_poses
+
+
+def cryoxr_cmd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cryoxr", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("demo")
+    summary = run_demo(3_000, out, progress=False, figure=False)
+    return summary.files
+
+
+def test_info_every_kind(demo_files: dict[str, Path]) -> None:
+    paths = [demo_files[k] for k in ("tomogram", "particles", "tilt series", "imod")]
+    result = cryoxr_cmd("info", "--json", *map(str, paths))
+    assert result.returncode == 0, result.stderr
+    reports = json.loads(result.stdout)
+    by_kind = {r["kind"]: r for r in reports}
+    assert by_kind["tomogram"]["shape"] == [128, 512, 512]
+    assert by_kind["tomogram"]["pixel_spacing"] == pytest.approx(10.8)
+    assert by_kind["tomogram"]["format"] == "OME-Zarr"
+    assert by_kind["poses"]["particles"] == 3_000
+    assert by_kind["poses"]["experiment_ids"] == ["TS_01"]
+    alignments = [r for r in reports if r["kind"] == "alignment"]
+    assert [a["tilts"] for a in alignments] == [41, 41]
+    assert all(r["size_on_disk"] > 0 for r in reports)
+    text = cryoxr_cmd("info", str(demo_files["particles"]))
+    assert "particles" in text.stdout
+    assert "3000" in text.stdout
+
+
+def test_convert_images_poses_alignments_and_refuse_overwrite(
+    demo_files: dict[str, Path], tmp_path: Path
+) -> None:
+    mrc = tmp_path / "tomo.mrc"
+    assert cryoxr_cmd("convert", str(demo_files["tomogram"]), str(mrc), "--no-progress").returncode == 0
+    back = cryoxr.io.open_image(mrc)
+    assert back.shape == (128, 512, 512)
+    original = cryoxr.io.open_image(demo_files["tomogram"])
+    np.testing.assert_array_equal(back.data[60].values, original.data[60].values)
+
+    tbl = tmp_path / "particles.tbl"
+    assert cryoxr_cmd("convert", str(demo_files["particles"]), str(tbl)).returncode == 0
+    a, b = read_poses(demo_files["particles"]), read_poses(tbl)
+    np.testing.assert_allclose(
+        (b["position"] + b["shift"]).values, (a["position"] + a["shift"]).values, atol=1e-6
+    )
+
+    aln = tmp_path / "TS_01.aln"
+    needs_size = cryoxr_cmd("convert", str(demo_files["imod"]), str(aln))
+    assert needs_size.returncode == 2
+    assert "image_size" in needs_size.stderr
+    assert (
+        cryoxr_cmd("convert", str(demo_files["imod"]), str(aln), "--image-size", "1024", "1024").returncode
+        == 0
+    )
+    assert cryoxr.io.read_alignment(aln).shape[0] == 41
+    again = cryoxr_cmd("convert", str(demo_files["imod"]), str(aln), "--image-size", "1024", "1024")
+    assert again.returncode == 2
+    assert again.stderr.startswith("cryoxr: error: ")
+    assert "exists" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    assert (
+        cryoxr_cmd(
+            "convert", str(demo_files["imod"]), str(aln), "--overwrite", "--image-size", "1024", "1024"
+        ).returncode
+        == 0
+    )
+
+
+def test_project_writes_positions_and_mask(demo_files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "projected.zarr"
+    result = cryoxr_cmd(
+        "project",
+        "--poses",
+        str(demo_files["particles"]),
+        "--alignment",
+        str(demo_files["tilt series"]),
+        "--image-size",
+        "1024",
+        "1024",
+        "--out",
+        str(out),
+        "--chunks",
+        "1000",
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "3,000 particles x 41 tilts" in result.stdout
+    stored = xr.open_zarr(out)
+    assert stored["projected"].shape == (3000, 41, 2)
+    assert stored["in_field_of_view"].dtype == bool
+    # the files (RELION 5, tilt-series pixels) project where the demo's bin-8 poses did
+    import zarr
+
+    demo = zarr.open_array(str(demo_files["projected"]), mode="r")[:]
+    np.testing.assert_allclose(stored["projected"].values, demo, atol=1e-4)
+    # the demo's own projection (bin-8 poses, rescaled) agrees with the files' (tilt pixels)
+    refuse = cryoxr_cmd(
+        "project",
+        "--poses",
+        str(demo_files["particles"]),
+        "--alignment",
+        str(demo_files["tilt series"]),
+        "--out",
+        str(out),
+    )
+    assert refuse.returncode == 2
+    assert "exists" in refuse.stderr
+
+
+def test_bad_file_is_one_line_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.star"
+    bad.write_bytes(b"data_particles\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1.0\n")
+    result = cryoxr_cmd("info", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.startswith("cryoxr: error: ")
+    assert str(bad) in result.stderr
+    assert "Traceback" not in result.stderr
+    debug = cryoxr_cmd("--debug", "info", str(bad))
+    assert "Traceback" in debug.stderr
+    missing = cryoxr_cmd("info", str(tmp_path / "nope.mrc"))
+    assert missing.returncode == 2
+    assert "nope.mrc" in missing.stderr
+
+
+def test_unknown_suffix_lists_known(tmp_path: Path) -> None:
+    odd = tmp_path / "thing.xyz"
+    odd.write_text("hello\n")
+    result = cryoxr_cmd("info", str(odd))
+    assert result.returncode == 2
+    assert "known" in result.stderr
+
+
+def test_main_without_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "demo" in capsys.readouterr().out

@@ -136,15 +136,16 @@ def _openers(method: str, path: str) -> Callable[[], Any]:
             self.da = image.data
             self.nz, self.ny, self.nx = image.shape
 
+        # np.array: the bytes are read (a whole plane may come back as a view of the file)
         def zslice(self) -> np.ndarray:
-            return self.da.isel(z=self.nz // 2).values
+            return np.array(self.da.isel(z=self.nz // 2).values)
 
         def yslice(self) -> np.ndarray:
-            return self.da.isel(y=self.ny // 2).values
+            return np.array(self.da.isel(y=self.ny // 2).values)
 
         def box(self) -> np.ndarray:
             z, y, x = self.nz // 2, self.ny // 2, self.nx // 2
-            return self.da.isel(z=slice(z, z + 64), y=slice(y, y + 64), x=slice(x, x + 64)).values
+            return np.array(self.da.isel(z=slice(z, z + 64), y=slice(y, y + 64), x=slice(x, x + 64)).values)
 
         def mean(self) -> float:
             return float(self.da.mean(skipna=False))  # xarray's default is nanmean

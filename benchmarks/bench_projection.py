@@ -1,0 +1,792 @@
+"""Benchmark of :func:`cryoxr.project` and :func:`cryoxr.count_in_field_of_view` (issue 4).
+
+Every contender runs in a fresh subprocess, so its peak RSS is its own. Inputs are the
+same in every subprocess (seeded). Before any timing, the cryoxr results are checked
+against the in-memory GEMM baseline (c) built from cryotypes' own projection matrices.
+
+Usage::
+
+    python benchmarks/bench_projection.py --quick        # N = 1e5, 1e6; < 1 minute
+    python benchmarks/bench_projection.py                # N = 1e6, 1e7 (+ 1e5), full study
+    python benchmarks/bench_projection.py --json out.json
+
+Contenders (rates in particle-tilts/s, T = 61 tilts):
+
+- ``copy``: np.copyto of 1 GiB arrays: the machine's read+write bandwidth.
+- ``c_gemm``: baseline (c), one (N, 4) @ (4, 2T) numpy GEMM into a preallocated output.
+- ``a_loop``: baseline (a), a Python loop over tilts, one (N, 4) @ (4, 2) matmul each.
+- ``b_cryotypes``: baseline (b), cryotypes' (T, 4, 4) matrices applied per particle,
+  timed on 10^4 particles and scaled.
+- ``store``: ``da.store(project(...).data, target)`` into a preallocated numpy array.
+- ``compute``: ``project(...).data.compute()`` (dask concatenates a fresh array).
+- ``concat``: ``np.concatenate(dask.compute(*blocks))``.
+- ``count``: ``count_in_field_of_view(...)``, the fused streaming reduction.
+- ``*_cluster``: the same on ``distributed.LocalCluster(2 workers x 1 thread, processes)``.
+- ``*+prop``: the same with the proposed kernels below monkeypatched into cryoxr.
+- ``*+blas1``: the same with OpenBLAS limited to one thread per dask thread.
+
+Bandwidth fraction: (minimal bytes read + written: positions, shifts and codes in, the
+output out) / time / measured copy bandwidth (read + write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+T = 61
+TOMO = (4096, 4096, 1024)
+CENTRE = (2048.0, 2048.0)
+IMAGE_SHAPE = (4096, 4096)
+MARGIN = 64.0
+BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+HERE = os.path.abspath(__file__)
+
+# --------------------------------------------------------------------------------------
+# proposed kernels (monkeypatched into cryoxr.projection for the "+prop" contenders)
+# --------------------------------------------------------------------------------------
+
+#: rows per sub-block of the fused count: (rows, 2T) float64 stays in L2 (~1 MiB)
+COUNT_ROWS = 1024
+
+
+def _homogeneous(position: np.ndarray, shift: np.ndarray, dtype: Any) -> np.ndarray:
+    points = np.empty((position.shape[0], 4), dtype=dtype)
+    np.add(position, shift, out=points[:, :3])
+    points[:, 3] = 1
+    return points
+
+
+def _operator(weights: np.ndarray, bias: np.ndarray, code: int, dtype: Any) -> np.ndarray:
+    """(4, 2T): the bias as the row of the homogeneous coordinate."""
+    return np.concatenate([weights[code], bias[code][None, :]]).astype(dtype, copy=False)
+
+
+def proposed_project_block(
+    position: np.ndarray,
+    shift: np.ndarray,
+    codes: np.ndarray,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    dtype: Any,
+) -> np.ndarray:
+    """(n, 4) @ (4, 2T): the output is written once, no second pass to add the bias."""
+    points = _homogeneous(position, shift, dtype)
+    n = points.shape[0]
+    width = weights.shape[2]
+    out = np.empty((n, width), dtype=dtype)
+    present = np.unique(codes) if weights.shape[0] > 1 else np.zeros(1, dtype=np.int64)
+    for code in present:  # experiments in this chunk: usually one
+        operator = _operator(weights, bias, code, dtype)
+        if len(present) == 1:
+            np.matmul(points, operator, out=out)
+        else:
+            rows = codes == code
+            out[rows] = points[rows] @ operator
+    return out.reshape(n, width // 2, 2)
+
+
+def proposed_count_block(
+    position: np.ndarray,
+    shift: np.ndarray,
+    codes: np.ndarray,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    half: np.ndarray,
+    dtype: Any,
+) -> np.ndarray:
+    """Project, test and count in cache-sized row blocks: no (n, 2T) temporary."""
+    points = _homogeneous(position, shift, dtype)
+    width = weights.shape[2]
+    limit = np.tile(np.asarray(half, dtype=dtype), width // 2)
+    counts = np.zeros(width // 2, dtype=np.int64)
+    rows = max(1, min(points.shape[0], COUNT_ROWS))
+    xy = np.empty((rows, width), dtype=dtype)
+    inside = np.empty((rows, width), dtype=bool)
+    present = np.unique(codes) if weights.shape[0] > 1 else np.zeros(1, dtype=np.int64)
+    for code in present:
+        operator = _operator(weights, bias, code, dtype)
+        mine = points if len(present) == 1 else points[codes == code]
+        for start in range(0, mine.shape[0], rows):
+            m = min(rows, mine.shape[0] - start)
+            np.matmul(mine[start : start + m], operator, out=xy[:m])
+            np.abs(xy[:m], out=xy[:m])
+            np.less_equal(xy[:m], limit, out=inside[:m])  # NaN (missing tilt) -> False
+            # x and y inside <=> both bytes of the (x, y) pair are 1
+            counts += np.count_nonzero(inside[:m].view(np.uint16) == 0x0101, axis=0)
+    return counts[None, :]
+
+
+def proposed_particle_codes(poses: Any, experiments: list[str]) -> Any:
+    """One experiment: lazy zeros, not an (N,) int64 array embedded in the graph (80 MB at
+    10^7, which distributed ships from the client on every compute)."""
+    import dask.array as da
+
+    import cryoxr.projection as projection
+
+    if "experiment_id" in poses.coords:
+        return _current_particle_codes(poses, experiments)
+    n = poses.sizes["particle"]
+    return da.zeros(n, dtype=np.int64, chunks=projection._particle_chunks(poses, None))
+
+
+_current_particle_codes: Any = None
+
+
+def use_proposed() -> None:
+    global _current_particle_codes
+    import cryoxr.projection as projection
+
+    _current_particle_codes = projection._particle_codes
+    projection._project_block = proposed_project_block  # type: ignore[assignment]
+    projection._count_block = proposed_count_block  # type: ignore[assignment]
+    projection._particle_codes = proposed_particle_codes  # type: ignore[assignment]
+
+
+# --------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------
+
+
+def make_model() -> Any:
+    import cryoxr
+
+    rng = np.random.default_rng(1)
+    return cryoxr.make_projection_model(
+        rotation_x=rng.normal(0, 0.5, T),
+        rotation_y=np.linspace(-60.0, 60.0, T),
+        rotation_z=85.0 + rng.normal(0, 0.2, T),
+        dx=rng.normal(0, 5, T),
+        dy=rng.normal(0, 5, T),
+        experiment_id="TS_01",
+        pixel_spacing=1.35,
+    )
+
+
+def make_positions(n: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.random((n, 3)) * np.asarray(TOMO, dtype=np.float64)
+
+
+def make_poses(n: int, lazy: bool = False, chunk: int = 100_000) -> Any:
+    """A PoseSet; ``lazy``: positions drawn chunk-wise by dask, nothing held in memory."""
+    import cryoxr
+
+    if not lazy:
+        return cryoxr.make_poseset(make_positions(n), experiment_id="TS_01", pixel_spacing=1.35)
+    import dask.array as da
+
+    rs = da.random.RandomState(0)
+    position = rs.random_sample((n, 3), chunks=(chunk, 3)) * np.asarray(TOMO, dtype=np.float64)
+    shift = da.zeros((n, 3), chunks=(chunk, 3))
+    orientation = da.concatenate(
+        [da.zeros((n, 3), chunks=(chunk, 3)), da.ones((n, 1), chunks=(chunk, 1))], axis=1
+    )
+    return cryoxr.make_poseset(
+        position, shift=shift, orientation=orientation, experiment_id="TS_01", pixel_spacing=1.35
+    )
+
+
+def cryotypes_matrices() -> np.ndarray:
+    """(T, 4, 4) from cryotypes itself: the independent reference."""
+    from cryotypes.projectionmodel import projection_model_to_projection_matrices
+
+    return np.asarray(projection_model_to_projection_matrices(make_model(), CENTRE, TOMO))
+
+
+def gemm_operator(dtype: Any = np.float64) -> np.ndarray:
+    """(4, 2T) with column 2t + a = row a of tilt t's matrix: xyzw @ op -> (T, 2) flat."""
+    mats = cryotypes_matrices()[:, :2, :]  # (T, 2, 4)
+    return np.ascontiguousarray(mats.reshape(2 * T, 4).T).astype(dtype)
+
+
+def homogeneous(positions: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
+    out = np.ones((positions.shape[0], 4), dtype=dtype)
+    out[:, :3] = positions
+    return out
+
+
+def project_kwargs() -> dict[str, Any]:
+    return {"tomogram_dimensions": TOMO, "tilt_image_center": CENTRE}
+
+
+def numpy_counts(xy: np.ndarray) -> np.ndarray:
+    centre = np.array([(IMAGE_SHAPE[1] - 1) / 2.0, (IMAGE_SHAPE[0] - 1) / 2.0])
+    half = centre - MARGIN
+    inside = (np.abs(xy.reshape(xy.shape[0], T, 2) - centre) <= half).all(axis=2)
+    return inside.sum(axis=0)
+
+
+# --------------------------------------------------------------------------------------
+# measuring
+# --------------------------------------------------------------------------------------
+
+
+class PeakRSS:
+    """Samples the RSS of this process and its children (a LocalCluster's workers)."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        total = 0
+        for p in [self._proc, *self._proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        self.peak = max(self.peak, total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            time.sleep(self._interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def best_of(fn: Callable[[], Any], reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def check(name: str, got: np.ndarray, want: np.ndarray, atol: float) -> None:
+    err = float(np.nanmax(np.abs(np.asarray(got, dtype=np.float64) - want))) if got.size else 0.0
+    if not (got.shape == want.shape and err <= atol):
+        raise SystemExit(f"{name}: result differs from baseline (c): max |diff| {err:g} > {atol:g}")
+
+
+def io_bytes(n: int, itemsize: int, output: bool = True) -> int:
+    """Minimal traffic: position + shift (float64) and codes (int64) in, output out."""
+    return n * (3 * 8 + 3 * 8 + 8) + (n * 2 * T * itemsize if output else 0)
+
+
+# --------------------------------------------------------------------------------------
+# contenders (each runs in its own subprocess)
+# --------------------------------------------------------------------------------------
+
+
+def run_copy(a: argparse.Namespace) -> dict[str, Any]:
+    src = np.ones(2**27)  # 1 GiB
+    dst = np.zeros_like(src)
+    sec = best_of(lambda: np.copyto(dst, src), a.reps)
+    return {"seconds": sec, "bandwidth": 2 * src.nbytes / sec}
+
+
+def run_c(a: argparse.Namespace) -> dict[str, Any]:
+    dtype = np.dtype(a.dtype)
+    pts = homogeneous(make_positions(a.n), dtype)
+    op = gemm_operator(dtype)
+    out = np.empty((a.n, 2 * T), dtype=dtype)
+    out.fill(0)  # touched: time the GEMM, not page faults
+    sec = best_of(lambda: np.matmul(pts, op, out=out), a.reps)
+    return {"seconds": sec, "bytes": a.n * 4 * dtype.itemsize + out.nbytes}
+
+
+def run_a(a: argparse.Namespace) -> dict[str, Any]:
+    pts = homogeneous(make_positions(a.n))
+    mats = cryotypes_matrices()
+    out = np.empty((a.n, T, 2))
+    out.fill(0)  # touched: time the loop, not page faults
+
+    def loop() -> None:
+        for t in range(T):
+            out[:, t, :] = pts @ mats[t, :2, :].T
+
+    sec = best_of(loop, a.reps)
+    m = min(a.n, 10_000)
+    check("a_loop", out[:m].reshape(m, 2 * T), pts[:m] @ gemm_operator(), 1e-9)
+    return {"seconds": sec, "bytes": io_bytes(a.n, 8)}
+
+
+def run_b(a: argparse.Namespace) -> dict[str, Any]:
+    m = min(a.n, 10_000)
+    pts = homogeneous(make_positions(a.n)[:m])
+    mats = cryotypes_matrices()
+    out = np.zeros((m, T, 2))
+
+    def loop() -> None:
+        for i in range(m):
+            out[i] = (mats @ pts[i])[:, :2]
+
+    sec = best_of(loop, max(1, a.reps - 1)) * a.n / m
+    check("b_cryotypes", out.reshape(m, 2 * T), pts @ gemm_operator(), 1e-9)
+    return {"seconds": sec, "bytes": io_bytes(a.n, 8), "note": f"timed on {m}, scaled"}
+
+
+def _setup(a: argparse.Namespace) -> None:
+    import dask
+
+    if a.proposed:
+        use_proposed()
+    if a.blas1:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    if not a.on_cluster:
+        dask.config.set(scheduler="threads", num_workers=os.cpu_count())
+
+
+def run_verify(a: argparse.Namespace) -> dict[str, Any]:
+    """cryoxr == baseline (c) (cryotypes' matrices, one GEMM) before anything is timed.
+
+    project: to 1e-9 px in float64 (1e-3 px in float32), current and proposed kernels, at
+    chunk sizes that split and do not split N; count: exactly equal to numpy counts.
+    """
+    import cryoxr
+    import cryoxr.projection as projection
+
+    model = make_model()
+    poses = make_poses(a.n)
+    want = homogeneous(np.asarray(poses.position.values)) @ gemm_operator()
+    want_counts = numpy_counts(want)
+    kw = {**project_kwargs(), "image_shape": IMAGE_SHAPE, "margin": MARGIN}
+    checked = []
+    kernels = [
+        ("current", projection._project_block, projection._count_block),
+        ("proposed", proposed_project_block, proposed_count_block),
+    ]
+    for kname, project_block, count_block in kernels:
+        projection._project_block = project_block  # type: ignore[assignment]
+        projection._count_block = count_block  # type: ignore[assignment]
+        for chunk in sorted({a.chunk, max(1, a.n // 3 + 1)}):
+            for dtype, atol in (("float64", 1e-9), ("float32", 1e-3)):
+                xy = cryoxr.project(poses, model, chunks=chunk, dtype=dtype, **project_kwargs()).values
+                check(f"project {kname} {dtype} chunk {chunk}", xy.reshape(a.n, 2 * T), want, atol)
+            counts = cryoxr.count_in_field_of_view(poses, model, chunks=chunk, **kw).values
+            if not np.array_equal(counts, want_counts):
+                raise SystemExit(f"count {kname} chunk {chunk}: differs from numpy counts of baseline (c)")
+            checked.append(f"{kname}@{chunk}")
+    return {"seconds": 0.0, "bytes": 0, "checked": checked}
+
+
+def run_project(a: argparse.Namespace) -> dict[str, Any]:
+    import dask
+    import dask.array as da
+
+    import cryoxr
+
+    _setup(a)
+    poses, model = make_poses(a.n), make_model()
+    dtype = np.dtype(a.dtype)
+    client = _cluster() if a.on_cluster else None
+    try:
+        _warm_up(a, model)
+        xy = cryoxr.project(poses, model, chunks=a.chunk, dtype=dtype, **project_kwargs()).data
+        graph_tasks = len(xy.__dask_graph__())
+        if a.how == "store":
+            target = np.zeros(xy.shape, dtype=dtype)  # preallocated and touched
+
+            def fn() -> Any:
+                return da.store(xy, target, lock=False)
+
+        elif a.how == "compute":
+
+            def fn() -> Any:
+                return xy.compute()
+
+        elif a.how == "concat":
+            blocks = xy.to_delayed().ravel().tolist()
+
+            def fn() -> Any:
+                return np.concatenate(dask.compute(*blocks), axis=0)
+
+        elif a.how == "zarr":
+            import tempfile
+
+            tmp = tempfile.mkdtemp(prefix="bench_projection_")
+
+            def fn() -> Any:
+                return da.to_zarr(xy, os.path.join(tmp, "xy.zarr"), overwrite=True)
+
+        else:
+            raise SystemExit(f"unknown --how {a.how}")
+        sec = best_of(fn, a.reps)
+    finally:
+        if client is not None:
+            client.close()
+            client.cluster.close()
+    return {"seconds": sec, "bytes": io_bytes(a.n, dtype.itemsize), "tasks": graph_tasks}
+
+
+def run_count(a: argparse.Namespace) -> dict[str, Any]:
+    import cryoxr
+
+    _setup(a)
+    model = make_model()
+    kw = {**project_kwargs(), "image_shape": IMAGE_SHAPE, "margin": MARGIN}
+    client = _cluster() if a.on_cluster else None
+    try:
+        _warm_up(a, model)
+        poses = make_poses(a.n, lazy=a.n > 1_000_000, chunk=a.chunk)
+        counts = cryoxr.count_in_field_of_view(poses, model, chunks=a.chunk, dtype=a.dtype, **kw).data
+        totals: list[int] = []
+        sec = best_of(lambda: totals.append(int(counts.compute().sum())), a.reps)
+    finally:
+        if client is not None:
+            client.close()
+            client.cluster.close()
+    return {"seconds": sec, "bytes": io_bytes(a.n, 8, output=False), "in_fov": totals[-1]}
+
+
+def _warm_up(a: argparse.Namespace, model: Any) -> None:
+    """Untimed: imports and function shipping to the workers happen here, not in the timing."""
+    import cryoxr
+
+    small = make_poses(2 * min(a.chunk, 10_000))
+    kw = {**project_kwargs(), "image_shape": IMAGE_SHAPE, "margin": MARGIN}
+    cryoxr.project(small, model, chunks=min(a.chunk, 10_000), dtype=a.dtype, **project_kwargs()).compute()
+    cryoxr.count_in_field_of_view(small, model, chunks=min(a.chunk, 10_000), dtype=a.dtype, **kw).compute()
+
+
+def _cluster() -> Any:
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="8GiB"
+    )
+    return Client(cluster)
+
+
+CONTENDERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "verify": run_verify,
+    "copy": run_copy,
+    "c_gemm": run_c,
+    "a_loop": run_a,
+    "b_cryotypes": run_b,
+    "project": run_project,
+    "count": run_count,
+}
+
+
+def copy_bandwidth(nbytes: int = 2**28, reps: int = 3) -> float:
+    """Read + write bytes/s of np.copyto, measured now (the host's bandwidth drifts)."""
+    src = np.ones(nbytes // 8)
+    dst = np.zeros_like(src)
+    return 2 * src.nbytes / best_of(lambda: np.copyto(dst, src), reps)
+
+
+def worker(a: argparse.Namespace) -> None:
+    with PeakRSS() as rss:
+        result = CONTENDERS[a.worker](a)
+    result["peak_rss"] = max(rss.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    if a.worker != "copy":
+        result["bandwidth"] = copy_bandwidth()  # after the peak was read
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# driver
+# --------------------------------------------------------------------------------------
+
+
+def spawn(env: dict[str, str], name: str, n: int, reps: int, **opts: Any) -> dict[str, Any]:
+    cmd = [sys.executable, HERE, "--worker", name, "--n", str(n), "--reps", str(reps)]
+    for key, value in opts.items():
+        if value is True:
+            cmd.append(f"--{key}")
+        elif value not in (None, False):
+            cmd += [f"--{key}", str(value)]
+    busy0, own0, wall0 = _busy_cpu(), _children_cpu(), time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - wall0
+    other = (_busy_cpu() - busy0) - (_children_cpu() - own0)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"contender {name} {opts} (n={n}) failed")
+    result = json.loads(lines[-1][len("RESULT ") :])
+    # CPU used by other processes of the machine meanwhile (other users' tests, ...)
+    result["other_load"] = max(0.0, other) / (wall * (os.cpu_count() or 1))
+    return result
+
+
+def _busy_cpu() -> float:
+    """Busy CPU seconds of the whole machine (/proc/stat), 0 where unavailable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def blas_info(env: dict[str, str]) -> str:
+    code = (
+        "import numpy, json\n"
+        "try:\n"
+        "    from threadpoolctl import threadpool_info\n"
+        "    i = [x for x in threadpool_info() if x['user_api'] == 'blas']\n"
+        "    print(json.dumps([{k: x.get(k) for k in ('internal_api', 'version', 'architecture',"
+        " 'num_threads')} for x in i]))\n"
+        "except ImportError:\n"
+        "    print('threadpoolctl not installed')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    return out.stdout.strip() or out.stderr.strip()
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        import psutil
+
+        mem = f"{psutil.virtual_memory().total / 2**30:.0f} GiB"
+    except ImportError:
+        mem = "?"
+    import dask
+    import distributed
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem}; Python {platform.python_version()}, numpy {np.__version__}, "
+        f"dask {dask.__version__}, distributed {distributed.__version__}"
+    )
+
+
+def plan(quick: bool) -> list[tuple[str, str, int, dict[str, Any]]]:
+    """(label, contender, n, options); rows appear in the table in this order."""
+    rows: list[tuple[str, str, int, dict[str, Any]]] = [("copy 1 GiB", "copy", 0, {})]
+    n = 100_000
+    rows += [
+        ("(c) numpy GEMM f64", "c_gemm", n, {"dtype": "float64"}),
+        ("(a) loop over tilts", "a_loop", n, {}),
+        ("(b) cryotypes per particle", "b_cryotypes", n, {}),
+        ("project store", "project", n, {"how": "store"}),
+        ("count", "count", n, {}),
+    ]
+    n = 1_000_000
+    rows += [
+        ("(c) numpy GEMM f64", "c_gemm", n, {"dtype": "float64"}),
+        ("(c) numpy GEMM f32", "c_gemm", n, {"dtype": "float32"}),
+        ("(a) loop over tilts", "a_loop", n, {}),
+        ("(b) cryotypes per particle", "b_cryotypes", n, {}),
+        ("project store", "project", n, {"how": "store"}),
+        ("project store +prop", "project", n, {"how": "store", "proposed": True}),
+        ("project compute", "project", n, {"how": "compute"}),
+        ("count", "count", n, {}),
+        ("count +prop", "count", n, {"proposed": True}),
+        ("count cluster", "count", n, {"on-cluster": True}),
+    ]
+    if quick:
+        return rows
+    n = 1_000_000
+    for chunk in (10_000, 30_000, 300_000, 1_000_000):
+        rows += [
+            (f"project store chunk {chunk:.0e}", "project", n, {"how": "store", "chunk": chunk}),
+            (
+                f"project store +prop chunk {chunk:.0e}",
+                "project",
+                n,
+                {"how": "store", "chunk": chunk, "proposed": True},
+            ),
+            (f"count chunk {chunk:.0e}", "count", n, {"chunk": chunk}),
+            (f"count +prop chunk {chunk:.0e}", "count", n, {"chunk": chunk, "proposed": True}),
+        ]
+    rows += [
+        ("project store f32", "project", n, {"how": "store", "dtype": "float32"}),
+        ("project store +prop f32", "project", n, {"how": "store", "dtype": "float32", "proposed": True}),
+        ("count +prop f32", "count", n, {"dtype": "float32", "proposed": True}),
+        ("project store +blas1", "project", n, {"how": "store", "blas1": True}),
+        ("project store +prop+blas1", "project", n, {"how": "store", "blas1": True, "proposed": True}),
+        ("count +prop+blas1", "count", n, {"blas1": True, "proposed": True}),
+        ("project concat", "project", n, {"how": "concat"}),
+        ("project compute +prop", "project", n, {"how": "compute", "proposed": True}),
+        ("project compute cluster", "project", n, {"how": "compute", "on-cluster": True}),
+        ("count cluster +prop", "count", n, {"on-cluster": True, "proposed": True}),
+        ("project zarr", "project", n, {"how": "zarr", "proposed": True}),
+        ("project zarr cluster +prop", "project", n, {"how": "zarr", "proposed": True, "on-cluster": True}),
+    ]
+    n = 10_000_000
+    rows += [
+        ("count 1e7", "count", n, {}),
+        ("count 1e7 +prop", "count", n, {"proposed": True}),
+        ("count 1e7 +prop+blas1", "count", n, {"proposed": True, "blas1": True}),
+        ("count 1e7 cluster +prop", "count", n, {"on-cluster": True, "proposed": True}),
+    ]
+    return rows
+
+
+def fmt_bytes(b: float) -> str:
+    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
+
+
+def measure(env: dict[str, str], a: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every row of the plan, ``a.rounds`` times interleaved; per row the fastest round."""
+    rows = [r for r in plan(a.quick) if a.cluster or not r[3].get("on-cluster")]
+    reps = 2 if a.quick else 3
+    for n in [100_000] if a.quick else [100_000, 1_000_000]:
+        r = spawn(env, "verify", n, 1, chunk=100_000 if n > 100_000 else 30_000)
+        print(f"  verified against (c) at N={n:.0e}: {', '.join(r['checked'])}", file=sys.stderr)
+    best: list[dict[str, Any] | None] = [None] * len(rows)
+    for k in range(a.rounds):
+        for i, (label, name, n, opts) in enumerate(rows):
+            chunk = opts.get("chunk", 100_000)
+            slow = n >= 10_000_000 or (a.quick and name in ("a_loop", "b_cryotypes"))
+            r = spawn(env, name, n, 1 if slow else reps, **{"chunk": chunk, **opts})
+            r.update(label=label, contender=name, n=n, chunk=chunk, options=opts)
+            old = best[i]
+            if old is None or r["seconds"] < old["seconds"]:
+                r["peak_rss"] = max(r["peak_rss"], old["peak_rss"]) if old else r["peak_rss"]
+                best[i] = r
+            elif old is not None:
+                old["peak_rss"] = max(r["peak_rss"], old["peak_rss"])
+            print(f"  round {k + 1}/{a.rounds} {label} n={n:.0e}: {r['seconds']:.3f} s", file=sys.stderr)
+    return [r for r in best if r is not None]
+
+
+def table(results: list[dict[str, Any]]) -> list[str]:
+    """Markdown table: rates, ratios to the baselines at the same N, bandwidth, peak RSS."""
+    base: dict[int, dict[str, float]] = {}
+    for r in results:
+        if r["contender"] == "copy":
+            continue
+        r["rate"] = r["n"] * T / r["seconds"]
+        r["bw_fraction"] = r["bytes"] / r["seconds"] / r["bandwidth"]
+        ref = base.setdefault(r["n"], {})
+        if r["contender"] == "c_gemm" and r["options"].get("dtype") == "float64":
+            ref["c"] = r["rate"]
+        elif r["contender"] in ("a_loop", "b_cryotypes"):
+            ref[r["contender"][0]] = r["rate"]
+    lines = [
+        "| contender | N | chunk | M particle-tilts/s | s | vs (c) | vs (a) | vs (b) | of copy BW "
+        "| peak RSS | other load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r["contender"] == "copy":
+            lines.append(
+                f"| copy 1 GiB (np.copyto) | | | | {r['seconds']:.3f} | | | | "
+                f"{r['bandwidth'] / 1e9:.1f} GB/s | {fmt_bytes(r['peak_rss'])} | {100 * r['other_load']:.0f}% |"
+            )
+            continue
+        ref = base.get(r["n"], {})
+        ratios = [f"{r['rate'] / ref[k]:.2f}x" if k in ref else "" for k in "cab"]
+        chunk = f"{r['chunk']:.0e}" if r["contender"] in ("project", "count") else ""
+        lines.append(
+            f"| {r['label']} | {r['n']:.0e} | {chunk} | {r['rate'] / 1e6:.0f} | {r['seconds']:.3f} | "
+            + " | ".join(ratios)
+            + f" | {100 * r['bw_fraction']:.0f}% | {fmt_bytes(r['peak_rss'])} | {100 * r['other_load']:.0f}% |"
+        )
+    return lines
+
+
+def drive(a: argparse.Namespace) -> None:
+    t_start = time.perf_counter()
+    as_is = dict(os.environ)
+    variants = [("as-is", as_is)]
+    set_vars = {k: as_is[k] for k in BLAS_VARS if k in as_is}
+    if set_vars or a.force_unset:
+        variants.append(("OPENBLAS_* unset", {k: v for k, v in as_is.items() if k not in BLAS_VARS}))
+    report: dict[str, Any] = {"machine": machine(), "openblas_env": set_vars, "variants": {}}
+    print(f"machine: {report['machine']}")
+    print(f"OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as-is: {set_vars or 'none set'}")
+    for vname, env in variants:
+        blas = blas_info(env)
+        results = measure(env, a)
+        print(f"\n### {vname}: BLAS {blas}\n")
+        print("\n".join(table(results)), flush=True)
+        report["variants"][vname] = {"blas": blas, "rows": results}
+    print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+def merge(paths: list[str]) -> None:
+    """Tables of earlier --json runs, per row the fastest run (the host's load drifts)."""
+    variants: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
+    machines = set()
+    for path in paths:
+        with open(path) as f:
+            report = json.load(f)
+        machines.add(report["machine"])
+        for vname, v in report["variants"].items():
+            rows = variants.setdefault(vname, {})
+            for r in v["rows"]:
+                key = (r["label"], r["n"])
+                old = rows.get(key)
+                if old is None or r["seconds"] < old["seconds"]:
+                    if old is not None:
+                        r["peak_rss"] = max(r["peak_rss"], old["peak_rss"])
+                    rows[key] = r
+                else:
+                    old["peak_rss"] = max(r["peak_rss"], old["peak_rss"])
+    print(f"machine: {'; '.join(sorted(machines))}")
+    for vname, rows in variants.items():
+        print(f"\n### {vname}: fastest of {len(paths)} run(s)\n")
+        print("\n".join(table(list(rows.values()))))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="N = 1e5 and 1e6 only (< 1 minute)")
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--no-cluster", dest="cluster", action="store_false", help="skip LocalCluster rows")
+    p.add_argument("--rounds", type=int, help="interleaved rounds, fastest kept (default 1 quick, 2 full)")
+    p.add_argument(
+        "--merge", nargs="+", metavar="JSON", help="print the fastest per row of earlier --json runs"
+    )
+    p.add_argument("--force-unset", action="store_true", help="also run with OPENBLAS_* unset if none is set")
+    # worker options (internal)
+    p.add_argument("--worker", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--reps", type=int, default=3, help=argparse.SUPPRESS)
+    p.add_argument("--chunk", type=int, default=100_000, help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float64", help=argparse.SUPPRESS)
+    p.add_argument("--how", default="store", help=argparse.SUPPRESS)
+    p.add_argument("--proposed", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--blas1", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--on-cluster", dest="on_cluster", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.rounds is None:
+        a.rounds = 1 if a.quick else 2
+    if a.merge:
+        merge(a.merge)
+    elif a.worker:
+        worker(a)
+    else:
+        drive(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -62,12 +62,16 @@ elif task == "cryoxr write":
     prepared = read_star(path)
 elif task == "cryoxr write PoseSet":
     prepared = read_relion_particles(path, tomograms=sizes)
+import resource
+def cpu():
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
 base = rss("VmRSS:")
 try:
     Path("/proc/self/clear_refs").write_text("5")
 except OSError:
     pass
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), cpu()
 if task == "starfile read":
     result = starfile.read(path)
 elif task == "cryoxr read":
@@ -80,8 +84,8 @@ elif task == "cryoxr write":
     write_star(prepared, out, overwrite=True)
 elif task == "cryoxr write PoseSet":
     write_relion_particles(prepared, out, overwrite=True)
-seconds = time.perf_counter() - t0
-print(json.dumps({"seconds": seconds, "peak_mib": rss("VmHWM:"), "base_mib": base}))
+seconds, cpu_seconds = time.perf_counter() - t0, cpu() - c0
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_mib": rss("VmHWM:"), "base_mib": base}))
 """
 
 TASKS = [
@@ -207,7 +211,10 @@ def main(argv: list[str] | None = None) -> None:
                 if task in measured or (task.startswith("starfile") and n > args.baseline_max_rows):
                     continue
                 measured[task] = run(task, path, folder / f"out_{n}.star")
-        header = f"{'task':<18}{'tool':<22}{'time s':>9}{'rows/s':>13}{'peak MiB':>10}{'+MiB':>8}{'time x':>8}{'mem x':>7}"
+        header = (
+            f"{'task':<18}{'tool':<22}{'time s':>8}{'cpu s':>7}{'rows/s':>11}{'peak MiB':>9}{'+MiB':>7}"
+            f"{'time x':>7}{'cpu x':>6}{'mem x':>6}"
+        )
         print(header)
         print("-" * len(header))
         for label, baseline, ours in TASKS:
@@ -217,21 +224,22 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{label:<18}{task:<22}{'skipped (memory/time)':>30}")
                     continue
                 m = measured[task]
-                ratio = mem = ""
+                ratio = cpu = mem = ""
                 if base is not None and task == ours:
                     ratio = f"{base['seconds'] / m['seconds']:.1f}"
+                    cpu = f"{base['cpu_seconds'] / m['cpu_seconds']:.1f}"
                     mem = f"{_grown(base) / _grown(m):.1f}"
                 print(
-                    f"{label:<18}{task:<22}{m['seconds']:>9.2f}{n / m['seconds']:>13,.0f}"
-                    f"{m['peak_mib']:>10.0f}{_grown(m):>8.0f}{ratio:>8}{mem:>7}"
+                    f"{label:<18}{task:<22}{m['seconds']:>8.2f}{m['cpu_seconds']:>7.2f}{n / m['seconds']:>11,.0f}"
+                    f"{m['peak_mib']:>9.0f}{_grown(m):>7.0f}{ratio:>7}{cpu:>6}{mem:>6}"
                 )
                 results.append({"rows": n, "task": label, "tool": task, **m})
         path.unlink()
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print(
-        "\n+MiB: peak RSS above the RSS before the timed call; time x / mem x: starfile's time / +MiB "
-        "divided by cryoxr's (higher is better for cryoxr)"
+        "\ncpu s: user + system time of all threads; +MiB: peak RSS above the RSS before the timed call;\n"
+        "time x / cpu x / mem x: starfile's time / cpu / +MiB divided by cryoxr's (higher is better for cryoxr)"
     )
 
 

@@ -85,7 +85,7 @@ class DemoSummary:
         ]
         if self.files:
             lines.append("  wrote")
-            lines.extend(f"    {name:<14}{path}" for name, path in self.files.items())
+            lines.extend(f"    {name:<22}{path}" for name, path in self.files.items())
         return "\n".join(lines)
 
 

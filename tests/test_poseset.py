@@ -201,3 +201,23 @@ def test_chunked_multi_experiment_set_keeps_labels_in_memory(rng: np.random.Gene
         cryoxr.validate_poseset(ds, check_values=False)
         groups = {str(k): g.sizes["particle"] for k, g in ds.groupby("experiment_id")}
     assert groups == {"a": int((ids == "a").sum()), "b": int((ids == "b").sum())}
+
+
+def test_lazy_positions_get_lazy_defaults() -> None:
+    position = da.random.default_rng(2).uniform(0, 100, size=(10_000_000, 3), chunks=(1_000_000, 3))
+    with raise_if_dask_computes():
+        ds = cryoxr.make_poseset(position, experiment_id="t", pixel_spacing=1.0)
+    assert isinstance(ds["shift"].data, da.Array)
+    assert isinstance(ds["orientation"].data, da.Array)
+    assert ds["orientation"].data.chunks[0] == position.chunks[0]
+    # nothing of size N sits in the graph
+    biggest = max(
+        (
+            v.nbytes
+            for v in dict(ds["orientation"].data.__dask_graph__()).values()
+            if isinstance(v, np.ndarray)
+        ),
+        default=0,
+    )
+    assert biggest < 1_000
+    np.testing.assert_array_equal(ds["orientation"][:2].values, [[0, 0, 0, 1.0], [0, 0, 0, 1.0]])

@@ -184,8 +184,16 @@ def make_poseset(
     """
     pos = _vectors(position, "position", None)
     n = int(pos.shape[0])
-    sh = np.zeros((n, 3)) if shift is None else _vectors(shift, "shift", n)
-    quats = _orientation(orientation, n)
+    if shift is None:
+        # a lazy set stays lazy: no (N, 3) array of zeros in memory or in the graph
+        sh = da.zeros_like(pos) if isinstance(pos, da.Array) else np.zeros((n, 3))
+    else:
+        sh = _vectors(shift, "shift", n)
+    if orientation is None and isinstance(pos, da.Array):
+        identity = da.zeros((n, 4), chunks=(pos.chunks[0], 4), dtype=np.float64)
+        quats: np.ndarray | da.Array = identity + np.array([0.0, 0.0, 0.0, 1.0])
+    else:
+        quats = _orientation(orientation, n)
     data_vars: dict[str, Any] = {
         "position": (("particle", "axis"), pos),
         "shift": (("particle", "axis"), sh),

@@ -131,6 +131,19 @@ def projection_operators(
     return list(wanted), weights, bias, n_tilts, spacing
 
 
+def _homogeneous(position: np.ndarray, shift: np.ndarray, dtype: Any) -> np.ndarray:
+    """(n, 4) ``[position + shift, 1]``: the bias rides in the GEMM as a fourth row."""
+    points = np.empty((position.shape[0], 4), dtype=dtype)
+    np.add(position, shift, out=points[:, :3])
+    points[:, 3] = 1
+    return points
+
+
+def _operator(weights: np.ndarray, bias: np.ndarray, code: Any, dtype: Any) -> np.ndarray:
+    """(4, 2T): an experiment's weights with its bias as the last row."""
+    return np.concatenate([weights[code], bias[code][None, :]]).astype(dtype, copy=False)
+
+
 def _project_block(
     position: np.ndarray,
     shift: np.ndarray,
@@ -139,19 +152,23 @@ def _project_block(
     bias: np.ndarray,
     dtype: Any,
 ) -> np.ndarray:
-    """One chunk: (n, 3) positions -> (n, T, 2) tilt-image xy, one GEMM per experiment."""
-    points = position + shift
+    """One chunk: (n, 3) positions -> (n, T, 2) tilt-image xy, one GEMM per experiment.
+
+    ``(n, 4) @ (4, 2T)`` writes the output once; adding the bias afterwards would read
+    and write the whole (n, 2T) output a second time.
+    """
+    points = _homogeneous(position, shift, dtype)
     n = points.shape[0]
     width = weights.shape[2]
     out = np.empty((n, width), dtype=dtype)
     present = np.unique(codes) if weights.shape[0] > 1 else np.zeros(1, dtype=np.int64)
     for code in present:  # experiments in this chunk: usually one
+        operator = _operator(weights, bias, code, dtype)
         if len(present) == 1:
-            np.matmul(points, weights[code].astype(dtype, copy=False), out=out)
-            out += bias[code]
+            np.matmul(points, operator, out=out)
         else:
             rows = codes == code
-            out[rows] = points[rows] @ weights[code] + bias[code]
+            out[rows] = points[rows] @ operator
     return out.reshape(n, width // 2, 2)
 
 
@@ -161,6 +178,16 @@ def _particle_codes(poses: xr.Dataset, experiments: list[str]) -> np.ndarray | N
     values = np.asarray(poses.coords["experiment_id"].values)
     codes = pd.Categorical(values, categories=experiments).codes.astype(np.int64)
     return codes
+
+
+def _codes(poses: xr.Dataset, experiments: list[str], chunks: tuple[int, ...]) -> da.Array:
+    """Per-particle experiment codes; lazy zeros for a single-experiment set, so no (N,)
+    array is embedded in the graph (80 MB at 10^7 particles, shipped on every compute
+    by dask.distributed)."""
+    codes = _particle_codes(poses, experiments)
+    if codes is None:
+        return da.zeros(poses.sizes["particle"], dtype=np.int64, chunks=(chunks,))
+    return _chunked(codes, chunks)
 
 
 def _chunked(arr: Any, chunks: tuple[int, ...]) -> da.Array:
@@ -254,10 +281,7 @@ def project(
     pchunks = _particle_chunks(poses, chunks)
     position = _chunked(poses["position"].data, pchunks)
     shift = _chunked(poses["shift"].data, pchunks)
-    codes_np = _particle_codes(poses, experiments)
-    if codes_np is None:
-        codes_np = np.zeros(poses.sizes["particle"], dtype=np.int64)
-    codes = _chunked(codes_np, pchunks)
+    codes = _codes(poses, experiments, pchunks)
     t_max = weights.shape[2] // 2
     # one key each: every task references the same matrices
     w = da.from_array(weights.astype(dtype), chunks=-1, name=False)
@@ -370,6 +394,10 @@ def in_field_of_view(
     )
 
 
+#: rows per step of the fused count: a (rows, 2T) float64 block stays in L2
+_COUNT_ROWS = 1024
+
+
 def _count_block(
     position: np.ndarray,
     shift: np.ndarray,
@@ -379,12 +407,31 @@ def _count_block(
     half: np.ndarray,
     dtype: Any,
 ) -> np.ndarray:
-    """Fused kernel: project a chunk and count points inside the image, per tilt."""
-    xy = _project_block(position, shift, codes, weights, bias, dtype)  # bias is centred
-    np.abs(xy, out=xy)
-    inside = xy <= half.astype(dtype)
-    both = np.logical_and(inside[..., 0], inside[..., 1])
-    return both.sum(axis=0, dtype=np.int64)[None, :]
+    """Fused kernel: project a chunk and count points inside the image, per tilt.
+
+    Works through the chunk ``_COUNT_ROWS`` particles at a time in two reused buffers,
+    so the projected block is tested while still in cache and no (n, 2T) temporary is
+    ever allocated (the loop is over row blocks, never over tilts or particles).
+    """
+    points = _homogeneous(position, shift, dtype)  # bias is centred
+    width = weights.shape[2]
+    limit = np.tile(np.asarray(half, dtype=dtype), width // 2)
+    counts = np.zeros(width // 2, dtype=np.int64)
+    step = max(1, min(points.shape[0], _COUNT_ROWS))
+    xy = np.empty((step, width), dtype=dtype)
+    inside = np.empty((step, width), dtype=bool)
+    present = np.unique(codes) if weights.shape[0] > 1 else np.zeros(1, dtype=np.int64)
+    for code in present:  # experiments in this chunk: usually one
+        operator = _operator(weights, bias, code, dtype)
+        mine = points if len(present) == 1 else points[codes == code]
+        for start in range(0, mine.shape[0], step):
+            m = min(step, mine.shape[0] - start)
+            np.matmul(mine[start : start + m], operator, out=xy[:m])
+            np.abs(xy[:m], out=xy[:m])
+            np.less_equal(xy[:m], limit, out=inside[:m])  # NaN (missing tilt) -> False
+            # inside in x and in y <=> both bytes of the (x, y) pair are 1
+            counts += np.count_nonzero(inside[:m].view(np.uint16) == 0x0101, axis=0)
+    return counts[None, :]
 
 
 def count_in_field_of_view(
@@ -433,9 +480,6 @@ def count_in_field_of_view(
     t_max = weights.shape[2] // 2
     centred_bias = bias - np.tile(centre, t_max)[None, :]
     pchunks = _particle_chunks(poses, chunks)
-    codes_np = _particle_codes(poses, experiments)
-    if codes_np is None:
-        codes_np = np.zeros(poses.sizes["particle"], dtype=np.int64)
     per_chunk = da.blockwise(
         _count_block,
         "pt",
@@ -443,7 +487,7 @@ def count_in_field_of_view(
         "pk",
         _chunked(poses["shift"].data, pchunks),
         "pk",
-        _chunked(codes_np, pchunks),
+        _codes(poses, experiments, pchunks),
         "p",
         da.from_array(weights.astype(dtype), chunks=-1, name=False),
         "ekm",

@@ -369,3 +369,39 @@ def test_local_cluster_equals_threaded(poses: xr.Dataset, tilt_model: pd.DataFra
         remote, remote_counts = client.compute([projected.data, counts.data], sync=True)
     np.testing.assert_array_equal(remote, local)
     np.testing.assert_array_equal(remote_counts, local_counts)
+
+
+@pytest.mark.parametrize("target", ["numpy", "numpy-f32", "memmap", "zarr"])
+def test_project_into_equals_project(
+    target: str, poses_twin: xr.Dataset, tilt_model: pd.DataFrame, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    import zarr
+
+    from cryoxr.projection import project_into
+
+    shape = (1000, 41, 2)
+    dtype = np.float32 if target == "numpy-f32" else np.float64
+    if target.startswith("numpy"):
+        out = np.full(shape, np.nan, dtype=dtype)
+    elif target == "memmap":
+        out = np.lib.format.open_memmap(tmp_path / "p.npy", mode="w+", dtype=dtype, shape=shape)
+    else:
+        out = zarr.create_array(tmp_path / "p.zarr", shape=shape, chunks=(300, 41, 2), dtype=dtype)
+    kwargs = {"tomogram_dimensions": DIMS, "tilt_image_center": CENTRE}
+    with dask.config.set(scheduler="threads"):
+        project_into(out, poses_twin, tilt_model, chunks=300, **kwargs)
+    expected = project(poses_twin, tilt_model, dtype=dtype, **kwargs).values
+    np.testing.assert_allclose(np.asarray(out[:]), expected, atol=1e-9 if dtype == np.float64 else 1e-3)
+
+
+def test_project_into_checks_the_target(poses: xr.Dataset, tilt_model: pd.DataFrame) -> None:
+    from cryoxr.projection import project_into
+
+    kwargs = {"tomogram_dimensions": DIMS, "tilt_image_center": CENTRE}
+    with pytest.raises(InvalidValueError, match=r"out must have shape \(1000, 41, 2\)"):
+        project_into(np.empty((1000, 40, 2)), poses, tilt_model, **kwargs)
+    with pytest.raises(InvalidValueError, match="float64 or float32"):
+        project_into(np.empty((1000, 41, 2), dtype=np.int32), poses, tilt_model, **kwargs)
+    with raise_if_dask_computes():
+        lazy = project_into(np.empty((1000, 41, 2)), poses, tilt_model, compute=False, chunks=100, **kwargs)
+    assert lazy.shape == (10,)

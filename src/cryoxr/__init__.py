@@ -26,7 +26,13 @@ from cryoxr.poseset import (
     to_cryotypes,
     validate_poseset,
 )
-from cryoxr.projection import count_in_field_of_view, extract_subtilts, in_field_of_view, project
+from cryoxr.projection import (
+    count_in_field_of_view,
+    extract_subtilts,
+    in_field_of_view,
+    project,
+    project_into,
+)
 from cryoxr.projection_model import (
     ProjectionModel,
     ProjectionModelDataLabels,
@@ -58,6 +64,7 @@ __all__ = [
     "make_projection_model",
     "open_image",
     "project",
+    "project_into",
     "projection_model_to_projection_matrices",
     "read_alignment",
     "read_poses",

@@ -42,6 +42,7 @@ __all__ = [
     "extract_subtilts",
     "in_field_of_view",
     "project",
+    "project_into",
     "projection_operators",
 ]
 
@@ -151,6 +152,7 @@ def _project_block(
     weights: np.ndarray,
     bias: np.ndarray,
     dtype: Any,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """One chunk: (n, 3) positions -> (n, T, 2) tilt-image xy, one GEMM per experiment.
 
@@ -160,7 +162,8 @@ def _project_block(
     points = _homogeneous(position, shift, dtype)
     n = points.shape[0]
     width = weights.shape[2]
-    out = np.empty((n, width), dtype=dtype)
+    if out is None:
+        out = np.empty((n, width), dtype=dtype)
     present = np.unique(codes) if weights.shape[0] > 1 else np.zeros(1, dtype=np.int64)
     for code in present:  # experiments in this chunk: usually one
         operator = _operator(weights, bias, code, dtype)
@@ -312,6 +315,135 @@ def project(
     if len(set(spacing.tolist())) == 1:
         attrs["pixel_spacing"] = float(spacing[0])
     return xr.DataArray(out, dims=("particle", "image", "axis"), coords=coords, attrs=attrs, name="projected")
+
+
+class _Target:
+    """A write target that enters the graph by reference, tokenised by identity (never hashed)."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+    def __dask_tokenize__(self) -> tuple[str, int]:
+        return ("cryoxr-target", id(self.array))
+
+
+def _project_into_block(
+    position: np.ndarray,
+    shift: np.ndarray,
+    codes: np.ndarray,
+    starts: np.ndarray,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    dtype: Any,
+    target: _Target,
+) -> np.ndarray:
+    """Project one chunk straight into its rows of the target; returns the row count."""
+    n = position.shape[0]
+    start = int(starts[0])
+    array = target.array
+    if isinstance(array, np.ndarray) and array.flags.c_contiguous and array.dtype == dtype:
+        # the GEMM writes into the target's own memory: no chunk-sized temporary, no copy
+        _project_block(
+            position, shift, codes, weights, bias, dtype, out=array[start : start + n].reshape(n, -1)
+        )
+    else:
+        array[start : start + n] = _project_block(position, shift, codes, weights, bias, dtype)
+    return np.array([n], dtype=np.int64)
+
+
+def project_into(
+    out: Any,
+    poses: xr.Dataset,
+    projection_model: pd.DataFrame,
+    *,
+    tomogram_dimensions: PerExperiment,
+    tilt_image_center: PerExperiment,
+    specimen_center: PerExperiment | None = None,
+    chunks: int | None = None,
+    compute: bool = True,
+) -> Any:
+    """Project into a preallocated ``(N, T, 2)`` array (numpy, memmap or zarr), chunk by chunk.
+
+    The values are those of :func:`project`, but each task writes its rows straight into
+    ``out`` -- for a C-contiguous numpy array of the same dtype the GEMM's output *is*
+    the target -- so no chunk-sized temporary is allocated and nothing is copied twice.
+    Use it when the result must be materialised (numpy) or persisted (zarr); reductions
+    are better served by :func:`project` or :func:`count_in_field_of_view`.
+
+    Numpy and memmap targets need a threaded (or synchronous) scheduler; on
+    dask.distributed use a zarr array (each task writes its own rows; align zarr chunks
+    with ``chunks`` along the first axis so no two tasks share a zarr chunk).
+
+    Parameters
+    ----------
+    out
+        Target of shape ``(n_particles, n_tilts, 2)`` and dtype float64 or float32.
+    poses, projection_model, tomogram_dimensions, tilt_image_center, specimen_center, chunks
+        As for :func:`project`.
+    compute
+        Run now (default) and return ``out``; else return the lazy dask array of rows
+        written per chunk (compute it to fill ``out``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cryoxr
+    >>> poses = cryoxr.make_poseset(np.ones((5, 3)), experiment_id="t", pixel_spacing=1.0)
+    >>> model = cryoxr.make_projection_model(rotation_y=[0.0, 45.0], experiment_id="t", pixel_spacing=1.0)
+    >>> out = np.empty((5, 2, 2))
+    >>> _ = project_into(out, poses, model, tomogram_dimensions=(4, 4, 4), tilt_image_center=(2, 2), chunks=2)
+    >>> bool(np.allclose(out, project(poses, model, tomogram_dimensions=(4, 4, 4),
+    ...                               tilt_image_center=(2, 2)).values))
+    True
+    """
+    validate_poseset(poses, check_values=False)
+    experiments, weights, bias, _, _ = projection_operators(
+        poses,
+        projection_model,
+        tomogram_dimensions=tomogram_dimensions,
+        tilt_image_center=tilt_image_center,
+        specimen_center=specimen_center,
+    )
+    n, t_max = poses.sizes["particle"], weights.shape[2] // 2
+    shape = tuple(getattr(out, "shape", ()))
+    dtype = np.dtype(getattr(out, "dtype", None))
+    if shape != (n, t_max, 2):
+        raise InvalidValueError(f"project_into: out must have shape {(n, t_max, 2)}, found {shape}")
+    if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise InvalidValueError(f"project_into: out must be float64 or float32, found {dtype}")
+    pchunks = _particle_chunks(poses, chunks)
+    starts = np.cumsum((0, *pchunks[:-1])).astype(np.int64)
+    written = da.blockwise(
+        _project_into_block,
+        "p",
+        _chunked(poses["position"].data, pchunks),
+        "pk",
+        _chunked(poses["shift"].data, pchunks),
+        "pk",
+        _codes(poses, experiments, pchunks),
+        "p",
+        da.from_array(starts, chunks=1),
+        "p",
+        da.from_array(weights.astype(dtype), chunks=-1, name=False),
+        "ekm",
+        da.from_array(bias.astype(dtype), chunks=-1, name=False),
+        "em",
+        dtype,
+        None,
+        _Target(out),
+        None,
+        concatenate=True,
+        align_arrays=False,
+        adjust_chunks={"p": 1},
+        dtype=np.int64,
+        meta=np.empty((0,), dtype=np.int64),
+    )
+    if not compute:
+        return written
+    total = int(written.sum().compute())
+    if total != n:  # every row written exactly once
+        raise InvalidValueError(f"project_into: wrote {total} rows, expected {n}")
+    return out
 
 
 def _check_projected(projected: xr.DataArray, where: str) -> None:

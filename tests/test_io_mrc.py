@@ -426,3 +426,33 @@ def test_stale_statistics_are_recomputed(tmp_path: Path) -> None:
         assert (float(mrc.header.dmin), float(mrc.header.dmax)) == (0.0, 46.0)
         assert float(mrc.header.dmean) == 23.0
         np.testing.assert_allclose(float(mrc.header.rms), (data * 2).std(), rtol=1e-6)
+
+
+def test_rechunk_from_file_rereads_only_unmodified_reads(tmp_path: Path, rng: np.random.Generator) -> None:
+    from cryoxr.io.mrc import rechunk_from_file
+
+    data = _random(rng, (8, 12, 10), np.dtype(np.float32))
+    tomo = read_mrc(_mrcfile_write(tmp_path / "a.mrc", data))
+    fresh = rechunk_from_file(tomo.data.data, (4, 4, 4))
+    assert fresh.chunks == ((4, 4), (4, 4, 4), (4, 4, 2))
+    assert fresh.name != tomo.data.data.rechunk((4, 4, 4)).name  # a new graph on the file
+    np.testing.assert_array_equal(fresh.compute(), data)
+    modified = tomo.data.data + 1  # not the file any more: plain rechunk
+    again = rechunk_from_file(modified, (4, 4, 4))
+    assert again.name == modified.rechunk((4, 4, 4)).name
+    np.testing.assert_array_equal(again.compute(), data + 1)
+
+
+def test_whole_planes_are_zero_copy_read_only_views(tmp_path: Path) -> None:
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    tomo = read_mrc(_mrcfile_write(tmp_path / "a.mrc", data), chunks=None)
+    plane = tomo.data.isel(z=2).values
+    np.testing.assert_array_equal(plane, data[2])
+    assert not plane.flags.writeable
+    # the file can be replaced while a view lives; the view keeps the old bytes
+    write_mrc(
+        Tomogram.from_array(data * 0, pixel_spacing=2.5, experiment_id="a"),
+        tmp_path / "a.mrc",
+        overwrite=True,
+    )
+    np.testing.assert_array_equal(plane, data[2])

@@ -245,6 +245,7 @@ def test_mrc_to_ome_zarr_to_mrc_keeps_everything(
     back = read_ome_zarr(zarr_path)
     assert back.pixel_spacing == 13.48
     assert back.experiment_id == "src"
+    assert back.source == str(zarr_path)
     out = write_mrc(back, tmp_path / "out.mrc")
     with mrcfile.open(src) as a, mrcfile.open(out) as b:
         assert a.data.tobytes() == b.data.tobytes()

@@ -334,7 +334,8 @@ def _read_level(
     name = experiment_id or attrs.pop("experiment_id", None) or ms.get("name") or _stem(where)
     attrs.pop("experiment_id", None)
     experiment_id = str(name)
-    source = attrs.pop("source", None) or where
+    attrs.pop("source", None)  # the data now come from this store
+    source = where
     attrs["ome_translation"] = [
         t * UNIT_TO_ANGSTROM.get(str(u), 1.0) for t, u in zip(translation, units, strict=True)
     ][lead:]

@@ -163,6 +163,7 @@ def _openers(method: str, path: str) -> Callable[[], Any]:
         "mrcfile.open (full read)": full_open,
         "cryoxr read_mrc (dask)": lambda: Cryo(read_mrc(path)),
         "cryoxr read_mrc(chunks=None)": lambda: Cryo(read_mrc(path, chunks=None)),
+        "cryoxr read_mrc(chunks=(128, 128, -1))": lambda: Cryo(read_mrc(path, chunks=(128, 128, -1))),
         "cryoxr read_ome_zarr (dask)": lambda: Cryo(read_ome_zarr(path)),
         "cryoxr read_ome_zarr(chunks=None)": lambda: Cryo(read_ome_zarr(path, chunks=None)),
     }
@@ -273,6 +274,7 @@ def main() -> None:
         ("mrcfile.open (full read)", src),
         ("cryoxr read_mrc (dask)", src),
         ("cryoxr read_mrc(chunks=None)", src),
+        ("cryoxr read_mrc(chunks=(128, 128, -1))", src),
         ("cryoxr read_ome_zarr (dask)", zarr128),
         ("cryoxr read_ome_zarr(chunks=None)", zarr128),
         ("cryoxr read_ome_zarr (dask), 256^3", zarr256),

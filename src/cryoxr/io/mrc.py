@@ -873,6 +873,16 @@ def store_guarded(sources: list[da.Array], targets: list[Any], *extra: Any) -> l
     -------
     list
         The computed ``extra`` values.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np
+    >>> target = np.zeros(6)
+    >>> x = da.arange(6.0, chunks=2)
+    >>> store_guarded([x], [target], x.sum())
+    [np.float64(15.0)]
+    >>> target.tolist()
+    [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     """
     guard = _WriteGuard()
     stored = da.store(sources, [_GuardedTarget(t, guard) for t in targets], lock=False, compute=False)  # type: ignore[misc]

@@ -190,3 +190,34 @@ def test_public_names_documented() -> None:
     for name in cryoxr.__all__:
         obj = getattr(cryoxr, name)
         assert obj.__doc__, f"cryoxr.{name} has no docstring"
+
+
+def test_memmap_is_neither_read_nor_copied(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """dask copies ndarrays it wraps; a 256 MiB memmap must stay on disk until a chunk is read."""
+    import pickle
+
+    import psutil
+
+    path = tmp_path / "big.npy"
+    big = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(256, 512, 512))
+    big[100] = 7.0
+    big.flush()
+    del big
+    mm = np.load(path, mmap_mode="r")
+    rss = psutil.Process().memory_info().rss
+    tomo = Tomogram.from_array(mm, pixel_spacing=1.0, experiment_id="t", chunks=(16, 512, 512))
+    assert psutil.Process().memory_info().rss - rss < 64 * 2**20
+    assert float(tomo.data[100].max()) == 7.0
+    # a task shipped to another process carries the path, not the voxels
+    source = next(
+        v for v in dict(tomo.data.data.__dask_graph__()).values() if type(v).__name__ == "ArraySource"
+    )
+    assert len(pickle.dumps(source)) < 10_000
+    assert float(pickle.loads(pickle.dumps(source))[100:101].max()) == 7.0
+
+
+def test_numpy_input_is_not_copied() -> None:
+    array = np.zeros((8, 8, 8))
+    tomo = Tomogram.from_array(array, pixel_spacing=1.0, experiment_id="t", chunks=4)
+    array[0, 0, 0] = 5.0  # the image reads the caller's array, as numpy views do
+    assert float(tomo.data[0, 0, 0]) == 5.0

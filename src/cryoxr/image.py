@@ -28,6 +28,7 @@ Examples
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -41,7 +42,7 @@ from cryoxr.errors import InvalidValueError, SchemaError
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ["Image", "Micrograph", "Tomogram", "bin_image", "image_coords", "validate_image"]
+__all__ = ["ArraySource", "Image", "Micrograph", "Tomogram", "bin_image", "image_coords", "validate_image"]
 
 #: The dims an image may have, by number of dimensions and stack flag.
 IMAGE_DIMS: dict[tuple[int, bool], tuple[str, ...]] = {
@@ -185,8 +186,50 @@ def validate_image(
     return data
 
 
+class ArraySource:
+    """A read-through view of an array for :func:`dask.array.from_array`: nothing is copied.
+
+    dask copies any ndarray it wraps (a whole ``np.memmap`` would be read into memory);
+    this proxy hides the array behind ``__getitem__`` so each task reads only its chunk.
+    A memory map pickles as its path, offset, dtype and shape and is reopened in the
+    receiving process, so process-based and distributed schedulers work without shipping
+    voxels.
+    """
+
+    def __init__(self, array: Any) -> None:
+        self.shape = tuple(int(n) for n in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+        self._array = array
+        self._memmap: tuple[str, str, int, tuple[int, ...], str] | None = None
+        if isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename:
+            order = "C" if array.flags.c_contiguous else "F"
+            self._memmap = (str(array.filename), array.dtype.str, int(array.offset), self.shape, order)
+
+    def _source(self) -> Any:
+        if self._array is None and self._memmap is not None:
+            filename, dtype, offset, shape, order = self._memmap
+            layout: Literal["C", "F"] = "C" if order == "C" else "F"
+            self._array = np.memmap(
+                filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape, order=layout
+            )
+        return self._array
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self._source()[key])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self._memmap is not None:
+            state["_array"] = None  # reopened by path on the other side
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
 def _as_dask(array: Any, chunks: Chunks, dims: tuple[str, ...]) -> da.Array:
-    """Wrap any array-like in dask without reading it."""
+    """Wrap any array-like in dask without reading or copying it."""
     if isinstance(array, da.Array):
         return array if chunks is None or chunks == "auto" else array.rechunk(chunks)
     if chunks is None:
@@ -194,9 +237,19 @@ def _as_dask(array: Any, chunks: Chunks, dims: tuple[str, ...]) -> da.Array:
     if dims[0] == "image" and chunks == "auto":
         # one tilt image per chunk: the access pattern of tilt-series work
         chunks = (1, -1, -1)
-    # asarray=False keeps memmaps and zarr arrays as they are: nothing is read here
+    source = array if not isinstance(array, np.ndarray) else ArraySource(array)
+    previous = getattr(array, "chunks", None) if chunks == "auto" else None
+    if isinstance(previous, tuple) and all(isinstance(c, int) for c in previous):
+        # follow the storage chunks of zarr-like arrays when asked for "auto"
+        chunks = da.core.normalize_chunks("auto", array.shape, dtype=array.dtype, previous_chunks=previous)
+    # a random name: tokenizing would hash the bytes (~0.5 ms per MiB) for nothing
     return da.from_array(
-        array, chunks=chunks, asarray=False, lock=False, meta=np.empty((0,) * array.ndim, dtype=array.dtype)
+        source,
+        chunks=chunks,
+        asarray=False,
+        lock=False,
+        name=False,
+        meta=np.empty((0,) * array.ndim, dtype=array.dtype),
     )
 
 

@@ -154,18 +154,32 @@ TomogramsInput = str | os.PathLike[str] | pd.DataFrame | Mapping[str, Sequence[f
 # ----------------------------------------------------------------------------- helpers
 
 
-def _resolve(reference: Path, name: str) -> Path:
-    """A path named inside ``reference``: its folder, then the folder's ancestors, then cwd."""
+def _resolve(reference: Path, name: str, root: Path | None = None) -> Path:
+    """A path named inside ``reference``: its folder, then the folder's ancestors, then cwd.
+
+    With ``root``, only places inside ``root`` are searched and the result (symlinks
+    resolved) must lie inside it: a STAR file cannot lead the reader elsewhere.
+    """
     candidate = Path(name)
-    if candidate.is_absolute():
-        return candidate
     folder = reference.resolve().parent
-    for base in (folder, *folder.parents):
-        if (base / candidate).exists():
-            return base / candidate
-    if candidate.exists():
-        return candidate.resolve()
-    return folder / candidate
+    if root is None:
+        if candidate.is_absolute():
+            return candidate
+        for base in (folder, *folder.parents):
+            if (base / candidate).exists():
+                return base / candidate
+        if candidate.exists():
+            return candidate.resolve()
+        return folder / candidate
+    fence = root.resolve()
+    bases = [b for b in (folder, *folder.parents) if b.is_relative_to(fence)]
+    options = [candidate] if candidate.is_absolute() else [b / candidate for b in bases]
+    for option in options:
+        if option.exists() and option.resolve().is_relative_to(fence):
+            return option.resolve()
+    escaped = [str(o) for o in options if o.exists()]
+    where = f"it resolves to {escaped[0]!r}, outside" if escaped else "it is not found inside"
+    raise FormatError(f"{reference}: path {name!r}: {where} the allowed root {str(fence)!r}")
 
 
 def _finite(path: Path, block: str, table: pd.DataFrame, labels: Sequence[str]) -> np.ndarray:
@@ -726,6 +740,7 @@ def read_relion_tilt_series(
     tomograms_star: str | os.PathLike[str],
     *,
     tilt_image_size: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
+    root: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """Read a RELION ``tomograms.star`` and its tilt series into one ProjectionModel.
 
@@ -738,6 +753,10 @@ def read_relion_tilt_series(
     tilt_image_size
         (nx, ny) of the tilt images (or ``{tomo_name: (nx, ny)}``); RELION projects
         about ``(nx // 2, ny // 2)``. Default: the tomogram's ``(rlnTomoSizeX, rlnTomoSizeY)``.
+    root
+        Folder that per-tilt-series files must lie in (symlinks resolved); a path in the
+        STAR file that leads outside it is a :class:`~cryoxr.errors.FormatError`. Default:
+        no restriction (RELION's own lookup: the file's folder, its parents, the cwd).
 
     Returns
     -------
@@ -790,7 +809,7 @@ def read_relion_tilt_series(
         px = float(pixel_sizes[row])
         if "rlnTomoTiltSeriesStarFile" in table.columns:
             star_name = str(table["rlnTomoTiltSeriesStarFile"].iloc[row])
-            ts_path = _resolve(path, star_name)
+            ts_path = _resolve(path, star_name, None if root is None else Path(root))
             if not ts_path.is_file():
                 raise CryoxrFileNotFoundError(
                     f"{path}, data_global, row {row + 1}, rlnTomoTiltSeriesStarFile: {star_name!r} not found "

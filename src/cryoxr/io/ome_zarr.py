@@ -42,6 +42,7 @@ import json
 import math
 import os
 import warnings
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -138,12 +139,48 @@ IMAGE_CLASS: dict[tuple[int, bool], type[Image]] = {
 # ----------------------------------------------------------------------------------------
 # reading
 # ----------------------------------------------------------------------------------------
+#: what zarr and numcodecs raise on chunk bytes their codecs cannot decode (zstd / blosc:
+#: RuntimeError; a chunk of the wrong size or a bad bytes codec: ValueError; gzip: zlib.error)
+CHUNK_DECODE_ERRORS: tuple[type[Exception], ...] = (RuntimeError, ValueError, TypeError, zlib.error)
+#: what zarr raises on metadata documents (zarr.json, .zarray, .zgroup, .zattrs) it cannot
+#: parse: broken JSON or non-UTF-8 bytes (ValueError), wrong types or missing keys
+METADATA_ERRORS: tuple[type[Exception], ...] = (
+    zarr.errors.BaseZarrError, ValueError, TypeError, KeyError, FileNotFoundError,
+)  # fmt: skip
+
+
+class _ZarrChunks:
+    """A zarr array whose chunk-decoding failures are :class:`FormatError` naming store and array.
+
+    Picklable (it holds the zarr array and two strings); dask and xarray index it as they
+    would the zarr array. Corrupt chunk bytes can only show when a chunk is read, so this
+    is where they are reported.
+    """
+
+    __slots__ = ("array", "dtype", "ndim", "path", "shape", "where")
+
+    def __init__(self, array: Any, where: str, path: str) -> None:
+        self.array, self.where, self.path = array, where, path
+        self.shape = tuple(array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except CHUNK_DECODE_ERRORS as err:
+            raise FormatError(
+                f"{self.where}: array {self.path!r}, chunks under selection {key}: expected chunk data "
+                f"that the array's codecs decode, found {type(err).__name__}: {err}"
+            ) from err
+
+
 class _LazyZarrArray(BackendArray):
     """xarray's lazy-indexing door to a zarr array (``chunks=None``: no dask)."""
 
     __slots__ = ("array", "dtype", "shape")
 
-    def __init__(self, array: Any) -> None:
+    def __init__(self, array: _ZarrChunks) -> None:
         self.array = array
         self.shape = tuple(array.shape)
         self.dtype = np.dtype(array.dtype)
@@ -152,7 +189,7 @@ class _LazyZarrArray(BackendArray):
         return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._get)
 
     def _get(self, key: tuple[Any, ...]) -> np.ndarray:
-        return np.asarray(self.array[key])
+        return self.array[key]
 
 
 def _where(path_or_store: Any) -> str:
@@ -165,8 +202,11 @@ def _open_group(path_or_store: Any) -> zarr.Group:
         raise CryoxrFileNotFoundError(f"{where}: no such OME-Zarr store")
     try:
         return zarr.open_group(path_or_store, mode="r")
-    except (zarr.errors.BaseZarrError, FileNotFoundError, json.JSONDecodeError) as err:
-        raise FormatError(f"{where}: not a zarr group ({err})") from err
+    except METADATA_ERRORS as err:
+        raise FormatError(
+            f"{where}: group metadata (zarr.json, or .zgroup / .zattrs): not a zarr group; "
+            f"expected readable zarr metadata, found {type(err).__name__}: {err}"
+        ) from err
 
 
 def _multiscale(group: zarr.Group, where: str) -> tuple[dict[str, Any], str]:
@@ -316,6 +356,11 @@ def _read_level(
         array = group[str(path)]
     except (KeyError, zarr.errors.BaseZarrError) as err:
         raise FormatError(f"{where}: multiscales[0].datasets[{level}].path {path!r}: no such array") from err
+    except METADATA_ERRORS as err:
+        raise FormatError(
+            f"{where}: multiscales[0].datasets[{level}].path {path!r}: array metadata (zarr.json, or "
+            f".zarray): expected a zarr array, found {type(err).__name__}: {err}"
+        ) from err
     if not isinstance(array, zarr.Array) or array.ndim != len(names):
         raise FormatError(f"{where}: dataset {path!r} must be an array with {len(names)} dims ({names})")
     # drop leading length-1 axes that are not spatial (time, channel), keep image/z/y/x
@@ -343,13 +388,14 @@ def _read_level(
     cls = IMAGE_CLASS[(len(dims) - int(stack), stack)]
     squeeze = (0,) * lead
     if chunks is None:
-        var = xr.Variable(names, indexing.LazilyIndexedArray(_LazyZarrArray(array)))[squeeze]
+        chunked = _ZarrChunks(array, where, str(path))
+        var = xr.Variable(names, indexing.LazilyIndexedArray(_LazyZarrArray(chunked)))[squeeze]
         data = xr.DataArray(var, coords=image_coords(var.shape, dims, spacing), name=experiment_id)
         data.attrs.update(attrs, experiment_id=experiment_id, pixel_spacing=spacing, source=str(source))
         return cls(data)
     token = tokenize(where, group.path, path, json.dumps(array.metadata.to_dict(), default=str))
     darr = da.from_array(
-        array,
+        _ZarrChunks(array, where, str(path)),
         chunks=array.chunks,
         asarray=False,
         lock=False,

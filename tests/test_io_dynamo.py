@@ -115,12 +115,12 @@ def test_defaults_when_writing_foreign_poses(tmp_path: Path) -> None:
     )
     write_dynamo_table(poses, tmp_path / "a.tbl")
     table = np.loadtxt(tmp_path / "a.tbl")
-    assert table.shape == (2, 35)
+    assert table.shape == (2, 36)
+    assert table[:, 35].tolist() == [1.35, 1.35]  # apix carries the pixel size
     assert table[:, 0].tolist() == [1, 2]  # tag
     assert table[:, 1].tolist() == [1, 1]  # aligned
     assert table[:, 19].tolist() == [7, 7]  # tomo
     assert table[:, 35 - 1].tolist() == [0, 0]  # sref
-    assert "1.35" not in (tmp_path / "a.tbl").read_text()  # apix is column 36: not in a 35-column table
 
 
 def test_tomogram_map(tmp_path: Path) -> None:
@@ -217,7 +217,6 @@ BAD_TBL = [
         " ".join(["1"] * 7 + ["NaN"] + ["1"] * 27) + "\n",
         r"line 1, column 8 \(tilt\): expected a finite number",
     ),
-    ("", "empty file"),
     ((" ".join(["1"] * 35) + "\n").encode() + b"\xc3\x28 1\n", r"line 2: expected UTF-8 text"),
     (" ".join(["1"] * 19 + ["1.5"] + ["1"] * 15) + "\n", r"line 1, column 20 \(tomo\): expected an integer"),
 ]
@@ -234,6 +233,15 @@ def test_bad_tables(tmp_path: Path, content: str | bytes, message: str) -> None:
         read_dynamo_table(tbl)
     assert "bad.tbl" in str(info.value)
     assert isinstance(info.value, CryoxrError)
+
+
+def test_empty_table_is_an_empty_set(tmp_path: Path) -> None:
+    empty = cryoxr.make_poseset(np.zeros((0, 3)), experiment_id="TS_01", pixel_spacing=1.35)
+    write_dynamo_table(empty, tmp_path / "e.tbl", tomogram_map=tmp_path / "e.doc")
+    assert (tmp_path / "e.tbl").read_text().strip() == ""
+    back = read_dynamo_table(tmp_path / "e.tbl", tomogram_map=tmp_path / "e.doc")
+    assert back.sizes["particle"] == 0
+    assert read_dynamo_table(tmp_path / "e.tbl", pixel_spacing=1.35).attrs["pixel_spacing"] == 1.35
 
 
 def test_chunked_poses_and_chunked_read(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -72,8 +72,9 @@ def test_unknown_and_missing(tmp_path: Path) -> None:
         read_poses(tmp_path / "x.dat")
     with pytest.raises(CryoxrFileNotFoundError, match=r"nothing\.tbl"):
         read_poses(tmp_path / "nothing.tbl")
+    assert read_poses(_empty(tmp_path / "e.tbl")).sizes["particle"] == 0  # Dynamo: 0 particles
     with pytest.raises(FormatError, match="empty file"):
-        read_poses(_empty(tmp_path / "e.tbl"))
+        read_alignment(_empty(tmp_path / "e.aln"))
 
 
 def _empty(path: Path) -> Path:

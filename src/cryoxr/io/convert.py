@@ -202,7 +202,7 @@ def _write_relion_particles(poses: xr.Dataset, dst: Path, overwrite: bool, _: tu
 
 def _write_dynamo(poses: xr.Dataset, dst: Path, overwrite: bool, _: tuple[int, int] | None) -> None:
     # Dynamo numbers tomograms: names that are not numbers go to a sibling .doc map
-    named = any(not eid.isdigit() for eid in experiment_ids(poses))
+    named = any(not (eid.isascii() and eid.isdigit()) for eid in experiment_ids(poses))
     doc = dst.with_suffix(".doc") if named else None
     dynamo.write_dynamo_table(poses, dst, tomogram_map=doc, overwrite=overwrite)
 

@@ -37,6 +37,7 @@ Examples
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Literal, NamedTuple
@@ -130,7 +131,7 @@ DYNAMO_COLUMNS: tuple[DynamoColumn, ...] = (
 _BY_NAME = {c.name: c for c in DYNAMO_COLUMNS}
 #: fewest columns cryoxr reads (through z) and writes (Dynamo's standard table)
 MIN_READ_COLUMNS = 26
-MIN_WRITE_COLUMNS = 35
+MIN_WRITE_COLUMNS = 36  # through apix (36), so the pixel size survives a round trip
 #: scipy sequence of Dynamo's Euler angles; orientation = ``from_euler(...).inv()``
 DYNAMO_EULER_SEQUENCE = "zxz"
 #: keyword ``origin`` -> what is subtracted from table x, y, z to get cryoxr positions
@@ -161,7 +162,7 @@ def read_tomogram_map(path: PathLike) -> dict[int, str]:
     >>> read_tomogram_map(doc)
     {1: '/data/TS 01.mrc', 2: 'TS_02'}
     """
-    p, lines = read_text_lines(path, what="Dynamo tomogram map (.doc)")
+    p, lines = read_text_lines(path, what="Dynamo tomogram map (.doc)", allow_empty=True)
     mapping: dict[int, str] = {}
     for line_no, text in enumerate(lines, 1):
         if not text.strip():
@@ -267,8 +268,10 @@ def read_dynamo_table(
     """
     offset = _origin_offset(origin, "read_dynamo_table")
     path, table = read_numeric_table(
-        tbl, names=_column_name, min_columns=MIN_READ_COLUMNS, what="Dynamo table (.tbl)"
+        tbl, names=_column_name, min_columns=MIN_READ_COLUMNS, what="Dynamo table (.tbl)", allow_empty=True
     )
+    if table.shape[0] == 0:  # Dynamo writes a set of 0 particles as an empty file
+        table = np.zeros((0, MIN_WRITE_COLUMNS))
     n, n_columns = table.shape
     col = {c.name: table[:, c.number - 1] for c in DYNAMO_COLUMNS if c.number <= n_columns}
     tomo = col["tomo"]
@@ -343,7 +346,8 @@ def _tomo_numbers(poses: xr.Dataset, where: str) -> tuple[np.ndarray, dict[int, 
         numbers = numbers.astype(np.int64)
     else:
         unique = experiment_ids(poses)
-        if all(u.strip().lstrip("+-").isdigit() for u in unique):
+        # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
+        if all(re.fullmatch(r"[+-]?[0-9]+", u.strip()) for u in unique):
             numbers = np.asarray([int(i) for i in ids], dtype=np.int64)
         else:
             order = {eid: k + 1 for k, eid in enumerate(unique)}
@@ -373,7 +377,7 @@ def write_dynamo_table(
     named after a Dynamo column is written in its column, the rest take Dynamo's
     defaults (tag 1..N, aligned 1, averaged 1, apix = pixel_spacing, others 0). Data
     variables with no Dynamo column (RELION's extra labels, say) are not written. At least
-    35 columns are written, more when the PoseSet holds later columns. Numbers are
+    36 columns (through ``apix``) are written, more when the PoseSet holds later columns. Numbers are
     written with full float64 precision.
 
     Parameters

@@ -315,6 +315,8 @@ def _sizes_per_particle(sizes: Mapping[str, np.ndarray], ids: np.ndarray, where:
         raise InvalidValueError(
             f"{where}: no tomogram size for {absent[:5]} (tomograms known: {sorted(sizes)[:10]})"
         )
+    if len(names) == 0:  # an empty set
+        return np.zeros((0, 3))
     return np.stack([np.asarray(sizes[str(n)], dtype=np.float64) for n in names])[codes.reshape(-1)]
 
 
@@ -346,7 +348,8 @@ def _pixel_size(path: Path, blocks: Mapping[str, StarBlock], table: pd.DataFrame
             f"found {list(optics.table.columns)}"
         )
     values = _finite(path, "optics", optics.table, [label])[:, 0]
-    if "rlnOpticsGroup" in table.columns and "rlnOpticsGroup" in optics.table.columns:
+    if len(table) and "rlnOpticsGroup" in table.columns and "rlnOpticsGroup" in optics.table.columns:
+        # only the optics groups particles use (an empty set keeps them all)
         used = set(pd.unique(table["rlnOpticsGroup"]).tolist())
         values = values[optics.table["rlnOpticsGroup"].isin(used).to_numpy()]
     distinct = np.unique(values)

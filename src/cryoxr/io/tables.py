@@ -52,7 +52,7 @@ PathLike = str | os.PathLike[str]
 # --------------------------------------------------------------------------------------
 # shared text parsing
 # --------------------------------------------------------------------------------------
-def read_text_lines(path: PathLike, *, what: str) -> tuple[Path, list[str]]:
+def read_text_lines(path: PathLike, *, what: str, allow_empty: bool = False) -> tuple[Path, list[str]]:
     """Decode a UTF-8 text file into lines, or raise a FormatError naming the bad byte.
 
     Parameters
@@ -81,7 +81,7 @@ def read_text_lines(path: PathLike, *, what: str) -> tuple[Path, list[str]]:
             f"{p}, line {line}: expected UTF-8 text ({what}), found byte 0x{data[err.start]:02x} "
             f"at byte offset {err.start}"
         ) from None
-    if not text.strip():
+    if not text.strip() and not allow_empty:
         raise FormatError(f"{p}: expected a {what} file, found an empty file")
     return p, text.splitlines()
 
@@ -165,13 +165,17 @@ def read_numeric_table(
     n_columns: int | None = None,
     min_columns: int | None = None,
     what: str,
+    allow_empty: bool = False,
 ) -> tuple[Path, np.ndarray]:
     """Read a whole-file numeric table: a fast pandas pass, and a checking pass on trouble.
 
     Returns the path and a (rows, columns) float64 array; any defect raises the
-    :class:`~cryoxr.errors.FormatError` of :func:`parse_numeric_rows`.
+    :class:`~cryoxr.errors.FormatError` of :func:`parse_numeric_rows`. With
+    ``allow_empty``, a file of blank lines is a table of 0 rows (shape ``(0, 0)``).
     """
-    p, lines = read_text_lines(path, what=what)
+    p, lines = read_text_lines(path, what=what, allow_empty=allow_empty)
+    if allow_empty and not any(line.strip() for line in lines):
+        return p, np.zeros((0, 0))
     text = "\n".join(lines)
     array: np.ndarray | None = None
     try:

@@ -273,6 +273,16 @@ def read_aretomo_alignment(
             raise FormatError(
                 f"{path}: expected tilts x NumPatches = {n_local} local alignment rows, found {rows.shape[0]}"
             )
+        for k, c in enumerate(LOCAL_COLUMNS):
+            numbers = rows[:, k]
+            # integers as int64 can hold them exactly (no cast warning on 1e308)
+            bad = ~((numbers == np.round(numbers)) & (np.abs(numbers) < 2**53))
+            if c.dtype is int and bad.any():
+                row = int(np.argmax(bad))
+                raise FormatError(
+                    f"{path}, line {local_lines[row][0]}, column {k + 1} ({c.name}): expected an integer, "
+                    f"found {float(rows[row, k])!r}"
+                )
         local = {
             c.name: (rows[:, k].astype(np.int64) if c.dtype is int else rows[:, k]).tolist()
             for k, c in enumerate(LOCAL_COLUMNS)

@@ -235,11 +235,19 @@ def _multiscale(group: zarr.Group, where: str) -> tuple[dict[str, Any], str]:
     for key in ("axes", "datasets"):
         if not isinstance(ms.get(key), list) or not ms[key]:
             raise FormatError(f"{where}: {field}[0].{key} is missing or empty")
+    for i, dataset in enumerate(ms["datasets"]):
+        if not isinstance(dataset, Mapping):
+            raise FormatError(
+                f"{where}: {field}[0].datasets[{i}]: expected an object with path and "
+                f"coordinateTransformations, found {dataset!r:.80}"
+            )
     return ms, version
 
 
 def _transform(transforms: Any, kind: str, ndim: int, where: str) -> list[float] | None:
     """The ``scale`` or ``translation`` vector of a coordinateTransformations list."""
+    if transforms is not None and not isinstance(transforms, list):
+        raise FormatError(f"{where}: expected a list of transformations, found {transforms!r:.80}")
     for t in transforms or []:
         if isinstance(t, Mapping) and t.get("type") == kind:
             values = t.get(kind)
@@ -279,8 +287,13 @@ def _axes(ms: Mapping[str, Any], where: str) -> tuple[list[str], list[str | None
             names.append(axis)
             units.append(None)
         elif isinstance(axis, Mapping) and isinstance(axis.get("name"), str):
+            unit = axis.get("unit")
+            if unit is not None and not isinstance(unit, str):
+                raise FormatError(
+                    f"{where}: multiscales[0].axes, axis {axis['name']!r}: expected a unit name, found {unit!r:.80}"
+                )
             names.append(axis["name"])
-            units.append(axis.get("unit"))
+            units.append(unit)
         else:
             raise FormatError(f"{where}: multiscales[0].axes: expected objects with a name, found {axis!r}")
     return names, units

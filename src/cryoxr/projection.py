@@ -193,6 +193,28 @@ def _codes(poses: xr.Dataset, experiments: list[str], chunks: tuple[int, ...]) -
     return _chunked(codes, chunks)
 
 
+def _kernel_inputs(
+    poses: xr.Dataset,
+    experiments: list[str],
+    weights: np.ndarray,
+    bias: np.ndarray,
+    dtype: Any,
+    pchunks: tuple[int, ...],
+) -> list[Any]:
+    """The (array, index) arguments every projection kernel takes, for ``da.blockwise``.
+
+    Positions, shifts and experiment codes are chunked along ``p``; the operators enter the
+    graph once each (one key shared by every task).
+    """
+    return [
+        _chunked(poses["position"].data, pchunks), "pk",
+        _chunked(poses["shift"].data, pchunks), "pk",
+        _codes(poses, experiments, pchunks), "p",
+        da.from_array(weights.astype(dtype), chunks=-1, name=False), "ekm",
+        da.from_array(bias.astype(dtype), chunks=-1, name=False), "em",
+    ]  # fmt: skip
+
+
 def _chunked(arr: Any, chunks: tuple[int, ...]) -> da.Array:
     if isinstance(arr, da.Array):
         return arr.rechunk({0: chunks})
@@ -282,26 +304,11 @@ def project(
     if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
         raise InvalidValueError(f"project: dtype must be float64 or float32, found {dtype}")
     pchunks = _particle_chunks(poses, chunks)
-    position = _chunked(poses["position"].data, pchunks)
-    shift = _chunked(poses["shift"].data, pchunks)
-    codes = _codes(poses, experiments, pchunks)
     t_max = weights.shape[2] // 2
-    # one key each: every task references the same matrices
-    w = da.from_array(weights.astype(dtype), chunks=-1, name=False)
-    b = da.from_array(bias.astype(dtype), chunks=-1, name=False)
     out = da.blockwise(
         _project_block,
         "pta",
-        position,
-        "pk",
-        shift,
-        "pk",
-        codes,
-        "p",
-        w,
-        "ekm",
-        b,
-        "em",
+        *_kernel_inputs(poses, experiments, weights, bias, dtype, pchunks),
         dtype,
         None,
         concatenate=True,
@@ -331,9 +338,9 @@ def _project_into_block(
     position: np.ndarray,
     shift: np.ndarray,
     codes: np.ndarray,
-    starts: np.ndarray,
     weights: np.ndarray,
     bias: np.ndarray,
+    starts: np.ndarray,
     dtype: Any,
     target: _Target,
 ) -> np.ndarray:
@@ -416,18 +423,9 @@ def project_into(
     written = da.blockwise(
         _project_into_block,
         "p",
-        _chunked(poses["position"].data, pchunks),
-        "pk",
-        _chunked(poses["shift"].data, pchunks),
-        "pk",
-        _codes(poses, experiments, pchunks),
-        "p",
+        *_kernel_inputs(poses, experiments, weights, bias, dtype, pchunks),
         da.from_array(starts, chunks=1),
         "p",
-        da.from_array(weights.astype(dtype), chunks=-1, name=False),
-        "ekm",
-        da.from_array(bias.astype(dtype), chunks=-1, name=False),
-        "em",
         dtype,
         None,
         _Target(out),
@@ -615,16 +613,7 @@ def count_in_field_of_view(
     per_chunk = da.blockwise(
         _count_block,
         "pt",
-        _chunked(poses["position"].data, pchunks),
-        "pk",
-        _chunked(poses["shift"].data, pchunks),
-        "pk",
-        _codes(poses, experiments, pchunks),
-        "p",
-        da.from_array(weights.astype(dtype), chunks=-1, name=False),
-        "ekm",
-        da.from_array(centred_bias.astype(dtype), chunks=-1, name=False),
-        "em",
+        *_kernel_inputs(poses, experiments, weights, centred_bias, dtype, pchunks),
         half,
         None,
         dtype,

@@ -143,6 +143,11 @@ def _column_name(index: int) -> str:
     return DYNAMO_COLUMNS[index].name if index < len(DYNAMO_COLUMNS) else f"col{index + 1}"
 
 
+def _integral(values: np.ndarray) -> np.ndarray:
+    """Where ``values`` are integers that int64 holds exactly (1e308 is integral, but no int64)."""
+    return (values == np.round(values)) & (np.abs(values) < 2**53)
+
+
 def _origin_offset(origin: str, where: str) -> float:
     if origin not in ORIGIN_OFFSETS:
         raise InvalidValueError(f"{where}: origin must be one of {sorted(ORIGIN_OFFSETS)}, found {origin!r}")
@@ -275,10 +280,10 @@ def read_dynamo_table(
     n, n_columns = table.shape
     col = {c.name: table[:, c.number - 1] for c in DYNAMO_COLUMNS if c.number <= n_columns}
     tomo = col["tomo"]
-    if not np.array_equal(tomo, np.round(tomo)):
-        row = int(np.argmax(tomo != np.round(tomo)))
+    if not _integral(tomo).all():
+        row = int(np.argmax(~_integral(tomo)))
         raise FormatError(
-            f"{path}, line {row + 1}, column 20 (tomo): expected an integer, found {tomo[row]!r}"
+            f"{path}, line {row + 1}, column 20 (tomo): expected an integer, found {float(tomo[row])!r}"
         )
     tomo_int = tomo.astype(np.int64)
     if tomogram_map is None:
@@ -304,7 +309,7 @@ def read_dynamo_table(
             continue
         values = table[:, index]
         spec = _BY_NAME.get(name)
-        if spec is not None and spec.dtype is int and np.array_equal(values, np.round(values)):
+        if spec is not None and spec.dtype is int and _integral(values).all():
             extra[name] = values.astype(np.int64)
         else:
             extra[name] = values

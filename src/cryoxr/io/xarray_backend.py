@@ -1,0 +1,73 @@
+"""A second door: ``xr.open_dataarray(path, engine="cryoxr")`` reaches cryoxr's readers.
+
+The backend is registered as the entry point ``cryoxr`` of ``xarray.backends``. It opens
+MRC (guessed from the suffix: ``.mrc .mrcs .st .ali .rec .map``) and OME-Zarr (with
+``engine="cryoxr"`` explicitly, since xarray's zarr backend also claims ``.zarr``) through
+:func:`cryoxr.io.open_image` and :func:`cryoxr.io.read_ome_zarr`: the same lazy arrays,
+coords in Å and attrs as the functions, in a Dataset with one variable named after the
+experiment.
+
+Examples
+--------
+>>> import tempfile, pathlib, numpy as np, xarray as xr
+>>> import cryoxr
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "t.mrc"
+>>> _ = cryoxr.Tomogram.from_array(np.ones((2, 3, 4), np.float32), pixel_spacing=5.0,
+...                                experiment_id="t").to_mrc(path)
+>>> da = xr.open_dataarray(path, engine="cryoxr")
+>>> da.dims, float(da.x[1]), da.attrs["pixel_spacing"]
+(('z', 'y', 'x'), 5.0, 5.0)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+from xarray.backends import BackendEntrypoint
+
+from cryoxr.io.images import IMAGE_READERS, open_image
+from cryoxr.io.mrc import MRC_SUFFIXES
+from cryoxr.io.ome_zarr import read_ome_zarr
+
+__all__ = ["CryoxrBackendEntrypoint"]
+
+
+class CryoxrBackendEntrypoint(BackendEntrypoint):
+    """xarray backend for the images cryoxr reads (MRC, OME-Zarr)."""
+
+    description = "Cryo-EM/ET images (MRC, OME-Zarr) as lazy DataArrays with coords in Å, via cryoxr"
+    url = "https://pypi.org/project/cryoxr/"
+    open_dataset_parameters = ("filename_or_obj", "drop_variables", "level", "experiment_id")
+
+    def open_dataset(
+        self,
+        filename_or_obj: str | os.PathLike[Any] | Any,
+        *,
+        drop_variables: str | Iterable[str] | None = None,
+        level: int = 0,
+        experiment_id: str | None = None,
+    ) -> xr.Dataset:
+        """Open one image file as a Dataset holding one lazy variable."""
+        path = Path(filename_or_obj)
+        name = path.name.lower()
+        if name.endswith(".zarr"):
+            image = read_ome_zarr(path, level=level, experiment_id=experiment_id)
+        else:
+            image = open_image(path, experiment_id=experiment_id)
+        data = image.data
+        ds = data.to_dataset(name=str(data.name or image.experiment_id))
+        ds.attrs = dict(data.attrs)
+        dropped = [drop_variables] if isinstance(drop_variables, str) else list(drop_variables or [])
+        return ds.drop_vars([v for v in dropped if v in ds.variables])
+
+    def guess_can_open(self, filename_or_obj: Any) -> bool:
+        """MRC files by suffix; OME-Zarr only when asked for with ``engine="cryoxr"``."""
+        try:
+            suffix = Path(filename_or_obj).suffix.lower()
+        except TypeError:
+            return False
+        return suffix in MRC_SUFFIXES and suffix in IMAGE_READERS

@@ -86,6 +86,8 @@ OME_ZARR_SUFFIXES: tuple[str, ...] = (".ome.zarr", ".zarr")
 
 #: OME-NGFF version -> zarr format
 OME_VERSIONS: dict[str, int] = {"0.4": 2, "0.5": 3}
+#: longest axis read (2**24 pixels: its coordinates alone take 128 MiB); longer is a broken header
+MAX_AXIS_LENGTH = 2**24
 
 #: UDUNITS-2 space units of OME-NGFF -> Å per unit
 UNIT_TO_ANGSTROM: dict[str, float] = {
@@ -376,6 +378,13 @@ def _read_level(
         ) from err
     if not isinstance(array, zarr.Array) or array.ndim != len(names):
         raise FormatError(f"{where}: dataset {path!r} must be an array with {len(names)} dims ({names})")
+    if max(array.shape) > MAX_AXIS_LENGTH:
+        # missing chunks are legal (fill value), so a lying shape costs no disk: refuse it
+        # before coordinates and dask's chunk tuples are allocated for it
+        raise FormatError(
+            f"{where}: array {path!r} metadata field shape: expected at most {MAX_AXIS_LENGTH} pixels "
+            f"along each axis, found {list(array.shape)}"
+        )
     # drop leading length-1 axes that are not spatial (time, channel), keep image/z/y/x
     lead = 0
     while lead < len(names) and names[lead] not in (*SPATIAL_DIMS, "image") and array.shape[lead] == 1:

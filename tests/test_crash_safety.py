@@ -36,7 +36,7 @@ import pytest
 
 import cryoxr
 from cryoxr.errors import CryoxrError, WriteError
-from cryoxr.io import describe, open_image
+from cryoxr.io import _atomic, describe, open_image
 from cryoxr.io._atomic import TMP_MARKER
 from cryoxr.io.mrc import write_mrc
 from cryoxr.io.ome_zarr import write_ome_zarr
@@ -349,3 +349,122 @@ def test_full_tmpfs_gives_write_error(fmt: str, tmp_path: Path) -> None:
         shutil.rmtree(target) if target.is_dir() else target.unlink()
         write(fmt, build(fmt, 1, "small"), target)
         np.testing.assert_allclose(read_back(fmt, target), expected(fmt, 1, "small"), rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- atomic_path
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_temporary_names_are_hidden_and_carry_host_and_pid(tmp_path: Path) -> None:
+    with _atomic.atomic_path(tmp_path / "a.mrc") as tmp:
+        assert tmp.name.startswith(f".a.mrc{TMP_MARKER}{_atomic._HOST}.{os.getpid()}.")
+        assert tmp.suffix != ".mrc"  # no reader takes it for an MRC file
+        tmp.write_bytes(b"x")
+    assert os.listdir(tmp_path) == ["a.mrc"]
+    assert oct((tmp_path / "a.mrc").stat().st_mode & 0o777) == oct(0o666 & ~_atomic._umask())
+
+
+def test_next_write_removes_only_stale_temporaries(tmp_path: Path) -> None:
+    host, prefix = _atomic._HOST, f".t.star{TMP_MARKER}"
+    dead = tmp_path / f"{prefix}{host}.{_dead_pid()}.abc"
+    dead_dir = tmp_path / f"{prefix}{host}.{_dead_pid()}.def"
+    alive = tmp_path / f"{prefix}{host}.{os.getppid()}.ghi"  # a live process: maybe writing
+    foreign = tmp_path / f"{prefix}{host}x.{_dead_pid()}.jkl"  # another host: cannot tell
+    legacy_old = tmp_path / f"{prefix}old_format"
+    legacy_new = tmp_path / f"{prefix}new_format"
+    other_target = tmp_path / f".u.star{TMP_MARKER}{host}.{_dead_pid()}.mno"
+    for path in (dead, alive, foreign, legacy_old, legacy_new, other_target):
+        path.write_text("partial")
+    dead_dir.mkdir()
+    (dead_dir / "zarr.json").write_text("{}")
+    before = _atomic._PROCESS_START - 60
+    os.utime(legacy_old, (before, before))
+    os.utime(legacy_new, (time.time() + 60, time.time() + 60))
+    with _atomic.atomic_path(tmp_path / "t.star") as tmp:
+        tmp.write_text("done")
+    left = sorted(os.listdir(tmp_path))
+    assert left == [*sorted(p.name for p in (alive, foreign, legacy_new, other_target)), "t.star"]
+
+
+def test_directory_replaced_in_one_swap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "s.zarr"
+    target.mkdir()
+    (target / "old").write_text("old")
+    swaps: list[tuple[Path, Path]] = []
+    exchange = _atomic._exchange
+
+    def counted(a: Path, b: Path) -> bool:
+        swaps.append((a, b))
+        return exchange(a, b)
+
+    def refused(a: Any, b: Any) -> None:
+        raise AssertionError("the swap alone must do it")
+
+    monkeypatch.setattr(_atomic, "_exchange", counted)
+    monkeypatch.setattr(os, "replace", refused)
+    with _atomic.atomic_path(target, overwrite=True, directory=True) as tmp:
+        tmp.mkdir()
+        (tmp / "new").write_text("new")
+    assert len(swaps) == 1
+    assert os.listdir(tmp_path) == ["s.zarr"]
+    assert os.listdir(target) == ["new"]
+
+
+def test_fallback_swap_and_recovery_from_a_kill_between_renames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_atomic, "_exchange", lambda a, b: False)  # no renameat2 (macOS, some NFS)
+    target = tmp_path / "s.zarr"
+    target.mkdir()
+    (target / "old").write_text("old")
+    with _atomic.atomic_path(target, overwrite=True, directory=True) as tmp:
+        tmp.mkdir()
+        (tmp / "new").write_text("new")
+    assert os.listdir(tmp_path) == ["s.zarr"]
+    assert os.listdir(target) == ["new"]
+    # a writer killed after moving the original aside and before renaming its new store in
+    aside = tmp_path / f".s.zarr{TMP_MARKER}{_atomic._HOST}.{_dead_pid()}.old.xyz"
+    new = tmp_path / f".s.zarr{TMP_MARKER}{_atomic._HOST}.{_dead_pid()}.abc"
+    os.rename(target, aside)
+    new.mkdir()
+    assert _atomic.remove_stale_temporaries(target) == [new]
+    assert os.listdir(tmp_path) == ["s.zarr"]
+    assert os.listdir(target) == ["new"]  # the original is back
+
+
+def test_file_is_fsynced_before_rename_and_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+
+    def logged_fsync(fd: int) -> None:
+        events.append("fsync")
+        fsync(fd)
+
+    def logged_replace(a: Any, b: Any) -> None:
+        events.append("replace")
+        replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    monkeypatch.setattr(os, "replace", logged_replace)
+    with _atomic.atomic_path(tmp_path / "a.txt") as tmp:
+        tmp.write_text("hello")
+    assert events == ["fsync", "replace", "fsync"]
+
+
+def test_failed_write_removes_its_temporary(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("original")
+
+    def half_write() -> None:
+        with _atomic.atomic_path(tmp_path / "a.txt", overwrite=True) as tmp:
+            tmp.write_text("half")
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(WriteError, match=r"a\.txt: writing failed \(No space left on device\)"):
+        half_write()
+    assert os.listdir(tmp_path) == ["a.txt"]
+    assert (tmp_path / "a.txt").read_text() == "original"

@@ -147,7 +147,7 @@ CHUNK_DECODE_ERRORS: tuple[type[Exception], ...] = (RuntimeError, ValueError, Ty
 #: what zarr raises on metadata documents (zarr.json, .zarray, .zgroup, .zattrs) it cannot
 #: parse: broken JSON or non-UTF-8 bytes (ValueError), wrong types or missing keys
 METADATA_ERRORS: tuple[type[Exception], ...] = (
-    zarr.errors.BaseZarrError, ValueError, TypeError, KeyError, FileNotFoundError,
+    zarr.errors.BaseZarrError, ValueError, TypeError, KeyError, FileNotFoundError, RuntimeWarning,
 )  # fmt: skip
 
 
@@ -368,7 +368,11 @@ def _read_level(
         raise FormatError(f"{where}: the spatial axes have no unit; pass pixel_spacing= (Å) to read them")
     path = ms["datasets"][level].get("path")
     try:
-        array = group[str(path)]
+        with warnings.catch_warnings():
+            # zarr casts fill_value to the dtype with a RuntimeWarning on overflow (1e308 for
+            # float16): a broken header, reported as such
+            warnings.simplefilter("error", RuntimeWarning)
+            array = group[str(path)]
     except (KeyError, zarr.errors.BaseZarrError) as err:
         raise FormatError(f"{where}: multiscales[0].datasets[{level}].path {path!r}: no such array") from err
     except METADATA_ERRORS as err:

@@ -375,6 +375,15 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         f.set_image_stack()
         f.voxel_size = 1.0
     mrcs.append(root / "cplx.st")
+    # big-endian (machine stamp 0x11 0x11), as old SGI / Java writers made them
+    raw = (root / "ext.mrc").read_bytes()
+    little = np.frombuffer(raw[:1024], mrc.HEADER_DTYPE.newbyteorder("<"), count=1)
+    header = bytearray(little.astype(mrc.HEADER_DTYPE.newbyteorder(">")).tobytes())
+    header[212:216] = b"\x11\x11\x00\x00"
+    nsymbt = int(little["nsymbt"][0])
+    voxels = np.frombuffer(raw[1024 + nsymbt :], "<i2").astype(">i2").tobytes()
+    (root / "big.rec").write_bytes(bytes(header) + raw[1024 : 1024 + nsymbt] + voxels)
+    mrcs.append(root / "big.rec")
     out["mrc"] = [(p.suffix, p.read_bytes()) for p in mrcs]
 
     # --- OME-Zarr: cryoxr 0.5 and 0.4, and the ome-zarr package
@@ -477,10 +486,10 @@ def done(folder: Path) -> None:
 # ------------------------------------------------------------------------------------------
 @fuzz_settings(500)
 @given(
-    seed=st.integers(0, 4),
+    seed=st.integers(0, 5),
     ops=st.lists(mrc_op, min_size=1, max_size=4),
     chunks=st.sampled_from(["auto", None, 1]),
-    door=st.sampled_from(["read_mrc", "open_image"]),
+    door=st.sampled_from(["read_mrc", "open_image", "describe"]),
 )
 def test_fuzz_mrc(seeds: dict[str, Any], seed: int, ops: list[Any], chunks: Any, door: str) -> None:
     CURRENT[0] = repr(locals())
@@ -488,8 +497,11 @@ def test_fuzz_mrc(seeds: dict[str, Any], seed: int, ops: list[Any], chunks: Any,
     folder = fresh_dir(seeds, "mrc")
     path = folder / f"fuzz{suffix}"
     path.write_bytes(mutate_mrc(data, ops))
-    reader = mrc.read_mrc if door == "read_mrc" else open_image
-    check_reader("mrc", lambda: reader(path, chunks=chunks), _check_image, [path.name])
+    if door == "describe":
+        check_reader("describe", lambda: describe(path), _check_describe, [path.name])
+    else:
+        reader = mrc.read_mrc if door == "read_mrc" else open_image
+        check_reader("mrc", lambda: reader(path, chunks=chunks), _check_image, [path.name])
     done(folder)
 
 
@@ -703,7 +715,7 @@ def test_fuzz_dynamo(seeds: dict[str, Any], which: str, ops: list[Any], chunks: 
 @given(
     seed=st.sampled_from(["p4", "p31", "aln", "aln3", "xf", "tbl", "mrc"]),
     ops=text_ops,
-    suffix=st.sampled_from([".txt", ""]),
+    suffix=st.sampled_from([".txt", "", "own"]),
 )
 def test_fuzz_dispatch(seeds: dict[str, Any], seed: str, ops: list[Any], suffix: str) -> None:
     CURRENT[0] = repr(locals())
@@ -716,11 +728,21 @@ def test_fuzz_dispatch(seeds: dict[str, Any], seed: str, ops: list[Any], suffix:
         "tbl": seeds["dynamo"][".tbl"],
         "mrc": seeds["mrc"][0][1],
     }[seed]
+    own = {
+        "p4": ".star",
+        "p31": ".star",
+        "aln": ".aln",
+        "aln3": ".aln",
+        "xf": ".xf",
+        "tbl": ".tbl",
+        "mrc": ".mrc",
+    }
+    suffix = own[seed] if suffix == "own" else suffix
     folder = fresh_dir(seeds, "dispatch")
     path = folder / f"thing{suffix}"
     path.write_bytes(mutate_text(data, ops))
     (folder / "thing.tlt").write_bytes(seeds["imod"][".tlt"])
-    names = [path.name]
+    names = [path.name, "thing.tlt"]
     check_reader("file_kind", lambda: file_kind(path), lambda k: None, names)
     check_reader("describe", lambda: describe(path), _check_describe, names)
     check_reader("read_poses", lambda: read_poses(path), _check_poses, names)

@@ -546,7 +546,7 @@ def mutate_json(data: bytes, op: tuple[Any, ...]) -> bytes:
         return data
     nodes = _json_nodes(doc)[1:]
     if op[0] == "json_set_key":
-        nodes = [n for n in nodes if n[-1] == op[1]]
+        nodes = [n for n in nodes if op[1] in n]  # the key's value, or anything inside it
         op = ("json_set", op[2], op[3])
     if not nodes:
         return data
@@ -588,7 +588,7 @@ def mutate_tree(folder: Path, ops: Sequence[tuple[Any, ...]]) -> None:
     seed=st.integers(0, 2),
     ops=st.lists(zarr_op, min_size=1, max_size=3),
     chunks=st.sampled_from(["auto", None]),
-    door=st.sampled_from(["read_ome_zarr", "level_1", "pyramid", "open_image"]),
+    door=st.sampled_from(["read_ome_zarr", "level_1", "pyramid", "open_image", "pixel_spacing"]),
 )
 def test_fuzz_ome_zarr(seeds: dict[str, Any], seed: int, ops: list[Any], chunks: Any, door: str) -> None:
     CURRENT[0] = repr(locals())
@@ -602,6 +602,8 @@ def test_fuzz_ome_zarr(seeds: dict[str, Any], seed: int, ops: list[Any], chunks:
         call: Callable[[], Any] = lambda: ome_zarr.read_ome_zarr(path, chunks=chunks)  # noqa: E731
     elif door == "level_1":
         call = lambda: ome_zarr.read_ome_zarr(path, level=-1, chunks=chunks)  # noqa: E731
+    elif door == "pixel_spacing":  # an override scales the other levels by their scale ratio
+        call = lambda: ome_zarr.read_ome_zarr(path, level=-1, chunks=chunks, pixel_spacing=2.0)  # noqa: E731
     elif door == "open_image":
         call = lambda: open_image(path, chunks=chunks)  # noqa: E731
     else:
@@ -849,3 +851,17 @@ def test_pinned_text_escapes(seeds: dict[str, Any]) -> None:
     tokens[19], tokens[0] = "1", "1e308"  # tag: an integer column kept as float
     tbl.write_text("\n".join([" ".join(tokens), *rows[1:]]) + "\n")
     assert dynamo.read_dynamo_table(tbl)["tag"].dtype == np.float64
+
+
+@pytest.mark.parametrize("scale", [0.0, float("nan"), 1e-320])
+def test_pinned_pixel_spacing_override_with_broken_level_0_scale(seeds: dict[str, Any], scale: float) -> None:
+    """``pixel_spacing=`` scales level 1 by its scale over level 0's: ZeroDivisionError on 0, and an
+    InvalidValueError not naming the store on NaN or an overflowing ratio."""
+    path = _zarr_copy(seeds, 0)
+    edit = _set(
+        ["attributes", "ome", "multiscales", 0, "datasets", 0, "coordinateTransformations", 0, "scale"],
+        [scale] * 3,
+    )
+    _edit_json(path / "zarr.json", edit)
+    with pytest.raises(CryoxrError, match=path.name):
+        ome_zarr.read_ome_zarr(path, level=1, pixel_spacing=2.0)

@@ -363,7 +363,15 @@ def _read_level(
         # an override is for level 0: other levels keep their size relative to it
         base_scale, _ = _level_geometry(ms, 0, where)
         x = names.index("x") if "x" in names else -1
-        spacing = float(pixel_spacing) * scale[x] / base_scale[x]
+        with np.errstate(all="ignore"):
+            ratio = np.float64(scale[x]) / np.float64(base_scale[x])
+        if not (math.isfinite(ratio) and ratio > 0):
+            raise FormatError(
+                f"{where}: multiscales[0].datasets[{level}] and [0] coordinateTransformations, scale of "
+                f"axis 'x': expected positive finite scales to derive level {level}'s pixel spacing from "
+                f"pixel_spacing=, found {scale[x]!r} and {base_scale[x]!r}"
+            )
+        spacing = float(pixel_spacing) * float(ratio)
     if spacing is None:
         raise FormatError(f"{where}: the spatial axes have no unit; pass pixel_spacing= (Å) to read them")
     path = ms["datasets"][level].get("path")

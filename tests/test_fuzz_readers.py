@@ -430,6 +430,16 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ((root / "p5.star").read_bytes(), sizes),
         ((root / "p31.star").read_bytes(), None),
     ]
+    # the RELION 5 set's tomograms.star (read_poses finds it beside the particles), by starfile
+    tomograms = pd.DataFrame(
+        {
+            "rlnTomoName": list(sizes),
+            **{f"rlnTomoSize{a}": [s[i] for s in sizes.values()] for i, a in enumerate("XYZ")},
+            "rlnTomoTiltSeriesPixelSize": [1.35, 1.35],
+        }
+    )
+    starfile.write({"global": tomograms}, root / "tomograms.star")
+    out["tomograms_star"] = (root / "tomograms.star").read_bytes()
     model = cryoxr.make_projection_model(
         rotation_x=0.5,
         rotation_y=np.linspace(-30, 30, 4),
@@ -621,12 +631,22 @@ def test_fuzz_ome_zarr(seeds: dict[str, Any], seed: int, ops: list[Any], chunks:
 # STAR (RELION)
 # ------------------------------------------------------------------------------------------
 @fuzz_settings(400)
-@given(seed=st.integers(0, 2), ops=text_ops, door=st.sampled_from(["particles", "read_star", "read_poses"]))
+@given(
+    seed=st.integers(0, 2),
+    ops=text_ops,
+    door=st.sampled_from(["particles", "read_star", "read_poses", "tomograms.star"]),
+)
 def test_fuzz_star_particles(seeds: dict[str, Any], seed: int, ops: list[Any], door: str) -> None:
     CURRENT[0] = repr(locals())
     data, sizes = seeds["star_particles"][seed]
     folder = fresh_dir(seeds, "star")
     path = folder / "particles.star"
+    if door == "tomograms.star":  # the RELION 5 set with its sizes beside it, the sizes mutated
+        path.write_bytes(seeds["star_particles"][1][0])
+        tomograms = folder / "tomograms.star"
+        tomograms.write_bytes(mutate_text(seeds["tomograms_star"], ops))
+        check_reader("star", lambda: read_poses(path), _check_poses, [path.name, tomograms.name])
+        return done(folder)
     path.write_bytes(mutate_text(data, ops))
     if door == "read_star":
         check_reader("star", lambda: read_star(path), _check_blocks, [path.name])

@@ -71,6 +71,10 @@ def _summaries() -> tuple[da.Array, da.Array, da.Array]:
     return checksum, sums, counts
 
 
+def _transitions(dask_scheduler: Any) -> int:
+    return int(dask_scheduler.transition_counter)
+
+
 def _in_memory(client: Any) -> dict[str, int]:
     return {worker: len(keys) for worker, keys in client.has_what().items()}
 
@@ -88,11 +92,15 @@ def test_worker_killed_mid_compute_gives_the_threaded_result() -> None:
     ):
         pids = client.run(os.getpid)
         start = time.perf_counter()
-        futures = client.compute(list(_summaries()))
-        # wait until part of the work sits in the workers' memory, then kill the worker holding most
+        summaries = _summaries()
+        n_tasks = len({key for array in dask.optimize(*summaries) for key in array.__dask_graph__()})
+        futures = client.compute(list(summaries))
+        # a task passes through ~5 scheduler transitions (released, waiting, processing,
+        # memory, released/forgotten): kill once about 40% of the work is done
         deadline = time.monotonic() + 60
-        while sum(_in_memory(client).values()) < 100 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        while client.run_on_scheduler(_transitions) < 2 * n_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+        progress = client.run_on_scheduler(_transitions) / (5 * n_tasks)
         held = _in_memory(client)
         victim = max(held, key=held.__getitem__)
         running = not all(f.done() for f in futures)
@@ -106,6 +114,6 @@ def test_worker_killed_mid_compute_gives_the_threaded_result() -> None:
         np.testing.assert_array_equal(got, want)
     print(
         f"\nkilled worker {victim} (pid {pids[victim]}, holding {held[victim]} of {sum(held.values())} "
-        f"results in memory) mid-compute; distributed {elapsed:.1f} s, threaded {threaded:.1f} s; "
+        f"results in memory) at ~{progress:.0%} of {n_tasks} tasks; distributed {elapsed:.1f} s, threaded {threaded:.1f} s; "
         f"results equal; counts in view {int(np.asarray(results[2]).min())}..{int(np.asarray(results[2]).max())}"
     )

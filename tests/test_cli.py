@@ -51,7 +51,7 @@ def test_info_every_kind(demo_files: dict[str, Path]) -> None:
     assert all(r["size_on_disk"] > 0 for r in reports)
     text = cryoxr_cmd("info", str(demo_files["particles"]))
     assert "particles" in text.stdout
-    assert "3000" in text.stdout
+    assert "3,000" in text.stdout
 
 
 def test_convert_images_poses_alignments_and_refuse_overwrite(

@@ -147,6 +147,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _human(key: str, value: Any) -> str:
+    """A report value as a person reads it: sizes in MB/GB, lists without brackets."""
+    if key.startswith("size") and isinstance(value, int):
+        for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+            if value >= scale:
+                return f"{value / scale:.1f} {unit} ({value:,} bytes)"
+        return f"{value} bytes"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, list):
+        return " x ".join(map(str, value)) if key in ("shape", "chunks") else ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items())
+    return str(value)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from cryoxr.io import describe
 
@@ -156,9 +172,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     else:
         for report in reports:
             print(f"{report['path']}")
+            width = max(len(key) for key in report) + 2
             for key, value in report.items():
                 if key != "path":
-                    print(f"  {key:<16}{value}")
+                    print(f"  {key.replace('_', ' '):<{width}}{_human(key, value)}")
     return 0
 
 

@@ -17,12 +17,16 @@ Contenders (rates in particle-tilts/s, T = 61 tilts):
 - ``a_loop``: baseline (a), a Python loop over tilts, one (N, 4) @ (4, 2) matmul each.
 - ``b_cryotypes``: baseline (b), cryotypes' (T, 4, 4) matrices applied per particle,
   timed on 10^4 particles and scaled.
-- ``store``: ``da.store(project(...).data, target)`` into a preallocated numpy array.
+- ``store``: ``da.store(project(...).data, target)`` into a preallocated, touched numpy array.
+- ``into``: ``project_into(target, ...)`` into a preallocated, touched numpy array (each
+  chunk's GEMM writes straight into its rows of the target).
+- ``into zarr``: ``project_into`` into an uncompressed zarr array on local disk, zarr
+  chunks aligned with the dask chunks; ``to_zarr``: ``da.to_zarr(project(...).data, ...)``
+  into the same kind of array.
 - ``compute``: ``project(...).data.compute()`` (dask concatenates a fresh array).
 - ``concat``: ``np.concatenate(dask.compute(*blocks))``.
 - ``count``: ``count_in_field_of_view(...)``, the fused streaming reduction.
 - ``*_cluster``: the same on ``distributed.LocalCluster(2 workers x 1 thread, processes)``.
-- ``*+prop``: the same with the proposed kernels below monkeypatched into cryoxr.
 - ``*+blas1``: the same with OpenBLAS limited to one thread per dask thread.
 
 Bandwidth fraction: (minimal bytes read + written: positions, shifts and codes in, the
@@ -38,6 +42,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -54,107 +59,6 @@ IMAGE_SHAPE = (4096, 4096)
 MARGIN = 64.0
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 HERE = os.path.abspath(__file__)
-
-# --------------------------------------------------------------------------------------
-# proposed kernels (monkeypatched into cryoxr.projection for the "+prop" contenders)
-# --------------------------------------------------------------------------------------
-
-#: rows per sub-block of the fused count: (rows, 2T) float64 stays in L2 (~1 MiB)
-COUNT_ROWS = 1024
-
-
-def _homogeneous(position: np.ndarray, shift: np.ndarray, dtype: Any) -> np.ndarray:
-    points = np.empty((position.shape[0], 4), dtype=dtype)
-    np.add(position, shift, out=points[:, :3])
-    points[:, 3] = 1
-    return points
-
-
-def _operator(weights: np.ndarray, bias: np.ndarray, code: int, dtype: Any) -> np.ndarray:
-    """(4, 2T): the bias as the row of the homogeneous coordinate."""
-    return np.concatenate([weights[code], bias[code][None, :]]).astype(dtype, copy=False)
-
-
-def proposed_project_block(
-    position: np.ndarray,
-    shift: np.ndarray,
-    codes: np.ndarray,
-    weights: np.ndarray,
-    bias: np.ndarray,
-    dtype: Any,
-) -> np.ndarray:
-    """(n, 4) @ (4, 2T): the output is written once, no second pass to add the bias."""
-    points = _homogeneous(position, shift, dtype)
-    n = points.shape[0]
-    width = weights.shape[2]
-    out = np.empty((n, width), dtype=dtype)
-    present = np.unique(codes) if weights.shape[0] > 1 else np.zeros(1, dtype=np.int64)
-    for code in present:  # experiments in this chunk: usually one
-        operator = _operator(weights, bias, code, dtype)
-        if len(present) == 1:
-            np.matmul(points, operator, out=out)
-        else:
-            rows = codes == code
-            out[rows] = points[rows] @ operator
-    return out.reshape(n, width // 2, 2)
-
-
-def proposed_count_block(
-    position: np.ndarray,
-    shift: np.ndarray,
-    codes: np.ndarray,
-    weights: np.ndarray,
-    bias: np.ndarray,
-    half: np.ndarray,
-    dtype: Any,
-) -> np.ndarray:
-    """Project, test and count in cache-sized row blocks: no (n, 2T) temporary."""
-    points = _homogeneous(position, shift, dtype)
-    width = weights.shape[2]
-    limit = np.tile(np.asarray(half, dtype=dtype), width // 2)
-    counts = np.zeros(width // 2, dtype=np.int64)
-    rows = max(1, min(points.shape[0], COUNT_ROWS))
-    xy = np.empty((rows, width), dtype=dtype)
-    inside = np.empty((rows, width), dtype=bool)
-    present = np.unique(codes) if weights.shape[0] > 1 else np.zeros(1, dtype=np.int64)
-    for code in present:
-        operator = _operator(weights, bias, code, dtype)
-        mine = points if len(present) == 1 else points[codes == code]
-        for start in range(0, mine.shape[0], rows):
-            m = min(rows, mine.shape[0] - start)
-            np.matmul(mine[start : start + m], operator, out=xy[:m])
-            np.abs(xy[:m], out=xy[:m])
-            np.less_equal(xy[:m], limit, out=inside[:m])  # NaN (missing tilt) -> False
-            # x and y inside <=> both bytes of the (x, y) pair are 1
-            counts += np.count_nonzero(inside[:m].view(np.uint16) == 0x0101, axis=0)
-    return counts[None, :]
-
-
-def proposed_particle_codes(poses: Any, experiments: list[str]) -> Any:
-    """One experiment: lazy zeros, not an (N,) int64 array embedded in the graph (80 MB at
-    10^7, which distributed ships from the client on every compute)."""
-    import dask.array as da
-
-    import cryoxr.projection as projection
-
-    if "experiment_id" in poses.coords:
-        return _current_particle_codes(poses, experiments)
-    n = poses.sizes["particle"]
-    return da.zeros(n, dtype=np.int64, chunks=projection._particle_chunks(poses, None))
-
-
-_current_particle_codes: Any = None
-
-
-def use_proposed() -> None:
-    global _current_particle_codes
-    import cryoxr.projection as projection
-
-    _current_particle_codes = projection._particle_codes
-    projection._project_block = proposed_project_block  # type: ignore[assignment]
-    projection._count_block = proposed_count_block  # type: ignore[assignment]
-    projection._particle_codes = proposed_particle_codes  # type: ignore[assignment]
-
 
 # --------------------------------------------------------------------------------------
 # inputs
@@ -347,8 +251,6 @@ def run_b(a: argparse.Namespace) -> dict[str, Any]:
 def _setup(a: argparse.Namespace) -> None:
     import dask
 
-    if a.proposed:
-        use_proposed()
     if a.blas1:
         from threadpoolctl import threadpool_limits
 
@@ -357,14 +259,37 @@ def _setup(a: argparse.Namespace) -> None:
         dask.config.set(scheduler="threads", num_workers=os.cpu_count())
 
 
+def zarr_target(n: int, chunk: int, dtype: Any, path: str) -> Any:
+    """An uncompressed (N, T, 2) zarr array on disk, chunks aligned with the dask chunks."""
+    import zarr
+
+    return zarr.create_array(
+        path,
+        shape=(n, T, 2),
+        chunks=(max(1, min(n, chunk)), T, 2),
+        dtype=dtype,
+        compressors=None,
+        overwrite=True,
+    )
+
+
+def touched(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Preallocated and written once: the timing measures the writes, not page faults."""
+    out = np.empty(shape, dtype=dtype)
+    out.fill(0)
+    return out
+
+
 def run_verify(a: argparse.Namespace) -> dict[str, Any]:
     """cryoxr == baseline (c) (cryotypes' matrices, one GEMM) before anything is timed.
 
-    project: to 1e-9 px in float64 (1e-3 px in float32), current and proposed kernels, at
-    chunk sizes that split and do not split N; count: exactly equal to numpy counts.
+    ``project`` and ``project_into`` (numpy float64/float32, zarr): to 1e-9 px in float64
+    (1e-3 px in float32), at chunk sizes that split and do not split N; count: exactly
+    equal to numpy counts of (c).
     """
+    import tempfile
+
     import cryoxr
-    import cryoxr.projection as projection
 
     model = make_model()
     poses = make_poses(a.n)
@@ -372,25 +297,27 @@ def run_verify(a: argparse.Namespace) -> dict[str, Any]:
     want_counts = numpy_counts(want)
     kw = {**project_kwargs(), "image_shape": IMAGE_SHAPE, "margin": MARGIN}
     checked = []
-    kernels = [
-        ("current", projection._project_block, projection._count_block),
-        ("proposed", proposed_project_block, proposed_count_block),
-    ]
-    for kname, project_block, count_block in kernels:
-        projection._project_block = project_block  # type: ignore[assignment]
-        projection._count_block = count_block  # type: ignore[assignment]
+    with tempfile.TemporaryDirectory(prefix="bench_projection_") as tmp:
         for chunk in sorted({a.chunk, max(1, a.n // 3 + 1)}):
             for dtype, atol in (("float64", 1e-9), ("float32", 1e-3)):
                 xy = cryoxr.project(poses, model, chunks=chunk, dtype=dtype, **project_kwargs()).values
-                check(f"project {kname} {dtype} chunk {chunk}", xy.reshape(a.n, 2 * T), want, atol)
+                check(f"project {dtype} chunk {chunk}", xy.reshape(a.n, 2 * T), want, atol)
+                out = np.full((a.n, T, 2), np.nan, dtype=dtype)
+                cryoxr.project_into(out, poses, model, chunks=chunk, **project_kwargs())
+                check(f"project_into numpy {dtype} chunk {chunk}", out.reshape(a.n, 2 * T), want, atol)
+            z = zarr_target(a.n, chunk, np.float64, os.path.join(tmp, f"verify{chunk}.zarr"))
+            cryoxr.project_into(z, poses, model, chunks=chunk, **project_kwargs())
+            check(f"project_into zarr chunk {chunk}", z[...].reshape(a.n, 2 * T), want, 1e-9)
             counts = cryoxr.count_in_field_of_view(poses, model, chunks=chunk, **kw).values
             if not np.array_equal(counts, want_counts):
-                raise SystemExit(f"count {kname} chunk {chunk}: differs from numpy counts of baseline (c)")
-            checked.append(f"{kname}@{chunk}")
+                raise SystemExit(f"count chunk {chunk}: differs from numpy counts of baseline (c)")
+            checked.append(f"chunk {chunk}")
     return {"seconds": 0.0, "bytes": 0, "checked": checked}
 
 
 def run_project(a: argparse.Namespace) -> dict[str, Any]:
+    import tempfile
+
     import dask
     import dask.array as da
 
@@ -400,43 +327,71 @@ def run_project(a: argparse.Namespace) -> dict[str, Any]:
     poses, model = make_poses(a.n), make_model()
     dtype = np.dtype(a.dtype)
     client = _cluster() if a.on_cluster else None
+    tmp = tempfile.mkdtemp(prefix="bench_projection_")
     try:
         _warm_up(a, model)
-        xy = cryoxr.project(poses, model, chunks=a.chunk, dtype=dtype, **project_kwargs()).data
+        # timed as a user calls it: graph construction (incl. dask hashing the inputs) too
+
+        def lazy() -> Any:
+            return cryoxr.project(poses, model, chunks=a.chunk, dtype=dtype, **project_kwargs()).data
+
+        xy = lazy()
         graph_tasks = len(xy.__dask_graph__())
+        build = lazy
         if a.how == "store":
-            target = np.zeros(xy.shape, dtype=dtype)  # preallocated and touched
+            target = touched(xy.shape, dtype)
 
             def fn() -> Any:
-                return da.store(xy, target, lock=False)
+                return da.store(lazy(), target, lock=False)
+
+        elif a.how == "into":
+            if a.target == "zarr":
+                target = zarr_target(a.n, a.chunk, dtype, os.path.join(tmp, "xy.zarr"))
+            else:
+                target = touched(xy.shape, dtype)
+
+            def build() -> Any:
+                return cryoxr.project_into(
+                    target, poses, model, chunks=a.chunk, compute=False, **project_kwargs()
+                )
+
+            graph_tasks = len(build().__dask_graph__())
+
+            def fn() -> Any:
+                return cryoxr.project_into(target, poses, model, chunks=a.chunk, **project_kwargs())
 
         elif a.how == "compute":
 
             def fn() -> Any:
-                return xy.compute()
+                return lazy().compute()
 
         elif a.how == "concat":
-            blocks = xy.to_delayed().ravel().tolist()
 
             def fn() -> Any:
+                blocks = lazy().to_delayed().ravel().tolist()
                 return np.concatenate(dask.compute(*blocks), axis=0)
 
-        elif a.how == "zarr":
-            import tempfile
-
-            tmp = tempfile.mkdtemp(prefix="bench_projection_")
+        elif a.how == "to_zarr":
+            target = zarr_target(a.n, a.chunk, dtype, os.path.join(tmp, "xy.zarr"))
 
             def fn() -> Any:
-                return da.to_zarr(xy, os.path.join(tmp, "xy.zarr"), overwrite=True)
+                return da.to_zarr(lazy(), target)
 
         else:
             raise SystemExit(f"unknown --how {a.how}")
+        build_s = best_of(build, a.reps)
         sec = best_of(fn, a.reps)
     finally:
         if client is not None:
             client.close()
             client.cluster.close()
-    return {"seconds": sec, "bytes": io_bytes(a.n, dtype.itemsize), "tasks": graph_tasks}
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "seconds": sec,
+        "build": build_s,
+        "bytes": io_bytes(a.n, dtype.itemsize),
+        "tasks": graph_tasks,
+    }
 
 
 def run_count(a: argparse.Namespace) -> dict[str, Any]:
@@ -449,14 +404,18 @@ def run_count(a: argparse.Namespace) -> dict[str, Any]:
     try:
         _warm_up(a, model)
         poses = make_poses(a.n, lazy=a.n > 1_000_000, chunk=a.chunk)
-        counts = cryoxr.count_in_field_of_view(poses, model, chunks=a.chunk, dtype=a.dtype, **kw).data
+
+        def build() -> Any:
+            return cryoxr.count_in_field_of_view(poses, model, chunks=a.chunk, dtype=a.dtype, **kw).data
+
         totals: list[int] = []
-        sec = best_of(lambda: totals.append(int(counts.compute().sum())), a.reps)
+        sec = best_of(lambda: totals.append(int(build().compute().sum())), a.reps)
+        build_s = best_of(build, a.reps)
     finally:
         if client is not None:
             client.close()
             client.cluster.close()
-    return {"seconds": sec, "bytes": io_bytes(a.n, 8, output=False), "in_fov": totals[-1]}
+    return {"seconds": sec, "build": build_s, "bytes": io_bytes(a.n, 8, output=False), "in_fov": totals[-1]}
 
 
 def _warm_up(a: argparse.Namespace, model: Any) -> None:
@@ -467,6 +426,9 @@ def _warm_up(a: argparse.Namespace, model: Any) -> None:
     kw = {**project_kwargs(), "image_shape": IMAGE_SHAPE, "margin": MARGIN}
     cryoxr.project(small, model, chunks=min(a.chunk, 10_000), dtype=a.dtype, **project_kwargs()).compute()
     cryoxr.count_in_field_of_view(small, model, chunks=min(a.chunk, 10_000), dtype=a.dtype, **kw).compute()
+    if not a.on_cluster:  # a numpy target is only written by in-process (threaded) tasks
+        out = np.empty((small.sizes["particle"], T, 2), dtype=a.dtype)
+        cryoxr.project_into(out, small, model, chunks=min(a.chunk, 10_000), **project_kwargs())
 
 
 def _cluster() -> Any:
@@ -594,7 +556,11 @@ def plan(quick: bool) -> list[tuple[str, str, int, dict[str, Any]]]:
             ("(a) loop over tilts", "a_loop", n, {}),
             ("(b) cryotypes per particle", "b_cryotypes", n, {}),
         ]
-    rows += [("project store", "project", n, {"how": "store"}), ("count", "count", n, {})]
+    rows += [
+        ("project store", "project", n, {"how": "store"}),
+        ("project_into numpy", "project", n, {"how": "into"}),
+        ("count", "count", n, {}),
+    ]
     n = 1_000_000
     rows += [
         ("(c) numpy GEMM f64", "c_gemm", n, {"dtype": "float64"}),
@@ -602,47 +568,40 @@ def plan(quick: bool) -> list[tuple[str, str, int, dict[str, Any]]]:
         ("(a) loop over tilts", "a_loop", n, {}),
         ("(b) cryotypes per particle", "b_cryotypes", n, {}),
         ("project store", "project", n, {"how": "store"}),
-        ("project store +prop", "project", n, {"how": "store", "proposed": True}),
-        ("project compute", "project", n, {"how": "compute"}),
+        ("project_into numpy", "project", n, {"how": "into"}),
+        ("project_into numpy f32", "project", n, {"how": "into", "dtype": "float32"}),
+        ("project_into zarr", "project", n, {"how": "into", "target": "zarr"}),
         ("count", "count", n, {}),
-        ("count +prop", "count", n, {"proposed": True}),
         ("count cluster", "count", n, {"on-cluster": True}),
     ]
     if quick:
         return rows
-    n = 1_000_000
+    rows += [
+        ("project to_zarr", "project", n, {"how": "to_zarr"}),
+        ("project compute", "project", n, {"how": "compute"}),
+        ("project concat", "project", n, {"how": "concat"}),
+    ]
     for chunk in (10_000, 30_000, 300_000, 1_000_000):
         rows += [
             (f"project store chunk {chunk:.0e}", "project", n, {"how": "store", "chunk": chunk}),
-            (
-                f"project store +prop chunk {chunk:.0e}",
-                "project",
-                n,
-                {"how": "store", "chunk": chunk, "proposed": True},
-            ),
+            (f"project_into numpy chunk {chunk:.0e}", "project", n, {"how": "into", "chunk": chunk}),
             (f"count chunk {chunk:.0e}", "count", n, {"chunk": chunk}),
-            (f"count +prop chunk {chunk:.0e}", "count", n, {"chunk": chunk, "proposed": True}),
         ]
     rows += [
         ("project store f32", "project", n, {"how": "store", "dtype": "float32"}),
-        ("project store +prop f32", "project", n, {"how": "store", "dtype": "float32", "proposed": True}),
-        ("count +prop f32", "count", n, {"dtype": "float32", "proposed": True}),
+        ("count f32", "count", n, {"dtype": "float32"}),
         ("project store +blas1", "project", n, {"how": "store", "blas1": True}),
-        ("project store +prop+blas1", "project", n, {"how": "store", "blas1": True, "proposed": True}),
-        ("count +prop+blas1", "count", n, {"blas1": True, "proposed": True}),
-        ("project concat", "project", n, {"how": "concat"}),
-        ("project compute +prop", "project", n, {"how": "compute", "proposed": True}),
+        ("project_into numpy +blas1", "project", n, {"how": "into", "blas1": True}),
+        ("count +blas1", "count", n, {"blas1": True}),
         ("project compute cluster", "project", n, {"how": "compute", "on-cluster": True}),
-        ("count cluster +prop", "count", n, {"on-cluster": True, "proposed": True}),
-        ("project zarr", "project", n, {"how": "zarr", "proposed": True}),
-        ("project zarr cluster +prop", "project", n, {"how": "zarr", "proposed": True, "on-cluster": True}),
+        ("project to_zarr cluster", "project", n, {"how": "to_zarr", "on-cluster": True}),
+        ("project_into zarr cluster", "project", n, {"how": "into", "target": "zarr", "on-cluster": True}),
     ]
     n = 10_000_000
     rows += [
         ("count 1e7", "count", n, {}),
-        ("count 1e7 +prop", "count", n, {"proposed": True}),
-        ("count 1e7 +prop+blas1", "count", n, {"proposed": True, "blas1": True}),
-        ("count 1e7 cluster +prop", "count", n, {"on-cluster": True, "proposed": True}),
+        ("count 1e7 +blas1", "count", n, {"blas1": True}),
+        ("count 1e7 cluster", "count", n, {"on-cluster": True}),
     ]
     return rows
 
@@ -692,22 +651,23 @@ def table(results: list[dict[str, Any]]) -> list[str]:
         elif r["contender"] in ("a_loop", "b_cryotypes"):
             ref[r["contender"][0]] = r["rate"]
     lines = [
-        "| contender | N | chunk | M particle-tilts/s | s | vs (c) | vs (a) | vs (b) | of copy BW "
-        "| peak RSS | other load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| contender | N | chunk | M particle-tilts/s | s | graph ms | vs (c) | vs (a) | vs (b) "
+        "| of copy BW | peak RSS | other load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         if r["contender"] == "copy":
             lines.append(
-                f"| copy 1 GiB (np.copyto) | | | | {r['seconds']:.3f} | | | | "
+                f"| copy 1 GiB (np.copyto) | | | | {r['seconds']:.3f} | | | | | "
                 f"{r['bandwidth'] / 1e9:.1f} GB/s | {fmt_bytes(r['peak_rss'])} | {100 * r['other_load']:.0f}% |"
             )
             continue
         ref = base.get(r["n"], {})
         ratios = [f"{r['rate'] / ref[k]:.2f}x" if k in ref else "" for k in "cab"]
         chunk = f"{r['chunk']:.0e}" if r["contender"] in ("project", "count") else ""
+        graph = f"{1e3 * r['build']:.0f}" if "build" in r else ""
         lines.append(
-            f"| {r['label']} | {r['n']:.0e} | {chunk} | {r['rate'] / 1e6:.0f} | {r['seconds']:.3f} | "
+            f"| {r['label']} | {r['n']:.0e} | {chunk} | {r['rate'] / 1e6:.0f} | {r['seconds']:.3f} | {graph} | "
             + " | ".join(ratios)
             + f" | {100 * r['bw_fraction']:.0f}% | {fmt_bytes(r['peak_rss'])} | {100 * r['other_load']:.0f}% |"
         )
@@ -780,7 +740,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunk", type=int, default=100_000, help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="float64", help=argparse.SUPPRESS)
     p.add_argument("--how", default="store", help=argparse.SUPPRESS)
-    p.add_argument("--proposed", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--target", default="numpy", help=argparse.SUPPRESS)
     p.add_argument("--blas1", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--on-cluster", dest="on_cluster", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)

@@ -367,6 +367,12 @@ def test_local_cluster_equals_threaded(poses: xr.Dataset, tilt_model: pd.DataFra
         distributed.Client(cluster) as client,
     ):
         remote, remote_counts = client.compute([projected.data, counts.data], sync=True)
+        from cryoxr.projection import project_into
+
+        with pytest.raises(InvalidValueError, match="pass a zarr array"):
+            project_into(
+                np.empty((1000, 41, 2)), poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE
+            )
     np.testing.assert_array_equal(remote, local)
     np.testing.assert_array_equal(remote_counts, local_counts)
 
@@ -405,3 +411,14 @@ def test_project_into_checks_the_target(poses: xr.Dataset, tilt_model: pd.DataFr
     with raise_if_dask_computes():
         lazy = project_into(np.empty((1000, 41, 2)), poses, tilt_model, compute=False, chunks=100, **kwargs)
     assert lazy.shape == (10,)
+
+
+def test_project_into_refuses_numpy_targets_on_other_processes(
+    poses: xr.Dataset, tilt_model: pd.DataFrame
+) -> None:
+    """Each process would write into its own copy: silent loss, so it is refused."""
+    from cryoxr.projection import project_into
+
+    kwargs = {"tomogram_dimensions": DIMS, "tilt_image_center": CENTRE}
+    with dask.config.set(scheduler="processes"), pytest.raises(InvalidValueError, match="pass a zarr array"):
+        project_into(np.empty((1000, 41, 2)), poses, tilt_model, **kwargs)

@@ -218,7 +218,10 @@ def _kernel_inputs(
 def _chunked(arr: Any, chunks: tuple[int, ...]) -> da.Array:
     if isinstance(arr, da.Array):
         return arr.rechunk({0: chunks})
-    return da.from_array(np.asarray(arr), chunks=(chunks, *tuple(-1 for _ in range(np.ndim(arr) - 1))))
+    # a random name: tokenizing would hash the whole array (~18 ms per 24 MB) on every call
+    return da.from_array(
+        np.asarray(arr), chunks=(chunks, *tuple(-1 for _ in range(np.ndim(arr) - 1))), name=False
+    )
 
 
 def _particle_chunks(poses: xr.Dataset, chunks: int | None) -> tuple[int, ...]:
@@ -358,6 +361,16 @@ def _project_into_block(
     return np.array([n], dtype=np.int64)
 
 
+def _scheduler_ships_tasks() -> bool:
+    """Whether the active dask scheduler runs tasks in other processes (copies of the target)."""
+    import dask.base
+    import dask.multiprocessing
+
+    get = dask.base.get_scheduler()
+    owner = getattr(get, "__self__", None)
+    return get is dask.multiprocessing.get or type(owner).__name__ == "Client"
+
+
 def project_into(
     out: Any,
     poses: xr.Dataset,
@@ -418,6 +431,11 @@ def project_into(
         raise InvalidValueError(f"project_into: out must have shape {(n, t_max, 2)}, found {shape}")
     if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
         raise InvalidValueError(f"project_into: out must be float64 or float32, found {dtype}")
+    if isinstance(out, np.ndarray) and _scheduler_ships_tasks():
+        raise InvalidValueError(
+            "project_into: a numpy or memmap target is written only in this process; the active dask "
+            "scheduler runs tasks elsewhere (processes or dask.distributed): pass a zarr array instead"
+        )
     pchunks = _particle_chunks(poses, chunks)
     starts = np.cumsum((0, *pchunks[:-1])).astype(np.int64)
     written = da.blockwise(

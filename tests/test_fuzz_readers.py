@@ -665,7 +665,6 @@ def test_fuzz_star_particles(seeds: dict[str, Any], seed: int, ops: list[Any], d
     done(folder)
 
 
-@pytest.mark.xfail(reason="relion.py escapes (a file name too long: OSError), fix pending", strict=False)
 @fuzz_settings(250, 2000)
 @given(which=st.integers(0, 1), ops=text_ops)
 def test_fuzz_star_tilt_series(seeds: dict[str, Any], which: int, ops: list[Any]) -> None:
@@ -888,3 +887,45 @@ def test_pinned_pixel_spacing_override_with_broken_level_0_scale(seeds: dict[str
     _edit_json(path / "zarr.json", edit)
     with pytest.raises(CryoxrError, match=path.name):
         ome_zarr.read_ome_zarr(path, level=1, pixel_spacing=2.0)
+
+
+def _relion_ts_copy(seeds: dict[str, Any]) -> tuple[Path, Path]:
+    folder = fresh_dir(seeds, "pinned")
+    shutil.copytree(seeds["star_tilt_series"], folder, dirs_exist_ok=True)
+    tilt_series = next(p for p in folder.rglob("*.star") if p.name != "tomograms.star")
+    return folder / "tomograms.star", tilt_series
+
+
+def test_pinned_relion_tilt_series_escapes(seeds: dict[str, Any]) -> None:
+    tomograms, tilt_series = _relion_ts_copy(seeds)
+    good = tomograms.read_text()
+    assert good.rstrip().endswith("tilt_series/TS_01.star 1.35")
+    # a tilt-series file name longer than the OS allows: OSError (ENAMETOOLONG) from Path.exists
+    tomograms.write_text(good.replace("tilt_series/TS_01.star", "9" * 300))
+    with pytest.raises(CryoxrError, match=r"tomograms\.star.*rlnTomoTiltSeriesStarFile"):
+        relion.read_relion_tilt_series(tomograms)
+    # a pixel size <= 0: InvalidValueError from make_projection_model, naming no file
+    tomograms.write_text(good.replace("TS_01.star 1.35", "TS_01.star -1"))
+    with pytest.raises(CryoxrError, match=r"tomograms\.star.*rlnTomoTiltSeriesPixelSize"):
+        relion.read_relion_tilt_series(tomograms)
+    # a pixel size so small that shifts in pixels overflow: RuntimeWarning, then an unnamed error
+    tomograms.write_text(good.replace("TS_01.star 1.35", "TS_01.star 1e-320"))
+    with pytest.raises(CryoxrError, match=tilt_series.name):
+        relion.read_relion_tilt_series(tomograms)
+    # a tilt series with no tilts: an InvalidValueError naming no file
+    tomograms.write_text(good)
+    lines = tilt_series.read_text().splitlines()
+    last_label = max(i for i, line in enumerate(lines) if line.startswith("_"))
+    tilt_series.write_text("\n".join(lines[: last_label + 1]) + "\n")
+    with pytest.raises(CryoxrError, match=tilt_series.name):
+        relion.read_relion_tilt_series(tomograms)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pinned_relion_tiny_pixel_size(seeds: dict[str, Any], seed: int) -> None:
+    """A pixel size of 1e-320 Å: origins (and RELION 5 coordinates) / px overflowed with a RuntimeWarning."""
+    data, sizes = seeds["star_particles"][seed]
+    path = fresh_dir(seeds, "pinned") / "p.star"
+    path.write_bytes(data.replace(b"opticsGroup1 1.35", b"opticsGroup1 1e-320"))
+    with pytest.raises(CryoxrError, match=r"p\.star, data_particles, row 1, column rln\w+"):
+        relion.read_relion_particles(path, tomograms=sizes)

@@ -154,6 +154,14 @@ TomogramsInput = str | os.PathLike[str] | pd.DataFrame | Mapping[str, Sequence[f
 # ----------------------------------------------------------------------------- helpers
 
 
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False for names the OS refuses (too long: ENAMETOOLONG; a NUL byte)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _resolve(reference: Path, name: str, root: Path | None = None) -> Path:
     """A path named inside ``reference``: its folder, then the folder's ancestors, then cwd.
 
@@ -166,20 +174,36 @@ def _resolve(reference: Path, name: str, root: Path | None = None) -> Path:
         if candidate.is_absolute():
             return candidate
         for base in (folder, *folder.parents):
-            if (base / candidate).exists():
+            if _exists(base / candidate):
                 return base / candidate
-        if candidate.exists():
+        if _exists(candidate):
             return candidate.resolve()
         return folder / candidate
     fence = root.resolve()
     bases = [b for b in (folder, *folder.parents) if b.is_relative_to(fence)]
     options = [candidate] if candidate.is_absolute() else [b / candidate for b in bases]
     for option in options:
-        if option.exists() and option.resolve().is_relative_to(fence):
+        if _exists(option) and option.resolve().is_relative_to(fence):
             return option.resolve()
-    escaped = [str(o) for o in options if o.exists()]
+    escaped = [str(o) for o in options if _exists(o)]
     where = f"it resolves to {escaped[0]!r}, outside" if escaped else "it is not found inside"
     raise FormatError(f"{reference}: path {name!r}: {where} the allowed root {str(fence)!r}")
+
+
+def _in_pixels(
+    path: Path, block: str, labels: Sequence[str], angstrom: np.ndarray, px: float, px_label: str
+) -> np.ndarray:
+    """``angstrom / px`` for (n, k) columns ``labels``; a non-finite quotient names row and column."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        pixels = np.asarray(angstrom, dtype=np.float64) / px
+    bad = ~np.isfinite(pixels)
+    if bad.any():
+        row, col = np.argwhere(bad.reshape(len(pixels), -1))[0]
+        raise FormatError(
+            f"{path}, data_{block}, row {int(row) + 1}, column {labels[col]}: expected a finite number of "
+            f"pixels, found {float(angstrom.reshape(len(pixels), -1)[row, col])!r} Å / {px_label} {px!r} Å"
+        )
+    return pixels
 
 
 def _finite(path: Path, block: str, table: pd.DataFrame, labels: Sequence[str]) -> np.ndarray:
@@ -454,7 +478,9 @@ def read_relion_particles(
             )
         sizes = _tomogram_sizes(tomograms, str(path))
         per_particle = _sizes_per_particle(sizes, np.broadcast_to(np.asarray(ids), (n,)), str(path))
-        position = coordinates / px + per_particle / 2.0
+        position = (
+            _in_pixels(path, block.name, coordinate_labels, coordinates, px, px_label) + per_particle / 2.0
+        )
         used = set(pd.unique(np.asarray(ids).reshape(-1)).tolist())
         attrs_sizes = {k: [float(x) for x in v] for k, v in sizes.items() if k in used}
     else:
@@ -475,7 +501,7 @@ def read_relion_particles(
         pre = _rotation_from_relion(_finite(path, block.name, table, SUBTOMOGRAM_ANGLE_LABELS))
         quaternions = np.asarray((pre * Rotation.from_quat(quaternions)).as_quat()).reshape(n, 4)
         origin = pre.apply(origin).reshape(n, 3)
-    shift = -origin / px + 0.0  # no -0.0
+    shift = -_in_pixels(path, block.name, ORIGIN_LABELS, origin, px, px_label) + 0.0  # no -0.0
     modelled = {*coordinate_labels, *origin_labels, *angle_labels}
     if experiment_label is not None:
         modelled.add(experiment_label)
@@ -801,6 +827,12 @@ def read_relion_tilt_series(
         if label not in table.columns:
             raise FormatError(f"{path}, data_global: expected a column {label}, found {list(table.columns)}")
     pixel_sizes = _finite(path, global_block.name, table, ["rlnTomoTiltSeriesPixelSize"])[:, 0]
+    if (pixel_sizes <= 0).any():
+        row = int(np.argmax(pixel_sizes <= 0))
+        raise FormatError(
+            f"{path}, data_{global_block.name}, row {row + 1}, column rlnTomoTiltSeriesPixelSize: expected a "
+            f"positive pixel size, found {float(pixel_sizes[row])!r}"
+        )
     has_sizes = all(label in table.columns for label in TOMOGRAM_SIZE_LABELS)
     sizes = _finite(path, global_block.name, table, TOMOGRAM_SIZE_LABELS) if has_sizes else None
     models: list[pd.DataFrame] = []
@@ -813,7 +845,7 @@ def read_relion_tilt_series(
         if "rlnTomoTiltSeriesStarFile" in table.columns:
             star_name = str(table["rlnTomoTiltSeriesStarFile"].iloc[row])
             ts_path = _resolve(path, star_name, None if root is None else Path(root))
-            if not ts_path.is_file():
+            if not (_exists(ts_path) and ts_path.is_file()):
                 raise CryoxrFileNotFoundError(
                     f"{path}, data_global, row {row + 1}, rlnTomoTiltSeriesStarFile: {star_name!r} not found "
                     f"(looked in {path.resolve().parent}, its parent folders and the current directory)"
@@ -823,6 +855,8 @@ def read_relion_tilt_series(
             star_name, ts_path, ts_blocks = None, path, blocks
         ts_block = _tilt_series_block(ts_path, ts_blocks, name)
         ts = ts_block.table
+        if len(ts) == 0:
+            raise FormatError(f"{ts_path}, data_{ts_block.name}: expected at least one tilt row, found none")
         if sizes is not None:
             dims[name] = [float(v) for v in sizes[row]]
             specimen[name] = [float(v // 2) for v in sizes[row]]
@@ -837,9 +871,12 @@ def read_relion_tilt_series(
             image_centre[name] = [float(v) for v in centre]
         if all(label in ts.columns for label, _ in TILT_ALIGNMENT_LABELS.values()):
             values = {
-                column: _finite(ts_path, ts_block.name, ts, [label])[:, 0] / (px if scaled else 1.0)
+                column: _in_pixels(
+                    ts_path, ts_block.name, [label], _finite(ts_path, ts_block.name, ts, [label]),
+                    px if scaled else 1.0, "rlnTomoTiltSeriesPixelSize" if scaled else "1",
+                )[:, 0]
                 for column, (label, scaled) in TILT_ALIGNMENT_LABELS.items()
-            }
+            }  # fmt: skip
             modelled = {label for label, _ in TILT_ALIGNMENT_LABELS.values()}
         elif all(label in ts.columns for label in PROJECTION_ROW_LABELS):
             if sizes is None or centre is None:

@@ -16,7 +16,11 @@ corrupt or missing chunks) and checks the contract of issue 8:
 
 The normal suite runs a few hundred derandomized examples per reader (reproducible in CI).
 ``CRYOXR_FUZZ_LONG=1`` runs thousands per reader, randomized (hypothesis prints the
-failing example and its ``@reproduce_failure`` blob).
+failing example and its ``@reproduce_failure`` blob). (A ``--fuzz-long`` option would need
+a conftest hook; the environment variable needs none.) For surveying a reader rather than
+testing it, ``CRYOXR_FUZZ_COLLECT=escapes.json`` notes every escape there (with its input
+and traceback) instead of failing, and ``CRYOXR_FUZZ_STATS=stats.json`` writes the error
+classes each reader raised.
 """
 
 from __future__ import annotations

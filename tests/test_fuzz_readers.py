@@ -831,6 +831,8 @@ PINNED_ZARR: dict[str, tuple[int, str, Callable[[Any], None] | bytes]] = {
     ),
     # a unit that is a list: TypeError (unhashable) looking it up
     "unit a list": (0, "zarr.json", _set(["attributes", "ome", "multiscales", 0, "axes", 0, "unit"], [])),
+    # a chunk size of 0: ZeroDivisionError from dask (normalize_chunks) or zarr (indexing)
+    "chunk size 0": (0, "0/zarr.json", _set(["chunk_grid", "configuration", "chunk_shape"], [0, 2, 2])),
     # fill_value 1e308 in a float16 array: RuntimeWarning (overflow) from zarr
     "fill value overflow": (2, "0/zarr.json", _set(["fill_value"], 1e308)),
 }
@@ -844,8 +846,9 @@ def test_pinned_ome_zarr_escapes(seeds: dict[str, Any], case: str) -> None:
         (path / name).write_bytes(edit + (path / name).read_bytes())
     else:
         _edit_json(path / name, edit)
-    with pytest.raises(CryoxrError, match=path.name):
-        _check_image(ome_zarr.read_ome_zarr(path))
+    for chunks in ("auto", None):
+        with pytest.raises(CryoxrError, match=path.name):
+            _check_image(ome_zarr.read_ome_zarr(path, chunks=chunks))
 
 
 @pytest.mark.parametrize("chunks", ["auto", None])

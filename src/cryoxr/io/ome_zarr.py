@@ -390,6 +390,11 @@ def _read_level(
         ) from err
     if not isinstance(array, zarr.Array) or array.ndim != len(names):
         raise FormatError(f"{where}: dataset {path!r} must be an array with {len(names)} dims ({names})")
+    if min(array.chunks, default=1) < 1:
+        raise FormatError(
+            f"{where}: array {path!r} metadata field chunk_shape (v2: chunks): expected sizes >= 1, "
+            f"found {list(array.chunks)}"
+        )
     if max(array.shape) > MAX_AXIS_LENGTH:
         # missing chunks are legal (fill value), so a lying shape costs no disk: refuse it
         # before coordinates and dask's chunk tuples are allocated for it

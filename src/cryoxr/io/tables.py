@@ -181,7 +181,8 @@ def read_numeric_table(
     try:
         frame = pd.read_csv(io.StringIO(text), sep=r"\s+", header=None, dtype=np.float64, engine="c")
         array = frame.to_numpy(dtype=np.float64)
-    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+    except (ValueError, OverflowError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        # (OverflowError: pandas' C parser on a 400-digit integer) the slow pass says what is wrong
         array = None
     ok = (
         array is not None

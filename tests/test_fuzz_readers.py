@@ -154,7 +154,7 @@ def _note_escape(reader: str, err: BaseException) -> None:
     if key not in ESCAPES:
         ESCAPES[key] = {
             "message": str(err)[:300],
-            "input": CURRENT[0][:600],
+            "input": CURRENT[0][:4000],
             "count": 0,
             "trace": [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[-6:]],
         }
@@ -831,6 +831,17 @@ PINNED_ZARR: dict[str, tuple[int, str, Callable[[Any], None] | bytes]] = {
     ),
     # a unit that is a list: TypeError (unhashable) looking it up
     "unit a list": (0, "zarr.json", _set(["attributes", "ome", "multiscales", 0, "axes", 0, "unit"], [])),
+    # an axis of length 0: an InvalidValueError from the Image naming no store
+    "empty axis": (2, "0/zarr.json", _set(["shape"], [4, 5, 0])),
+    # a scale that is a 400-digit integer: OverflowError from float()
+    "huge integer scale": (
+        0,
+        "zarr.json",
+        _set(
+            ["attributes", "ome", "multiscales", 0, "datasets", 0, "coordinateTransformations", 0, "scale"],
+            [10**400] * 3,
+        ),
+    ),
     # a chunk size of 0: ZeroDivisionError from dask (normalize_chunks) or zarr (indexing)
     "chunk size 0": (0, "0/zarr.json", _set(["chunk_grid", "configuration", "chunk_shape"], [0, 2, 2])),
     # fill_value 1e308 in a float16 array: RuntimeWarning (overflow) from zarr

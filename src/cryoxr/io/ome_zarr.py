@@ -257,7 +257,7 @@ def _transform(transforms: Any, kind: str, ndim: int, where: str) -> list[float]
                 raise FormatError(f"{where}: {kind} must list {ndim} numbers, found {values!r}")
             try:
                 return [float(v) for v in values]
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit integer
                 raise FormatError(f"{where}: {kind} must list {ndim} numbers, found {values!r}") from None
     return None
 
@@ -390,6 +390,11 @@ def _read_level(
         ) from err
     if not isinstance(array, zarr.Array) or array.ndim != len(names):
         raise FormatError(f"{where}: dataset {path!r} must be an array with {len(names)} dims ({names})")
+    if min(array.shape, default=1) < 1:
+        raise FormatError(
+            f"{where}: array {path!r} metadata field shape: expected at least one pixel along each axis, "
+            f"found {list(array.shape)}"
+        )
     if min(array.chunks, default=1) < 1:
         raise FormatError(
             f"{where}: array {path!r} metadata field chunk_shape (v2: chunks): expected sizes >= 1, "

@@ -160,3 +160,66 @@ def test_unknown_suffix_lists_known(tmp_path: Path) -> None:
 def test_main_without_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "demo" in capsys.readouterr().out
+
+
+def test_in_process_commands(
+    demo_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same commands through main(), in this process (subprocess runs are not measured by coverage)."""
+    assert main(["info", "--json", str(demo_files["particles"])]) == 0
+    assert json.loads(capsys.readouterr().out)["particles"] == 3_000
+    assert (
+        main(
+            [
+                "convert",
+                str(demo_files["tilt series"]),
+                str(tmp_path / "a.aln"),
+                "--no-progress",
+                "--image-size",
+                "1024",
+                "1024",
+            ]
+        )
+        == 0
+    )
+    assert "wrote" in capsys.readouterr().out
+    out = tmp_path / "p.zarr"
+    assert (
+        main(
+            [
+                "project",
+                "--poses",
+                str(demo_files["particles"]),
+                "--alignment",
+                str(demo_files["tilt series"]),
+                "--image-size",
+                "1024",
+                "1024",
+                "--margin",
+                "8",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert "in field of view per tilt" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "project",
+                "--poses",
+                str(demo_files["particles"]),
+                "--alignment",
+                str(demo_files["imod"]),
+                "--out",
+                str(tmp_path / "q.zarr"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    assert "tomogram size" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "missing.star")]) == 2
+    assert "missing.star" in capsys.readouterr().err

@@ -244,13 +244,13 @@ def _cmd_project(args: argparse.Namespace) -> int:
         if client is not None:
             from distributed import progress
 
-            future = out.to_zarr(tmp, mode="w-", compute=False)
+            future = out.to_zarr(tmp, mode="w-", compute=False, zarr_format=ZARR_FORMAT)
             handle = client.compute(future)
             if not args.no_progress:
                 progress(handle)
             handle.result()
         else:
-            out.to_zarr(tmp, mode="w-")
+            out.to_zarr(tmp, mode="w-", zarr_format=ZARR_FORMAT)
     elapsed = time.perf_counter() - start
     n, t = projected.sizes["particle"], projected.sizes["image"]
     print(f"projected {n:,} particles x {t} tilts in {elapsed:.1f} s -> {args.out}")
@@ -259,6 +259,10 @@ def _cmd_project(args: argparse.Namespace) -> int:
         print(f"in field of view per tilt: min {counts.min():,}, max {counts.max():,}")
     return 0
 
+
+#: zarr format of `cryoxr project` outputs: v2 keeps the string coords (axis labels,
+#: experiment ids) that zarr v3 has no stable data type for yet
+ZARR_FORMAT = 2
 
 COMMANDS = {"demo": _cmd_demo, "info": _cmd_info, "convert": _cmd_convert, "project": _cmd_project}
 

@@ -947,3 +947,15 @@ def test_pinned_relion_tiny_pixel_size(seeds: dict[str, Any], seed: int) -> None
     path.write_bytes(data.replace(b"opticsGroup1 1.35", b"opticsGroup1 1e-320"))
     with pytest.raises(CryoxrError, match=r"p\.star, data_particles, row 1, column rln\w+"):
         relion.read_relion_particles(path, tomograms=sizes)
+
+
+def test_pinned_imod_overflowing_shift(seeds: dict[str, Any]) -> None:
+    """A = 0.1 I, D = 1e308: the shift -A^-1 D overflows to inf, an InvalidValueError naming no file;
+    A of 1e308 entries: det overflows with a RuntimeWarning."""
+    folder = fresh_dir(seeds, "pinned")
+    (folder / "a.tlt").write_text("0.0\n")
+    (folder / "a.xf").write_text("0.1 0 0 0.1 1e308 1e308\n")
+    with pytest.raises(CryoxrError, match=r"a\.xf, line 1"):
+        imod.read_imod_alignment(folder / "a.xf", folder / "a.tlt")
+    (folder / "a.xf").write_text("1e308 1e308 -1e308 1e308 1 1\n")
+    _check_model(imod.read_imod_alignment(folder / "a.xf", folder / "a.tlt"))

@@ -229,7 +229,8 @@ def read_imod_alignment(
     n = table.shape[0]
     a = table[:, :4].reshape(n, 2, 2)
     d = table[:, 4:6]
-    det = np.linalg.det(a)
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e308 entries: det is inf, not a warning
+        det = np.linalg.det(a)
     singular = ~(np.abs(det) > 1e-12)
     if singular.any():
         row = int(np.argmax(singular))
@@ -250,7 +251,15 @@ def read_imod_alignment(
             )
     else:
         xtilts = np.zeros(n)
-    shifts = -np.linalg.solve(a, d[:, :, None])[:, :, 0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        shifts = -np.linalg.solve(a, d[:, :, None])[:, :, 0]
+    overflow = ~np.isfinite(shifts).all(axis=1)
+    if overflow.any():
+        row = int(np.argmax(overflow))
+        raise FormatError(
+            f"{xf_path}, line {row + 1}: expected A11 A12 A21 A22 DX DY giving a finite shift -A^-1 (DX, DY), "
+            f"found {shifts[row].tolist()}"
+        )
     centers = imod_centers(image_size, tomogram_dimensions)
     df = make_projection_model(
         rotation_x=XTILT_SIGN[xtilt_convention] * (xtilts - float(x_axis_tilt)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -69,3 +70,18 @@ def poses(rng: np.random.Generator) -> xr.Dataset:
 def poses_twin(request: pytest.FixtureRequest, rng: np.random.Generator) -> xr.Dataset:
     """The same poses eager and chunked (chunks of 300 particles)."""
     return random_poses(rng, 1000, chunks=None if request.param == "numpy" else 300)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz-long",
+        action="store_true",
+        default=False,
+        help="run the reader fuzzing with thousands of examples (same as CRYOXR_FUZZ_LONG=1)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # set before collection: tests/test_fuzz_readers.py reads it at import
+    if config.getoption("--fuzz-long", default=False):
+        os.environ["CRYOXR_FUZZ_LONG"] = "1"

@@ -321,6 +321,7 @@ def run_demo(
     def _extract() -> float:
         sub = project(sample, model, tomogram_dimensions=dims, tilt_image_center=centre)
         points = np.asarray(sub.values)
+        sub = sub.copy(data=points)  # extraction and the figure reuse these values, not the graph
         tilt_series = Image.from_array(
             render_tilt_series(points, tilt_shape, seed=seed),
             stack=True,

@@ -160,6 +160,7 @@ def make_relion5_file(path: Path, n: int, *, seed: int = 0) -> None:
 
 
 def run(task: str, path: Path, out: Path) -> dict[str, float]:
+    """Run ``task`` once in a fresh subprocess."""
     code = CHILD % {"n_tomograms": N_TOMOGRAMS}
     done = subprocess.run(
         [sys.executable, "-c", code, task, str(path), str(out)], capture_output=True, text=True, check=False
@@ -169,6 +170,11 @@ def run(task: str, path: Path, out: Path) -> dict[str, float]:
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     out.unlink(missing_ok=True)
     return result
+
+
+def median_run(results: list[dict[str, float]]) -> dict[str, float]:
+    """The run with the median wall time."""
+    return sorted(results, key=lambda r: r["seconds"])[len(results) // 2]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,6 +190,12 @@ def main(argv: list[str] | None = None) -> None:
         "--unpadded",
         action="store_true",
         help="read a single-space separated copy (as cryoxr writes it) instead of the RELION-padded file",
+    )
+    parser.add_argument(
+        "--tasks", nargs="*", choices=[label for label, _, _ in TASKS], help="only these tasks (default: all)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="fresh subprocesses per measurement; the median is reported"
     )
     args = parser.parse_args(argv)
     sizes = args.rows or ([100_000] if args.quick else [1_000_000, 10_000_000])
@@ -205,19 +217,23 @@ def main(argv: list[str] | None = None) -> None:
             f"\n{n:,} rows: {path.stat().st_size / 2**20:.0f} MiB RELION 5 file ({kind}) made in "
             f"{time.perf_counter() - t0:.1f} s"
         )
-        measured: dict[str, dict[str, float]] = {}
-        for _, baseline, ours in TASKS:
-            for task in (baseline, ours):
-                if task in measured or (task.startswith("starfile") and n > args.baseline_max_rows):
-                    continue
-                measured[task] = run(task, path, folder / f"out_{n}.star")
+        tasks = [t for t in TASKS if not args.tasks or t[0] in args.tasks]
+        runs: dict[str, list[dict[str, float]]] = {}
+        for repeat in range(args.repeats):  # interleaved, so that load changes hit every tool alike
+            for _, baseline, ours in tasks:
+                for task in (baseline, ours):
+                    if task.startswith("starfile") and n > args.baseline_max_rows:
+                        continue
+                    if len(runs.setdefault(task, [])) <= repeat:
+                        runs[task].append(run(task, path, folder / f"out_{n}.star"))
+        measured = {task: median_run(results) for task, results in runs.items()}
         header = (
             f"{'task':<18}{'tool':<22}{'time s':>8}{'cpu s':>7}{'rows/s':>11}{'peak MiB':>9}{'+MiB':>7}"
             f"{'time x':>7}{'cpu x':>6}{'mem x':>6}"
         )
         print(header)
         print("-" * len(header))
-        for label, baseline, ours in TASKS:
+        for label, baseline, ours in tasks:
             base = measured.get(baseline)
             for task in (baseline, ours):
                 if task not in measured:

@@ -200,12 +200,12 @@ def test_long_body_over_chunks(tmp_path: Path) -> None:
     )
     from cryoxr.io import _star
 
-    old = _star._BodyReader.chunk_size
-    _star._BodyReader.chunk_size = 1 << 16
+    old = _star._BodyScanner.piece_bytes
+    _star._BodyScanner.piece_bytes = 1 << 16
     try:
         blocks = read_star(path)
     finally:
-        _star._BodyReader.chunk_size = old
+        _star._BodyScanner.piece_bytes = old
     pd.testing.assert_frame_equal(blocks["particles"].table, df, check_dtype=False)
     assert blocks["after"].table.rlnA.tolist() == [3]
 
@@ -243,3 +243,66 @@ def test_round_trip_hypothesis(tmp_path: Path, data: st.DataObject, n: int) -> N
         )
     else:
         assert len(back.table) == 0
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.data(),
+    n_rows=st.integers(1, 40),
+    piece_bytes=st.sampled_from([1, 7, 64, 1 << 16]),
+    final_newline=st.booleans(),
+)
+def test_padded_bodies_over_pieces(
+    tmp_path: Path, data: st.DataObject, n_rows: int, piece_bytes: int, final_newline: bool
+) -> None:
+    """Any mix of blank runs, tabs, leading/trailing blanks and blank lines, cut into pieces
+    anywhere (even inside a line: pieces always end on a line), reads as the values."""
+    from cryoxr.io import _star
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    names = np.char.add("TS_", rng.integers(0, 100, n_rows).astype(str))
+    angles = np.round(rng.uniform(-180, 180, n_rows), 6)
+    classes = rng.integers(-5, 50, n_rows)
+    blanks = st.text(alphabet=" \t", min_size=1, max_size=6)
+    lines = []
+    for i in range(n_rows):
+        lead = data.draw(st.text(alphabet=" \t", max_size=4))
+        gaps = [data.draw(blanks) for _ in range(2)]
+        trail = data.draw(st.text(alphabet=" \t", max_size=4))
+        lines.append(f"{lead}{names[i]}{gaps[0]}{float(angles[i])!r}{gaps[1]}{classes[i]}{trail}")
+        if data.draw(st.booleans()):
+            lines.append(data.draw(st.text(alphabet=" \t", max_size=3)))  # a blank line
+    body = "\n".join(lines) + ("\n" if final_newline else "")
+    text = f"data_particles\n\nloop_\n_rlnTomoName #1\n_rlnAngleRot #2\n_rlnClassNumber #3\n{body}"
+    if final_newline:
+        text += "\ndata_after\n\n_rlnA 3\n"
+    path = tmp_path / "padded.star"
+    path.write_text(text)
+    old = _star._BodyScanner.piece_bytes
+    _star._BodyScanner.piece_bytes = piece_bytes
+    try:
+        blocks = read_star(path)
+    finally:
+        _star._BodyScanner.piece_bytes = old
+    table = blocks["particles"].table
+    assert table.rlnTomoName.tolist() == names.tolist()
+    np.testing.assert_array_equal(table.rlnAngleRot.to_numpy(), angles)
+    np.testing.assert_array_equal(table.rlnClassNumber.to_numpy(), classes)
+    if final_newline:
+        assert blocks["after"].table.rlnA.tolist() == [3]
+
+
+def test_ragged_row_in_a_later_piece_is_named(tmp_path: Path) -> None:
+    """A bad row found by a worker parsing a later piece is still reported by its line."""
+    from cryoxr.io import _star
+
+    rows = "".join(f"  TS_{i}   {i}.5\n" for i in range(500))
+    path = tmp_path / "ragged.star"
+    path.write_text(f"data_p\n\nloop_\n_rlnTomoName #1\n_rlnAngleRot #2\n{rows}  TS_x 1.0 2.0\n{rows}")
+    old = _star._BodyScanner.piece_bytes
+    _star._BodyScanner.piece_bytes = 256
+    try:
+        with pytest.raises(FormatError, match=r"ragged\.star, line 506: expected 2 values"):
+            read_star(path)
+    finally:
+        _star._BodyScanner.piece_bytes = old

@@ -12,8 +12,8 @@ float, else text). Rows are never touched one by one in Python:
 - reading: only the header lines are walked in Python; each loop body is handed in one
   piece to pyarrow's multi-threaded CSV parser with the known column names and types.
   Bodies padded with runs of blanks (RELION's own alignment) are first squeezed to single
-  spaces with vectorised numpy byte operations, so a RELION file and a file written by
-  cryoxr parse the same way. Runs of blanks *inside* a quoted value are squeezed too.
+  spaces with vectorised numpy byte operations (one compress per chunk), so a RELION
+  file and a file written by cryoxr parse the same way. Runs of blanks *inside* a quoted value are squeezed too.
 - writing: every column is formatted at once (pyarrow casts; floats in the shortest form
   that reads back to the same float64) and the rows are joined in pyarrow, in chunks of
   :data:`WRITE_CHUNK_ROWS` rows, so memory stays bounded.
@@ -48,8 +48,12 @@ TS_02 -3.5
 
 from __future__ import annotations
 
+import contextlib
+import io
+import mmap
 import os
 import re
+import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -185,6 +189,9 @@ LABEL_TYPES: dict[str, str] = {
 #: rows formatted per pyarrow call when writing (bounds the writer's memory)
 WRITE_CHUNK_ROWS = 1 << 18
 
+#: Worker threads that clean and parse the pieces of a loop body (one per core, at most 4).
+STAR_THREADS = max(1, min(4, os.cpu_count() or 1))
+
 _ARROW_TYPES = {"float": pa.float64(), "int": pa.int64(), "str": pa.string()}
 _KIND_NAMES = {"float": "a number", "int": "an integer"}
 _TOKEN = re.compile(r'"[^"]*"|\S+')
@@ -222,131 +229,180 @@ def _fail(path: Path, line: int, message: str) -> FormatError:
     return FormatError(f"{path}, line {line}: {message}")
 
 
-def _squeeze_blanks(chunk: bytes | memoryview) -> bytes:
-    """Runs of blanks -> one space; no blanks at line starts or ends (vectorised)."""
-    a = np.frombuffer(chunk, dtype=np.uint8)
-    blank = a == 32
-    blank |= a == 9
-    next_sep = np.empty_like(blank)
-    next_sep[:-1] = blank[1:]
-    next_sep[:-1] |= a[1:] == 10
-    next_sep[-1:] = True
-    # keep non-blanks, and the last blank of a run unless it ends the line
-    out = a[~(blank & next_sep)]
-    lead = np.empty(out.shape, dtype=bool)
-    lead[:1] = True
-    lead[1:] = out[:-1] == 10
-    lead &= (out == 32) | (out == 9)
-    out = out[~lead]
-    out[out == 9] = 32
-    return out.tobytes()
+_scratch = threading.local()
 
 
-def _clean_chunk(chunk: bytes, cut: int, lines: int, n_columns: int) -> bytes | memoryview:
-    """``chunk[:cut]`` (whole body lines) as single-space separated lines.
+def _scratch_masks(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two reusable boolean buffers of ``size`` for this thread (no fresh pages per piece)."""
+    masks: tuple[np.ndarray, np.ndarray] | None = getattr(_scratch, "masks", None)
+    if masks is None or masks[0].size < size:
+        masks = (np.empty(size, dtype=bool), np.empty(size, dtype=bool))
+        _scratch.masks = masks
+    return masks[0][:size], masks[1][:size]
 
-    Cheap single-byte scans decide: ``n_columns - 1`` spaces per line and no tab means the
-    lines are clean already (returned without a copy; a line that is still ragged fails in
-    the parser and is diagnosed there); tabs only means tab-separated (e.g. ``starfile``'s
-    output); anything else is squeezed.
+
+def _clean_piece(piece: memoryview, n_columns: int) -> tuple[memoryview, int, bool]:
+    """``piece`` (whole body lines) as single-space separated lines; also its newline
+    count and whether it holds a carriage return.
+
+    Single-byte scans decide: ``n_columns - 1`` blanks per line and none leading means
+    the lines are clean already (returned without a copy; a line that is still ragged
+    fails in the parser and is diagnosed there). Otherwise runs of blanks become one
+    space (tabs count as blanks) and blanks at either end of a line become newlines,
+    i.e. empty lines, which the parser skips: one compress per piece.
     """
-    has_tab = chunk.find(b"\t", 0, cut) >= 0
-    spaces = chunk.count(b" ", 0, cut)
-    if not has_tab and spaces == lines * (n_columns - 1) and chunk[:1] != b" ":
-        return memoryview(chunk)[:cut]
-    if not spaces and chunk.count(b"\t", 0, cut) == lines * (n_columns - 1):
-        return chunk[:cut].replace(b"\t", b" ")
-    return _squeeze_blanks(memoryview(chunk)[:cut])
+    a = np.frombuffer(piece, dtype=np.uint8)
+    if not a.size:
+        return piece, 0, False
+    first, second = _scratch_masks(a.size)
+    lines = int(np.count_nonzero(np.equal(a, 10, out=first)))
+    carriage_return = bool(np.equal(a, 13, out=first).any())
+    tabs = bool(np.equal(a, 9, out=first).any())
+    if tabs:
+        a = np.where(first, np.uint8(32), a)
+    blank = np.equal(a, 32, out=first)
+    if a[0] != 32 and np.count_nonzero(blank) == lines * (n_columns - 1):
+        return (a.data if tabs else piece), lines, carriage_return
+    keep = second
+    np.logical_and(blank[:-1], blank[1:], out=keep[:-1])  # a blank followed by a blank goes
+    np.logical_not(keep[:-1], out=keep[:-1])
+    keep[-1] = True
+    out = a[keep]
+    # newlines are sparse: look at the bytes on either side of each one only
+    newlines = np.flatnonzero(out == 10)
+    edges = np.concatenate([newlines - 1, newlines + 1, [0, out.size - 1]])
+    edges = edges[(edges >= 0) & (edges < out.size)]
+    out[edges[out[edges] == 32]] = 10
+    return out.data, lines, carriage_return
 
 
-def _line_start(chunk: bytes, marker: bytes, cut: int) -> int:
-    """Offset of the first line of ``chunk[:cut]`` that starts with ``marker``, or -1."""
-    i = chunk.find(marker, 0, cut)
-    while i > 0 and chunk[i - 1] != 10:
-        i = chunk.find(marker, i + 1, cut)
-    return i
+class _BodyScanner:
+    """One loop body as pieces of whole lines, up to the next line starting with
+    ``data_`` or ``#`` (or the end of the file), over a read-only memory map of the file.
 
-
-class _BodyReader:
-    """File-like view of one loop body: whole lines, cleaned chunk by chunk, up to the
-    next line starting with ``data_`` or ``#`` (or the end of the file).
-
-    A worker thread reads and cleans the next chunk (numpy releases the GIL) while
-    pyarrow parses the previous ones; clean chunks are handed over without a copy, and
-    the file is never held in memory whole.
+    Only line boundaries are found here (``find``/``rfind`` on the map); counting,
+    cleaning and parsing a piece is :func:`_parse_piece`'s job, on a worker thread.
+    Nothing is copied out of the page cache before it is cleaned.
     """
 
-    chunk_size = 1 << 24
+    piece_bytes = 1 << 24
 
-    def __init__(self, handle: IO[bytes], start: int, n_columns: int) -> None:
-        self._handle = handle
-        self._n_columns = n_columns
-        self._pieces: deque[memoryview] = deque()
-        self._offset = 0  # into the first piece
-        self._position = start  # file offset of the next read
+    def __init__(self, handle: IO[bytes], start: int) -> None:
+        self._map: mmap.mmap | None = None
+        try:
+            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            self._data: mmap.mmap | bytes = self._map
+            self._base = 0  # file offset of self._data[0]
+        except (OSError, ValueError, io.UnsupportedOperation):  # empty file, pipe, in-memory
+            handle.seek(start)
+            self._data = handle.read()
+            self._base = start
+        self._size = len(self._data)
+        self._position = start - self._base
         self.start = start  # file offset of the body
         self.stop = start  # file offset just past the body (valid once finished)
-        self.lines = 0  # newlines inside the body
-        self.has_rows = False
-        self.carriage_return = False
-        self.finished = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryoxr-star")
-        self._future: Future[tuple[bytes | memoryview, bool]] = self._executor.submit(self._produce)
+        self.finished = self._position >= self._size
 
-    closed = False
-
-    def readable(self) -> bool:
-        return True
-
-    def _produce(self) -> tuple[bytes | memoryview, bool]:
-        """Read and clean the next piece of whole lines; (cleaned, body finished)."""
-        size, cut, at_end, chunk = self.chunk_size, 0, True, b""
-        while True:
-            self._handle.seek(self._position)
-            chunk = self._handle.read(size)
-            cut = chunk.rfind(b"\n") + 1
-            at_end = len(chunk) < size
-            if cut == 0 and not at_end:
-                size *= 2  # a line longer than a chunk
-                continue
-            if cut == 0:
-                cut = len(chunk)  # the last line, without a newline (or nothing left)
-            break
-        last = at_end and cut == len(chunk)
-        ends = [i for i in (_line_start(chunk, b"data_", cut), _line_start(chunk, b"#", cut)) if i >= 0]
+    def next_piece(self) -> memoryview:
+        """The next piece of whole lines (the last line may lack its newline)."""
+        data, position = self._data, self._position
+        end = min(position + self.piece_bytes, self._size)
+        cut = self._size
+        if end < self._size:
+            cut = data.rfind(b"\n", position, end) + 1
+            if cut == 0:  # a line longer than a piece
+                cut = data.find(b"\n", end) + 1 or self._size
+        ends = [i for i in (self._line_start(b"data_", cut), self._line_start(b"#", cut)) if i >= 0]
+        self.finished = cut >= self._size
         if ends:
-            cut, last = min(ends), True
-        self._position += cut
-        self.stop = self._position
-        lines = chunk.count(b"\n", 0, cut)
-        self.lines += lines
-        if chunk.find(b"\r", 0, cut) >= 0:
-            self.carriage_return = True
-        cleaned = _clean_chunk(chunk, cut, lines, self._n_columns) if cut else b""
-        if not self.has_rows and re.search(rb"\S", cleaned):
-            self.has_rows = True
-        return cleaned, last
+            cut, self.finished = min(ends), True
+        self._position = cut
+        self.stop = cut + self._base
+        return memoryview(data)[position:cut]
 
-    def read(self, size: int = -1) -> memoryview | bytes:
-        while not self._pieces and not self.finished:
-            cleaned, self.finished = self._future.result()
-            if not self.finished:
-                self._future = self._executor.submit(self._produce)
-            if len(cleaned):
-                self._pieces.append(memoryview(cleaned))
-        if not self._pieces:
-            return b""
-        piece = self._pieces[0]
-        out = piece[self._offset :] if size < 0 else piece[self._offset : self._offset + size]
-        self._offset += len(out)
-        if self._offset >= len(piece):
-            self._pieces.popleft()
-            self._offset = 0
-        return out  # a short read: pyarrow asks again
+    def _line_start(self, marker: bytes, cut: int) -> int:
+        """Offset of the first line in ``[position, cut)`` that starts with ``marker``, or -1."""
+        data, position = self._data, self._position
+        i = data.find(marker, position, cut)
+        while i > position and data[i - 1] != 10:
+            i = data.find(marker, i + 1, cut)
+        return i
 
     def close(self) -> None:
-        self.closed = True
-        self._executor.shutdown(wait=True)
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a view is still alive: the GC unmaps it
+                self._map.close()
+
+
+def _parse_piece(
+    piece: memoryview, names: list[str], column_types: dict[str, pa.DataType]
+) -> tuple[pa.Table | pa.ArrowInvalid | None, int, bool]:
+    """Clean and parse one piece: (a table, the parser's error or None if no rows;
+    newlines; carriage return seen)."""
+    cleaned, lines, carriage_return = _clean_piece(piece, len(names))
+    if not re.search(rb"\S", cleaned):
+        return None, lines, carriage_return
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(cleaned),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 20),
+            parse_options=pacsv.ParseOptions(delimiter=" ", quote_char='"', double_quote=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types=column_types,
+                null_values=[],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+                true_values=[],
+                false_values=[],
+            ),
+        )
+    except pa.ArrowInvalid as err:
+        return err, lines, carriage_return
+    return table, lines, carriage_return
+
+
+@dataclass
+class _ParsedBody:
+    tables: list[pa.Table]
+    error: pa.ArrowInvalid | None = None
+    lines: int = 0
+    carriage_return: bool = False
+
+    def add(self, result: tuple[pa.Table | pa.ArrowInvalid | None, int, bool]) -> None:
+        parsed, lines, carriage_return = result
+        self.lines += lines
+        self.carriage_return |= carriage_return
+        if isinstance(parsed, pa.ArrowInvalid):
+            self.error = self.error or parsed
+        elif parsed is not None:
+            self.tables.append(parsed)
+
+
+def _parse_body(scanner: _BodyScanner, names: list[str], column_types: dict[str, pa.DataType]) -> _ParsedBody:
+    """Parse every piece of a body, in order, :data:`STAR_THREADS` pieces at a time.
+
+    The calling thread only finds line boundaries; workers count, clean and parse (numpy
+    and pyarrow release the GIL), so every core works and memory holds a few cleaned
+    pieces plus the parsed tables, never a copy of the file.
+    """
+    body = _ParsedBody([])
+    if scanner.finished:
+        return body
+    first = scanner.next_piece()
+    if scanner.finished:  # one piece: no threads
+        body.add(_parse_piece(first, names, column_types))
+        return body
+    pending: deque[Future[tuple[pa.Table | pa.ArrowInvalid | None, int, bool]]] = deque()
+    with ThreadPoolExecutor(max_workers=STAR_THREADS, thread_name_prefix="cryoxr-star") as executor:
+        piece: memoryview | None = first
+        while piece is not None:
+            pending.append(executor.submit(_parse_piece, piece, names, column_types))
+            while len(pending) > STAR_THREADS or (pending and pending[0].done()):
+                body.add(pending.popleft().result())
+            piece = None if scanner.finished else scanner.next_piece()
+        while pending:
+            body.add(pending.popleft().result())
+    return body
 
 
 def _diagnose(path: Path, body: bytes, first_line: int, labels: Sequence[str], kinds: Sequence[str]) -> None:
@@ -408,43 +464,28 @@ def _read_loop_body(
     """Parse the loop body at the handle's position; return (table, stop offset, lines)."""
     kinds = [LABEL_TYPES.get(label, "") for label in labels]
     names = [f"c{i}" for i in range(len(labels))]
-    reader = _BodyReader(handle, handle.tell(), len(labels))
-    table: pa.Table | None = None
-    error: Exception | None = None
+    column_types = {
+        name: _ARROW_TYPES.get(kind, pa.string()) for name, kind in zip(names, kinds, strict=True)
+    }
+    scanner = _BodyScanner(handle, handle.tell())
     try:
-        table = pacsv.read_csv(
-            pa.PythonFile(reader, mode="r"),
-            read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 23),
-            parse_options=pacsv.ParseOptions(delimiter=" ", quote_char='"', double_quote=False),
-            convert_options=pacsv.ConvertOptions(
-                column_types={
-                    name: _ARROW_TYPES.get(kind, pa.string()) for name, kind in zip(names, kinds, strict=True)
-                },
-                null_values=[],
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-                true_values=[],
-                false_values=[],
-            ),
-        )
-    except pa.ArrowInvalid as err:
-        error = err
+        body = _parse_body(scanner, names, column_types)
     finally:
-        while not reader.finished:  # the parser may stop early on an error: find the end anyway
-            reader.read(1 << 24)
-        reader.close()
-    if reader.carriage_return:
+        scanner.close()
+    if body.carriage_return:
         raise _fail(
             path,
             first_line,
             "carriage return (Windows CR+LF line endings); RELION rejects these, convert with dos2unix",
         )
-    if not reader.has_rows:
-        return _empty_table(labels, kinds), reader.stop, reader.lines
-    if error is not None or table is None:
-        handle.seek(reader.start)
-        _diagnose(path, handle.read(reader.stop - reader.start), first_line, labels, kinds)
-        raise _fail(path, first_line, f"cannot parse the loop body of {len(labels)} columns ({error})")
+    if body.error is None and not body.tables:
+        return _empty_table(labels, kinds), scanner.stop, body.lines
+    if body.error is not None:
+        handle.seek(scanner.start)
+        _diagnose(path, handle.read(scanner.stop - scanner.start), first_line, labels, kinds)
+        raise _fail(path, first_line, f"cannot parse the loop body of {len(labels)} columns ({body.error})")
+    table = pa.concat_tables(body.tables)
+    body.tables.clear()
     columns: dict[str, Any] = {}
     for name, label, kind in zip(names, labels, kinds, strict=True):
         column = table.column(name)
@@ -452,7 +493,7 @@ def _read_loop_body(
             column = _infer(column)
         columns[label] = _to_pandas(column)
         table = table.drop_columns([name])  # free as we go
-    return pd.DataFrame(columns, copy=False), reader.stop, reader.lines
+    return pd.DataFrame(columns, copy=False), scanner.stop, body.lines
 
 
 def _typed_value(path: Path, line: int, label: str, text: str) -> Any:

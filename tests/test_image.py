@@ -8,6 +8,8 @@ import pytest
 import xarray as xr
 import zarr
 from cryotypes.image import validate_image as cryotypes_validate_image
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cryoxr
 from conftest import raise_if_dask_computes
@@ -221,3 +223,19 @@ def test_numpy_input_is_not_copied() -> None:
     tomo = Tomogram.from_array(array, pixel_spacing=1.0, experiment_id="t", chunks=4)
     array[0, 0, 0] = 5.0  # the image reads the caller's array, as numpy views do
     assert float(tomo.data[0, 0, 0]) == 5.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 9), min_size=2, max_size=3),
+    stack=st.booleans(),
+    spacing=st.floats(1e-3, 1e4, allow_nan=False),
+)
+def test_from_array_builds_valid_images(shape: list[int], stack: bool, spacing: float) -> None:
+    """from_array skips re-validating what it built: prove what it builds is valid."""
+    stack = stack and len(shape) == 3
+    image = Image.from_array(
+        np.zeros(shape, np.float32), pixel_spacing=spacing, experiment_id="t", stack=stack
+    )
+    assert validate_image(image.data) is image.data
+    assert Image(image.data).data.identical(image.data)

@@ -41,6 +41,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import subprocess
@@ -602,6 +603,9 @@ def plan(quick: bool) -> list[tuple[str, str, int, dict[str, Any]]]:
         ("count 1e7", "count", n, {}),
         ("count 1e7 +blas1", "count", n, {"blas1": True}),
         ("count 1e7 cluster", "count", n, {"on-cluster": True}),
+        # a cluster pays per task (scheduler round trips, 4 processes on 2 cores): fewer, bigger tasks
+        ("count 1e7 chunk 1e6", "count", n, {"chunk": 1_000_000}),
+        ("count 1e7 cluster chunk 1e6", "count", n, {"on-cluster": True, "chunk": 1_000_000}),
     ]
     return rows
 
@@ -613,6 +617,8 @@ def fmt_bytes(b: float) -> str:
 def measure(env: dict[str, str], a: argparse.Namespace) -> list[dict[str, Any]]:
     """Every row of the plan, ``a.rounds`` times interleaved; per row the fastest round."""
     rows = [r for r in plan(a.quick) if a.cluster or not r[3].get("on-cluster")]
+    if a.only:
+        rows = [r for r in rows if re.search(a.only, r[0])]
     if importlib.util.find_spec("threadpoolctl") is None:  # not a cryoxr dependency
         print("  threadpoolctl not installed: skipping the +blas1 rows", file=sys.stderr)
         rows = [r for r in rows if not r[3].get("blas1")]
@@ -728,6 +734,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--no-cluster", dest="cluster", action="store_false", help="skip LocalCluster rows")
+    p.add_argument("--only", help="run only the rows whose label matches this regular expression")
     p.add_argument("--rounds", type=int, help="interleaved rounds, fastest kept (default 1 quick, 2 full)")
     p.add_argument(
         "--merge", nargs="+", metavar="JSON", help="print the fastest per row of earlier --json runs"

@@ -422,3 +422,53 @@ def test_project_into_refuses_numpy_targets_on_other_processes(
     kwargs = {"tomogram_dimensions": DIMS, "tilt_image_center": CENTRE}
     with dask.config.set(scheduler="processes"), pytest.raises(InvalidValueError, match="pass a zarr array"):
         project_into(np.empty((1000, 41, 2)), poses, tilt_model, **kwargs)
+
+
+def test_project_into_limits_blas_threads_only_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the threaded scheduler BLAS runs one thread per task during project_into, and
+    the caller's setting is back afterwards; other schedulers are left alone."""
+    import dask
+    from threadpoolctl import threadpool_info
+
+    from cryoxr import projection
+
+    seen: list[list[int]] = []
+    kernel = projection._project_into_block
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append([lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"])
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(projection, "_project_into_block", spy)
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    rng = np.random.default_rng(0)
+    poses = cryoxr.make_poseset(rng.uniform(0, 100, (50, 3)), experiment_id="TS", pixel_spacing=1.0)
+    model = cryoxr.make_projection_model(
+        rotation_y=np.linspace(-60, 60, 5), experiment_id="TS", pixel_spacing=1.0
+    )
+    out = np.empty((50, 5, 2))
+    kw = {"tomogram_dimensions": (100, 100, 100), "tilt_image_center": (50, 50), "chunks": 10}
+    cryoxr.project_into(out, poses, model, **kw)
+    assert seen
+    assert all(threads == [1] * len(before) for threads in seen)
+    assert [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"] == before
+    seen.clear()
+    with dask.config.set(scheduler="sync"):
+        cryoxr.project_into(out, poses, model, **kw)
+    assert seen
+    assert all(threads == before for threads in seen)
+    np.testing.assert_allclose(out, cryoxr.project(poses, model, **kw).values)
+
+
+def test_default_chunks_are_bigger_when_tasks_leave_the_process() -> None:
+    """In-memory poses get 10^6-row chunks under process/distributed schedulers (fewer tasks)."""
+    from cryoxr.projection import CLUSTER_PARTICLE_CHUNK
+
+    n = CLUSTER_PARTICLE_CHUNK + 5
+    poses = cryoxr.make_poseset(np.zeros((n, 3)), experiment_id="TS", pixel_spacing=1.0)
+    model = cryoxr.make_projection_model(rotation_y=[0.0], experiment_id="TS", pixel_spacing=1.0)
+    kw = {"tomogram_dimensions": (10, 10, 10), "tilt_image_center": (5, 5)}
+    with raise_if_dask_computes():
+        assert cryoxr.project(poses, model, **kw).chunks[0][:2] == (100_000, 100_000)
+    with dask.config.set(scheduler="processes"):  # building only: nothing runs on it
+        assert cryoxr.project(poses, model, **kw).chunks[0] == (CLUSTER_PARTICLE_CHUNK, 5)

@@ -306,6 +306,9 @@ def run_verify(a: argparse.Namespace) -> dict[str, Any]:
                 out = np.full((a.n, T, 2), np.nan, dtype=dtype)
                 cryoxr.project_into(out, poses, model, chunks=chunk, **project_kwargs())
                 check(f"project_into numpy {dtype} chunk {chunk}", out.reshape(a.n, 2 * T), want, atol)
+            out = np.full((a.n, T, 2), np.nan)
+            cryoxr.project_into(out, poses, model, **project_kwargs())
+            check("project_into numpy default chunks", out.reshape(a.n, 2 * T), want, 1e-9)
             z = zarr_target(a.n, chunk, np.float64, os.path.join(tmp, f"verify{chunk}.zarr"))
             cryoxr.project_into(z, poses, model, chunks=chunk, **project_kwargs())
             check(f"project_into zarr chunk {chunk}", z[...].reshape(a.n, 2 * T), want, 1e-9)
@@ -353,13 +356,20 @@ def run_project(a: argparse.Namespace) -> dict[str, Any]:
 
             def build() -> Any:
                 return cryoxr.project_into(
-                    target, poses, model, chunks=a.chunk, compute=False, **project_kwargs()
+                    target,
+                    poses,
+                    model,
+                    chunks=a.chunk if a.chunk > 0 else None,
+                    compute=False,
+                    **project_kwargs(),
                 )
 
             graph_tasks = len(build().__dask_graph__())
 
             def fn() -> Any:
-                return cryoxr.project_into(target, poses, model, chunks=a.chunk, **project_kwargs())
+                # --chunk -1: project_into's own default (two tasks per thread for numpy targets)
+                chunks = a.chunk if a.chunk > 0 else None
+                return cryoxr.project_into(target, poses, model, chunks=chunks, **project_kwargs())
 
         elif a.how == "compute":
 
@@ -423,13 +433,14 @@ def _warm_up(a: argparse.Namespace, model: Any) -> None:
     """Untimed: imports and function shipping to the workers happen here, not in the timing."""
     import cryoxr
 
-    small = make_poses(2 * min(a.chunk, 10_000))
+    small_chunk = min(a.chunk, 10_000) if a.chunk > 0 else 10_000
+    small = make_poses(2 * small_chunk)
     kw = {**project_kwargs(), "image_shape": IMAGE_SHAPE, "margin": MARGIN}
-    cryoxr.project(small, model, chunks=min(a.chunk, 10_000), dtype=a.dtype, **project_kwargs()).compute()
-    cryoxr.count_in_field_of_view(small, model, chunks=min(a.chunk, 10_000), dtype=a.dtype, **kw).compute()
+    cryoxr.project(small, model, chunks=small_chunk, dtype=a.dtype, **project_kwargs()).compute()
+    cryoxr.count_in_field_of_view(small, model, chunks=small_chunk, dtype=a.dtype, **kw).compute()
     if not a.on_cluster:  # a numpy target is only written by in-process (threaded) tasks
         out = np.empty((small.sizes["particle"], T, 2), dtype=a.dtype)
-        cryoxr.project_into(out, small, model, chunks=min(a.chunk, 10_000), **project_kwargs())
+        cryoxr.project_into(out, small, model, chunks=small_chunk, **project_kwargs())
 
 
 def _cluster() -> Any:
@@ -570,6 +581,7 @@ def plan(quick: bool) -> list[tuple[str, str, int, dict[str, Any]]]:
         ("(b) cryotypes per particle", "b_cryotypes", n, {}),
         ("project store", "project", n, {"how": "store"}),
         ("project_into numpy", "project", n, {"how": "into"}),
+        ("project_into numpy default chunks", "project", n, {"how": "into", "chunk": -1}),
         ("project_into numpy f32", "project", n, {"how": "into", "dtype": "float32"}),
         ("project_into zarr", "project", n, {"how": "into", "target": "zarr"}),
         ("count", "count", n, {}),

@@ -388,6 +388,14 @@ def _scheduler_ships_tasks() -> bool:
     return get is dask.multiprocessing.get or type(owner).__name__ == "Client"
 
 
+def _local_threads() -> int:
+    """Worker threads of dask's local threaded scheduler."""
+    import dask
+    import dask.system
+
+    return max(1, int(dask.config.get("num_workers", None) or dask.system.CPU_COUNT))
+
+
 def _one_blas_thread_per_task() -> contextlib.AbstractContextManager[Any]:
     """Limit BLAS to one thread while the local threaded scheduler runs GEMM tasks.
 
@@ -432,8 +440,14 @@ def project_into(
     ----------
     out
         Target of shape ``(n_particles, n_tilts, 2)`` and dtype float64 or float32.
-    poses, projection_model, tomogram_dimensions, tilt_image_center, specimen_center, chunks
+    poses, projection_model, tomogram_dimensions, tilt_image_center, specimen_center
         As for :func:`project`.
+    chunks
+        Particles per task. Default: the chunking of ``poses``; for in-memory poses and a
+        numpy target, two tasks per dask worker thread (at least 100,000 particles: the
+        GEMM writes into the target, so a task holds only its (n, 4) input; fewer tasks
+        cost less scheduling, 1.08x against 1.25x (c)'s time at 10^6 x 61 on 2 cores),
+        else as for :func:`project`.
     compute
         Run now (default) and return ``out``; else return the lazy dask array of rows
         written per chunk (compute it to fill ``out``).
@@ -470,6 +484,8 @@ def project_into(
             "project_into: a numpy or memmap target is written only in this process; the active dask "
             "scheduler runs tasks elsewhere (processes or dask.distributed): pass a zarr array instead"
         )
+    if chunks is None and isinstance(out, np.ndarray) and poses["position"].chunks is None:
+        chunks = max(DEFAULT_PARTICLE_CHUNK, -(-n // (2 * _local_threads())))
     pchunks = _particle_chunks(poses, chunks)
     starts = np.cumsum((0, *pchunks[:-1])).astype(np.int64)
     written = da.blockwise(

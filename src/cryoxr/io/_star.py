@@ -490,17 +490,16 @@ def _read_loop_body(
     pieces = len(body.tables)
     table = pa.concat_tables(body.tables)
     body.tables.clear()
+    columns = [table.column(name) for name in names]
 
-    def convert(name: str, kind: str, table: pa.Table = table) -> Any:
-        column = table.column(name)
+    def convert(column: pa.ChunkedArray, kind: str) -> Any:
         return _to_pandas(column if kind else _infer(column))
 
     if pieces == 1 or table.num_rows < 1 << 16:
-        converted = [convert(name, kind) for name, kind in zip(names, kinds, strict=True)]
+        converted = [convert(column, kind) for column, kind in zip(columns, kinds, strict=True)]
     else:  # joining the pieces of each column copies: one column per core
         with ThreadPoolExecutor(max_workers=STAR_THREADS, thread_name_prefix="cryoxr-star") as executor:
-            converted = list(executor.map(convert, names, kinds))
-    del table
+            converted = list(executor.map(convert, columns, kinds))
     return pd.DataFrame(dict(zip(labels, converted, strict=True)), copy=False), scanner.stop, body.lines
 
 

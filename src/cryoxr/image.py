@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 import xarray as xr
+from xarray.indexes import PandasIndex
 
 from cryoxr.errors import InvalidValueError, SchemaError
 
@@ -56,9 +58,7 @@ ANGSTROM = "angstrom"
 Chunks = int | str | tuple[int, ...] | tuple[tuple[int, ...], ...] | Mapping[str, Any] | None
 
 
-def image_coords(
-    shape: tuple[int, ...], dims: tuple[str, ...], pixel_spacing: float
-) -> dict[str, xr.Variable]:
+def image_coords(shape: tuple[int, ...], dims: tuple[str, ...], pixel_spacing: float) -> xr.Coordinates:
     """Coordinates of an image: float64 Å for spatial dims, integer index for ``image``.
 
     Parameters
@@ -70,8 +70,8 @@ def image_coords(
 
     Returns
     -------
-    dict
-        One coordinate variable per dim, ready for :class:`xarray.DataArray`.
+    xarray.Coordinates
+        One indexed coordinate per dim, ready for :class:`xarray.DataArray`.
 
     Examples
     --------
@@ -79,14 +79,20 @@ def image_coords(
     >>> c["x"].values.tolist(), c["x"].attrs["units"]
     ([0.0, 1.5, 3.0], 'angstrom')
     """
-    coords: dict[str, xr.Variable] = {}
+    variables: dict[str, xr.Variable] = {}
+    indexes: dict[str, PandasIndex] = {}
     for size, dim in zip(shape, dims, strict=True):
+        values: np.ndarray
         if dim == "image":
-            coords[dim] = xr.Variable(dim, np.arange(size, dtype=np.int64))
+            values = np.arange(size, dtype=np.int64)
+            variables[dim] = xr.Variable(dim, values)
         else:
             values = np.arange(size, dtype=np.float64) * float(pixel_spacing)
-            coords[dim] = xr.Variable(dim, values, attrs={"units": ANGSTROM})
-    return coords
+            variables[dim] = xr.Variable(dim, values, attrs={"units": ANGSTROM})
+        # the index built here, once: xarray would otherwise build and copy it again per
+        # coordinate, the largest part of opening a file
+        indexes[dim] = PandasIndex(pd.Index(values, name=dim), dim)
+    return xr.Coordinates(variables, indexes=indexes)
 
 
 def _check_pixel_spacing(value: Any, where: str) -> float:

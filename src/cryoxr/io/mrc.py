@@ -487,7 +487,8 @@ def _voxel_size(
                 f"m{axis} = {m}); expected a positive finite number (pass pixel_spacing= to override)"
             )
         sizes[axis] = value
-    if not np.allclose(list(sizes.values()), sizes["x"], rtol=1e-5, atol=0):
+    # np.allclose(rtol=1e-5, atol=0) on three floats, without numpy's fixed cost
+    if any(abs(v - sizes["x"]) > 1e-5 * abs(sizes["x"]) for v in sizes.values()):
         text = ", ".join(f"{a}: {v:g}" for a, v in sizes.items())
         if not allow_anisotropic:
             raise FormatError(

@@ -219,6 +219,11 @@ BAD_TBL = [
     ),
     ((" ".join(["1"] * 35) + "\n").encode() + b"\xc3\x28 1\n", r"line 2: expected UTF-8 text"),
     (" ".join(["1"] * 19 + ["1.5"] + ["1"] * 15) + "\n", r"line 1, column 20 \(tomo\): expected an integer"),
+    # blank lines count: the message names the file's line, not the data row
+    (
+        "\n" + " ".join(["1"] * 35) + "\n \n" + " ".join(["1"] * 19 + ["1.5"] + ["1"] * 15) + "\n",
+        r"line 4, column 20 \(tomo\): expected an integer",
+    ),
 ]
 
 

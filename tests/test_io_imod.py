@@ -220,6 +220,9 @@ BAD_XF = [
     ("   \n\n", "empty file"),
     (b"1 0 0 1 0 0\n\xff\xfe 0 0 1 0 0\n", r"line 2: expected UTF-8 text .*0xff"),
     ("0 0 0 0 1 1\n", "line 1: expected an invertible"),
+    # blank lines count: the message names the file's line, not the data row
+    ("1 0 0 1 0 0\n\n  \n0 0 0 0 1 1\n", "line 4: expected an invertible"),
+    ("\n1 0 0 1 0 0\n\n1e-5 0 0 1 1e304 0\n", r"line 4: expected A11 A12 A21 A22 DX DY giving a finite"),
 ]
 
 

@@ -49,7 +49,7 @@ from scipy.spatial.transform import Rotation
 
 from cryoxr.errors import FormatError, InvalidValueError
 from cryoxr.io._atomic import atomic_path, check_overwrite
-from cryoxr.io.tables import read_numeric_table, read_text_lines
+from cryoxr.io.tables import data_row_line, read_numeric_table, read_text_lines
 from cryoxr.poseset import experiment_ids, make_poseset, rotation, validate_poseset
 
 __all__ = [
@@ -283,7 +283,7 @@ def read_dynamo_table(
     if not _integral(tomo).all():
         row = int(np.argmax(~_integral(tomo)))
         raise FormatError(
-            f"{path}, line {row + 1}, column 20 (tomo): expected an integer, found {float(tomo[row])!r}"
+            f"{path}, line {data_row_line(path, row)}, column 20 (tomo): expected an integer, found {float(tomo[row])!r}"
         )
     tomo_int = tomo.astype(np.int64)
     if tomogram_map is None:
@@ -294,7 +294,7 @@ def read_dynamo_table(
         if missing:
             row = int(np.argmax(np.isin(tomo_int, missing)))
             raise FormatError(
-                f"{path}, line {row + 1}, column 20 (tomo): expected a tomogram number of the map "
+                f"{path}, line {data_row_line(path, row)}, column 20 (tomo): expected a tomogram number of the map "
                 f"{sorted(mapping)[:10]}, found {missing[0]}"
             )
         ids = np.asarray([mapping[int(t)] for t in tomo_int], dtype=str)

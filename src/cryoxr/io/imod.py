@@ -63,7 +63,7 @@ import pandas as pd
 
 from cryoxr.errors import FormatError, InvalidValueError
 from cryoxr.io._atomic import atomic_path, check_overwrite
-from cryoxr.io.tables import read_numeric_table
+from cryoxr.io.tables import data_row_line, read_numeric_table
 from cryoxr.projection_model import PMDL, make_projection_model, validate_projection_model
 
 __all__ = [
@@ -235,7 +235,7 @@ def read_imod_alignment(
     if singular.any():
         row = int(np.argmax(singular))
         raise FormatError(
-            f"{xf_path}, line {row + 1}: expected an invertible A11 A12 A21 A22 matrix, found "
+            f"{xf_path}, line {data_row_line(xf_path, row)}: expected an invertible A11 A12 A21 A22 matrix, found "
             f"determinant {det[row]:g}"
         )
     tlt_path, angles = _read_angles(tlt, "IMOD .tlt")
@@ -257,7 +257,7 @@ def read_imod_alignment(
     if overflow.any():
         row = int(np.argmax(overflow))
         raise FormatError(
-            f"{xf_path}, line {row + 1}: expected A11 A12 A21 A22 DX DY giving a finite shift -A^-1 (DX, DY), "
+            f"{xf_path}, line {data_row_line(xf_path, row)}: expected A11 A12 A21 A22 DX DY giving a finite shift -A^-1 (DX, DY), "
             f"found {shifts[row].tolist()}"
         )
     centers = imod_centers(image_size, tomogram_dimensions)

@@ -86,6 +86,30 @@ def read_text_lines(path: PathLike, *, what: str, allow_empty: bool = False) -> 
     return p, text.splitlines()
 
 
+def data_row_line(path: Path, row: int) -> int:
+    r"""1-based line number in ``path`` of data row ``row`` (0-based; blank lines skipped).
+
+    The fast table reader drops blank lines, so a row index is not a line number; this
+    re-reads the file, which only an error message needs.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.txt"
+    >>> _ = p.write_text("1 2\n\n   \n3 4\n")
+    >>> data_row_line(p, 0), data_row_line(p, 1)
+    (1, 4)
+    """
+    seen = -1
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for line_no, text in enumerate(fh, 1):
+            if text.strip():
+                seen += 1
+                if seen == row:
+                    return line_no
+    raise ValueError(f"{path} has no data row {row}")
+
+
 def _number(token: str, path: Path, line: int, column: int, name: str) -> float:
     try:
         value = float(token)

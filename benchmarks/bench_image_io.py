@@ -347,6 +347,14 @@ def main() -> None:
         f"- dask's fixed cost of computing one in-memory plane: {ms(cryo['dask floor'])} "
         f"= {cryo['dask floor'] / raw['open + zslice']:.1f}x the raw open + z-slice"
     )
+    # any dask path pays at least dask's fixed cost plus the raw read itself
+    bound = (cryo["dask floor"] + raw["open + zslice"]) / raw["open + zslice"]
+    print(f"- so no open + z-slice through dask can be below {bound:.1f}x raw mmap on this machine")
+    none = access["cryoxr read_mrc(chunks=None)"]
+    print(
+        f"- open + z-slice without dask, read_mrc(chunks=None) / raw mmap: "
+        f"{none['open + zslice'] / raw['open + zslice']:.1f}x"
+    )
     peak = conversions["cryoxr write_ome_zarr, 4 levels"]["peak_rss"]
     print(f"- conversion peak RSS (4 levels): {mib(peak)} (target < 1 GiB)")
     if args.dir is None:

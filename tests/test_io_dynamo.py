@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+from typing import Any
 
 import eulerangles
 import numpy as np
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 import cryoxr
-from cryoxr.errors import CryoxrError, FileExistsNoOverwriteError, FormatError, InvalidValueError
+from cryoxr.errors import CryoxrError, FileExistsNoOverwriteError, FormatError, InvalidValueError, WriteError
 from cryoxr.io.dynamo import (
     DYNAMO_COLUMNS,
     read_dynamo_table,
@@ -167,6 +169,26 @@ def test_overwrite_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "a.tbl").exists()
     write_dynamo_table(poses, tmp_path / "a.tbl", tomogram_map=tmp_path / "a.doc", overwrite=True)
     assert (tmp_path / "a.doc").read_text() == "1 TS_01\n"
+
+
+def test_failed_write_replaces_neither_table_nor_map(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tbl, doc = tmp_path / "a.tbl", tmp_path / "a.doc"
+    old = cryoxr.make_poseset(np.zeros((1, 3)), experiment_id=["TS_01"], pixel_spacing=1.0)
+    write_dynamo_table(old, tbl, tomogram_map=doc)
+    before = (tbl.read_bytes(), doc.read_bytes())
+    real_write_text = Path.write_text
+
+    def disk_full_on_map(self: Path, *args: Any, **kwargs: Any) -> int:
+        if self.name.startswith(".a.doc"):  # the map's temporary, written after the table's
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", disk_full_on_map)
+    new = cryoxr.make_poseset(np.ones((2, 3)), experiment_id=["TS_02", "TS_03"], pixel_spacing=1.0)
+    with pytest.raises(WriteError, match=r"a\.doc: writing failed"):
+        write_dynamo_table(new, tbl, tomogram_map=doc, overwrite=True)
+    assert (tbl.read_bytes(), doc.read_bytes()) == before  # the table was not replaced alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.doc", "a.tbl"]  # no temporaries
 
 
 names = st.text(

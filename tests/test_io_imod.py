@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +19,7 @@ from cryoxr.errors import (
     FileExistsNoOverwriteError,
     FormatError,
     InvalidValueError,
+    WriteError,
 )
 from cryoxr.io.imod import imod_centers, read_imod_alignment, write_imod_alignment
 
@@ -170,6 +173,28 @@ def test_writer_refuses_overwrite_and_many_experiments(tmp_path: Path) -> None:
     two = cryoxr.make_projection_model(rotation_y=[0, 3], experiment_id=["a", "b"], pixel_spacing=1)
     with pytest.raises(InvalidValueError, match="one tilt series"):
         write_imod_alignment(two, tmp_path / "b.xf", tmp_path / "b.tlt")
+
+
+def test_failed_set_write_replaces_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = cryoxr.make_projection_model(rotation_y=[0, 3], experiment_id="a", pixel_spacing=1)
+    xf, tlt = tmp_path / "a.xf", tmp_path / "a.tlt"
+    write_imod_alignment(old, xf, tlt)
+    before = (xf.read_bytes(), tlt.read_bytes())
+    real_write_text = Path.write_text
+
+    def disk_full_on_tlt(self: Path, *args: Any, **kwargs: Any) -> int:
+        if self.name.startswith(".a.tlt"):  # the .tlt temporary, written after the .xf one
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", disk_full_on_tlt)
+    new = cryoxr.make_projection_model(
+        rotation_y=[10, 20], rotation_z=[85, 86], dx=[3, 4], experiment_id="a", pixel_spacing=1
+    )
+    with pytest.raises(WriteError, match=r"a\.tlt: writing failed"):
+        write_imod_alignment(new, xf, tlt, overwrite=True)
+    assert (xf.read_bytes(), tlt.read_bytes()) == before  # the .xf was not replaced alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tlt", "a.xf"]  # no temporaries
 
 
 angles = st.floats(-179.0, 179.0, allow_nan=False)

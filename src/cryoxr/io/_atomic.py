@@ -3,7 +3,9 @@
 Every cryoxr writer goes through :func:`atomic_path`: the new content is written to a
 hidden temporary sibling and renamed over the target only when complete, so a crash, a
 ``SIGKILL`` or a full disk leaves the original intact and readers never see half a file.
-Existing targets are refused unless ``overwrite=True``.
+Existing targets are refused unless ``overwrite=True``. Files that belong together
+(IMOD ``.xf`` + ``.tlt``, a Dynamo table and its map) go through :func:`atomic_paths`:
+all are written before any is renamed.
 
 Temporaries
 -----------
@@ -54,13 +56,13 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from cryoxr.errors import FileExistsNoOverwriteError, WriteError
 
-__all__ = ["TMP_MARKER", "atomic_path", "check_overwrite", "remove_stale_temporaries"]
+__all__ = ["TMP_MARKER", "atomic_path", "atomic_paths", "check_overwrite", "remove_stale_temporaries"]
 
 TMP_MARKER = ".cryoxr-tmp-"
 
@@ -294,3 +296,28 @@ def atomic_path(
         _remove(tmp)
         raise
     _fsync_folder(parent)
+
+
+@contextmanager
+def atomic_paths(paths: Sequence[str | os.PathLike[str]], *, overwrite: bool = False) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for a set of files that belong together (``.xf`` + ``.tlt``, ...).
+
+    Every target is checked before anything is written, every temporary is written
+    before any is renamed, so a failure while writing any of them (an exception, a full
+    disk) leaves every original untouched. Only the renames at the end, one per file,
+    are not one step together.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> with atomic_paths([folder / "a.txt", folder / "b.txt"]) as (a, b):
+    ...     _ = a.write_text("1")
+    ...     _ = b.write_text("2")
+    >>> sorted(p.name for p in folder.iterdir())
+    ['a.txt', 'b.txt']
+    """
+    for path in paths:
+        check_overwrite(path, overwrite)
+    with ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(path, overwrite=overwrite)) for path in paths]

@@ -48,7 +48,7 @@ import xarray as xr
 from scipy.spatial.transform import Rotation
 
 from cryoxr.errors import FormatError, InvalidValueError
-from cryoxr.io._atomic import atomic_path, check_overwrite
+from cryoxr.io._atomic import atomic_path, atomic_paths
 from cryoxr.io.tables import data_row_line, read_numeric_table, read_text_lines
 from cryoxr.poseset import experiment_ids, make_poseset, rotation, validate_poseset
 
@@ -202,6 +202,13 @@ def write_tomogram_map(mapping: Mapping[int, str], path: PathLike, *, overwrite:
     >>> doc.read_text()
     '1 TS_01\\n2 TS_02\\n'
     """
+    text = _tomogram_map_text(mapping)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _tomogram_map_text(mapping: Mapping[int, str]) -> str:
+    """The ``.doc`` content of a tomogram map, after checking every name."""
     for number, name in mapping.items():
         if (
             not isinstance(name, str)
@@ -214,8 +221,7 @@ def write_tomogram_map(mapping: Mapping[int, str], path: PathLike, *, overwrite:
                 f"write_tomogram_map: tomogram {number} must be a one-line name without surrounding "
                 f"whitespace, found {name!r}"
             )
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        tmp.write_text("".join(f"{int(k)} {mapping[k]}\n" for k in sorted(mapping)), encoding="utf-8")
+    return "".join(f"{int(k)} {mapping[k]}\n" for k in sorted(mapping))
 
 
 def read_dynamo_table(
@@ -473,10 +479,12 @@ def write_dynamo_table(
             values = values.astype(np.int64)
         columns[f"c{index + 1}"] = values
     frame = pd.DataFrame(columns)
+    map_text = None if tomogram_map is None else _tomogram_map_text(mapping)
     targets: list[PathLike] = [tbl] if tomogram_map is None else [tbl, tomogram_map]
-    for target in targets:
-        check_overwrite(target, overwrite)
-    with atomic_path(tbl, overwrite=overwrite) as tmp:
-        frame.to_csv(tmp, sep=" ", header=False, index=False, lineterminator="\n", encoding="utf-8")
-    if tomogram_map is not None:
-        write_tomogram_map(mapping, tomogram_map, overwrite=overwrite)
+    # the table and its map as a set: neither is replaced unless both could be written
+    with atomic_paths(targets, overwrite=overwrite) as temporaries:
+        frame.to_csv(
+            temporaries[0], sep=" ", header=False, index=False, lineterminator="\n", encoding="utf-8"
+        )
+        if map_text is not None:
+            temporaries[1].write_text(map_text, encoding="utf-8")

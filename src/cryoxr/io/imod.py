@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from cryoxr.errors import FormatError, InvalidValueError
-from cryoxr.io._atomic import atomic_path, check_overwrite
+from cryoxr.io._atomic import atomic_paths
 from cryoxr.io.tables import data_row_line, read_numeric_table
 from cryoxr.projection_model import PMDL, make_projection_model, validate_projection_model
 
@@ -376,9 +376,7 @@ def write_imod_alignment(
 
 
 def _write_all(outputs: Sequence[tuple[PathLike, Sequence[str]]], *, overwrite: bool) -> None:
-    """Write several text files, refusing before writing any if one exists."""
-    for path, _ in outputs:
-        check_overwrite(path, overwrite)
-    for path, lines in outputs:
-        with atomic_path(path, overwrite=overwrite) as tmp:
+    """Write several text files as a set: none is replaced unless all could be written."""
+    with atomic_paths([path for path, _ in outputs], overwrite=overwrite) as temporaries:
+        for tmp, (_, lines) in zip(temporaries, outputs, strict=True):
             tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")

@@ -333,7 +333,14 @@ def _tomogram_sizes(tomograms: TomogramsInput, where: str) -> dict[str, np.ndarr
 
 
 def _sizes_per_particle(sizes: Mapping[str, np.ndarray], ids: np.ndarray, where: str) -> np.ndarray:
-    codes, names = pd.factorize(np.asarray(ids))
+    codes, names = pd.factorize(np.asarray(ids).reshape(-1))
+    return _sizes_by_code(sizes, codes, np.asarray(names), where)
+
+
+def _sizes_by_code(
+    sizes: Mapping[str, np.ndarray], codes: np.ndarray, names: np.ndarray, where: str
+) -> np.ndarray:
+    """(n, 3) tomogram sizes of particles given as codes into the tomogram ``names``."""
     absent = [str(n) for n in names if str(n) not in sizes]
     if absent:
         raise InvalidValueError(
@@ -341,7 +348,7 @@ def _sizes_per_particle(sizes: Mapping[str, np.ndarray], ids: np.ndarray, where:
         )
     if len(names) == 0:  # an empty set
         return np.zeros((0, 3))
-    return np.stack([np.asarray(sizes[str(n)], dtype=np.float64) for n in names])[codes.reshape(-1)]
+    return np.stack([np.asarray(sizes[str(n)], dtype=np.float64) for n in names])[codes]
 
 
 # ----------------------------------------------------------------------------- particles
@@ -463,11 +470,13 @@ def read_relion_particles(
         )
     n = len(table)
     coordinates = _finite(path, block.name, table, coordinate_labels)
+    # factorized once: the tomogram sizes below go by code, not by string
     if experiment_label is not None:
         codes, uniques = pd.factorize(table[experiment_label])
         names = np.asarray([str(u) for u in uniques], dtype=str)
         ids: np.ndarray | str = names[codes] if n else np.zeros(0, dtype=str)
     else:
+        codes, names = np.zeros(n, dtype=np.intp), np.asarray([path.stem])
         ids = path.stem
     attrs_sizes: dict[str, list[float]] | None = None
     if layout.centred:
@@ -477,11 +486,12 @@ def read_relion_particles(
                 "pass tomograms= (tomograms.star, its table or {name: (X, Y, Z)})"
             )
         sizes = _tomogram_sizes(tomograms, str(path))
-        per_particle = _sizes_per_particle(sizes, np.broadcast_to(np.asarray(ids), (n,)), str(path))
+        used_names = names if n else names[:0]
+        per_particle = _sizes_by_code(sizes, codes, used_names, str(path))
         position = (
             _in_pixels(path, block.name, coordinate_labels, coordinates, px, px_label) + per_particle / 2.0
         )
-        used = set(pd.unique(np.asarray(ids).reshape(-1)).tolist())
+        used = set(used_names.tolist())
         attrs_sizes = {k: [float(x) for x in v] for k, v in sizes.items() if k in used}
     else:
         position = coordinates

@@ -288,8 +288,9 @@ def read_dynamo_table(
     tomo = col["tomo"]
     if not _integral(tomo).all():
         row = int(np.argmax(~_integral(tomo)))
+        line = data_row_line(path, row)  # the file's line, blank lines counted
         raise FormatError(
-            f"{path}, line {data_row_line(path, row)}, column 20 (tomo): expected an integer, found {float(tomo[row])!r}"
+            f"{path}, line {line}, column 20 (tomo): expected an integer, found {float(tomo[row])!r}"
         )
     tomo_int = tomo.astype(np.int64)
     if tomogram_map is None:
@@ -299,8 +300,9 @@ def read_dynamo_table(
         missing = sorted(set(np.unique(tomo_int).tolist()) - set(mapping))
         if missing:
             row = int(np.argmax(np.isin(tomo_int, missing)))
+            line = data_row_line(path, row)
             raise FormatError(
-                f"{path}, line {data_row_line(path, row)}, column 20 (tomo): expected a tomogram number of the map "
+                f"{path}, line {line}, column 20 (tomo): expected a tomogram number of the map "
                 f"{sorted(mapping)[:10]}, found {missing[0]}"
             )
         ids = np.asarray([mapping[int(t)] for t in tomo_int], dtype=str)

@@ -234,8 +234,9 @@ def read_imod_alignment(
     singular = ~(np.abs(det) > 1e-12)
     if singular.any():
         row = int(np.argmax(singular))
+        line = data_row_line(xf_path, row)  # the file's line, blank lines counted
         raise FormatError(
-            f"{xf_path}, line {data_row_line(xf_path, row)}: expected an invertible A11 A12 A21 A22 matrix, found "
+            f"{xf_path}, line {line}: expected an invertible A11 A12 A21 A22 matrix, found "
             f"determinant {det[row]:g}"
         )
     tlt_path, angles = _read_angles(tlt, "IMOD .tlt")
@@ -256,8 +257,9 @@ def read_imod_alignment(
     overflow = ~np.isfinite(shifts).all(axis=1)
     if overflow.any():
         row = int(np.argmax(overflow))
+        line = data_row_line(xf_path, row)
         raise FormatError(
-            f"{xf_path}, line {data_row_line(xf_path, row)}: expected A11 A12 A21 A22 DX DY giving a finite shift -A^-1 (DX, DY), "
+            f"{xf_path}, line {line}: expected A11 A12 A21 A22 DX DY giving a finite shift -A^-1 (DX, DY), "
             f"found {shifts[row].tolist()}"
         )
     centers = imod_centers(image_size, tomogram_dimensions)

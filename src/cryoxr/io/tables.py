@@ -100,13 +100,14 @@ def data_row_line(path: Path, row: int) -> int:
     >>> data_row_line(p, 0), data_row_line(p, 1)
     (1, 4)
     """
+    # lines and blanks as read_numeric_table and parse_numeric_rows see them
+    _, lines = read_text_lines(path, what="table", allow_empty=True)
     seen = -1
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        for line_no, text in enumerate(fh, 1):
-            if text.strip():
-                seen += 1
-                if seen == row:
-                    return line_no
+    for line_no, text in enumerate(lines, 1):
+        if text.split():
+            seen += 1
+            if seen == row:
+                return line_no
     raise ValueError(f"{path} has no data row {row}")
 
 

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from scipy.spatial.transform import Rotation
 
 import cryoxr
-from cryoxr.testing import CountingScheduler, raise_if_dask_computes
-
-__all__ = ["CountingScheduler", "raise_if_dask_computes", "random_poses"]
+from cryoxr.testing import random_poses
 
 
 @pytest.fixture
@@ -35,28 +31,6 @@ def tilt_model() -> pd.DataFrame:
         experiment_id="TS_01",
         pixel_spacing=1.35,
         source="synthetic",
-    )
-
-
-def random_poses(
-    rng: np.random.Generator,
-    n: int,
-    *,
-    experiment_id: Any = "TS_01",
-    pixel_spacing: float = 1.35,
-    dims: tuple[int, int, int] = (4096, 4096, 1000),
-    chunks: int | None = None,
-) -> xr.Dataset:
-    position = rng.uniform(0, 1, size=(n, 3)) * np.asarray(dims)
-    shift = rng.normal(0, 2, size=(n, 3))
-    return cryoxr.make_poseset(
-        position,
-        shift=shift,
-        orientation=Rotation.random(n, random_state=int(rng.integers(1 << 31))) if n else np.zeros((0, 4)),
-        experiment_id=experiment_id,
-        pixel_spacing=pixel_spacing,
-        source="synthetic",
-        chunks=chunks,
     )
 
 

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cryoxr
-from conftest import raise_if_dask_computes
 from cryoxr.errors import CryoxrError, InvalidValueError, SchemaError
 from cryoxr.image import Image, Micrograph, Tomogram, bin_image, validate_image
+from cryoxr.testing import raise_if_dask_computes
 
 
 def test_tomogram_from_numpy_has_dims_coords_attrs() -> None:

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conftest import raise_if_dask_computes
 from cryoxr import Image, Micrograph, Tomogram
 from cryoxr.errors import (
     CryoxrError,
@@ -25,6 +24,7 @@ from cryoxr.errors import (
     UnknownFormatError,
 )
 from cryoxr.io.mrc import MRC_MODES, MrcArray, read_mrc, write_mrc
+from cryoxr.testing import raise_if_dask_computes
 
 SHAPE = (43, 41, 37)  # nz, ny, nx: odd sizes, nx = 37, ny = 41, nz = 43
 

@@ -22,7 +22,6 @@ from ome_zarr.reader import Reader
 from ome_zarr_models.v04.image import Image as ImageModelV04
 from ome_zarr_models.v05.image import Image as ImageModelV05
 
-from conftest import raise_if_dask_computes
 from cryoxr import Image, Micrograph, Tomogram
 from cryoxr.errors import (
     CryoxrError,
@@ -40,6 +39,7 @@ from cryoxr.io.ome_zarr import (
     read_ome_zarr,
     write_ome_zarr,
 )
+from cryoxr.testing import raise_if_dask_computes
 
 with warnings.catch_warnings():  # ome-zarr-py builds a deprecated Scaler at import
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -10,9 +10,9 @@ import pytest
 import xarray as xr
 
 import cryoxr
-from conftest import raise_if_dask_computes
 from cryoxr.io import open_image, read_ome_zarr
 from cryoxr.io.xarray_backend import CryoxrBackendEntrypoint
+from cryoxr.testing import raise_if_dask_computes
 
 
 @pytest.fixture(params=["mrc", "ome-zarr"])

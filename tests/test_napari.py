@@ -10,9 +10,9 @@ import xarray as xr
 from scipy.spatial.transform import Rotation
 
 import cryoxr
-from conftest import raise_if_dask_computes, random_poses
 from cryoxr.errors import InvalidValueError
 from cryoxr.napari import image_layer, poseset_layers, projected_layer, to_napari
+from cryoxr.testing import raise_if_dask_computes, random_poses
 
 
 def world(data: np.ndarray, kwargs: dict, index: np.ndarray | None = None) -> np.ndarray:

@@ -15,7 +15,6 @@ import xarray as xr
 from scipy.spatial.transform import Rotation
 
 import cryoxr
-from conftest import raise_if_dask_computes, random_poses
 from cryoxr.errors import CryoxrError, InvalidValueError
 from cryoxr.plot import (
     MissingDependencyError,
@@ -25,6 +24,7 @@ from cryoxr.plot import (
     plot_projected,
     plot_tilt_scheme,
 )
+from cryoxr.testing import raise_if_dask_computes, random_poses
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 import cryoxr
-from conftest import raise_if_dask_computes, random_poses
 from cryoxr.errors import CryoxrError, InvalidValueError, SchemaError
 from cryoxr.poseset import absolute_position, experiment_ids, rotation
+from cryoxr.testing import raise_if_dask_computes, random_poses
 
 
 def test_schema(poses: xr.Dataset) -> None:

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cryoxr
-from conftest import raise_if_dask_computes, random_poses
 from cryoxr.errors import CryoxrError, InvalidValueError
 from cryoxr.projection import count_in_field_of_view, extract_subtilts, in_field_of_view, project
+from cryoxr.testing import raise_if_dask_computes, random_poses
 
 DIMS = (4096, 4096, 1000)
 CENTRE = (2048.0, 2048.0)

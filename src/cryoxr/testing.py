@@ -20,8 +20,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import dask
+import numpy as np
+import xarray as xr
+from scipy.spatial.transform import Rotation
 
-__all__ = ["CountingScheduler", "raise_if_dask_computes"]
+from cryoxr.poseset import make_poseset
+
+__all__ = ["CountingScheduler", "raise_if_dask_computes", "random_poses"]
 
 
 class CountingScheduler:
@@ -53,3 +58,50 @@ def raise_if_dask_computes(max_computes: int = 0) -> Iterator[CountingScheduler]
     scheduler = CountingScheduler(max_computes)
     with dask.config.set(scheduler=scheduler):
         yield scheduler
+
+
+def random_poses(
+    rng: np.random.Generator,
+    n: int,
+    *,
+    experiment_id: Any = "TS_01",
+    pixel_spacing: float = 1.35,
+    dims: tuple[int, int, int] = (4096, 4096, 1000),
+    chunks: int | None = None,
+) -> xr.Dataset:
+    """A PoseSet of ``n`` particles at uniform positions, small shifts and uniform orientations.
+
+    Parameters
+    ----------
+    rng
+        Source of randomness (the same generator state gives the same set).
+    n
+        Number of particles (0 gives an empty set).
+    experiment_id
+        A str for one tomogram, or a per-particle sequence for many.
+    pixel_spacing
+        Å per pixel of the positions.
+    dims
+        Tomogram size (x, y, z) in pixels; positions are uniform inside it.
+    chunks
+        Particles per dask chunk, or None for numpy-backed variables.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cryoxr.testing import random_poses
+    >>> ds = random_poses(np.random.default_rng(0), 1000, chunks=300)
+    >>> ds.sizes["particle"], ds.position.chunks[0]
+    (1000, (300, 300, 300, 100))
+    """
+    position = rng.uniform(0, 1, size=(n, 3)) * np.asarray(dims)
+    shift = rng.normal(0, 2, size=(n, 3))
+    return make_poseset(
+        position,
+        shift=shift,
+        orientation=Rotation.random(n, random_state=int(rng.integers(1 << 31))) if n else np.zeros((0, 4)),
+        experiment_id=experiment_id,
+        pixel_spacing=pixel_spacing,
+        source="synthetic",
+        chunks=chunks,
+    )

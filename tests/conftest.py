@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,6 +46,23 @@ def poses(rng: np.random.Generator) -> xr.Dataset:
 def poses_twin(request: pytest.FixtureRequest, rng: np.random.Generator) -> xr.Dataset:
     """The same poses eager and chunked (chunks of 300 particles)."""
     return random_poses(rng, 1000, chunks=None if request.param == "numpy" else 300)
+
+
+@pytest.fixture
+def local_cluster() -> Iterator[Any]:
+    """A ``distributed.Client`` on a 2-worker x 1-thread LocalCluster of processes.
+
+    Every port is picked by the OS (the dashboard too: ``dashboard_address=None`` still
+    tries 8787 and warns, which fails the suite where another program holds that port).
+    """
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=50
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -80,34 +80,29 @@ def _in_memory(client: Any) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_compute_gives_the_threaded_result() -> None:
+def test_worker_killed_mid_compute_gives_the_threaded_result(local_cluster: Any) -> None:
     start = time.perf_counter()
     expected = dask.compute(*_summaries(), scheduler="threads")
     threaded = time.perf_counter() - start
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        pids = client.run(os.getpid)
-        start = time.perf_counter()
-        summaries = _summaries()
-        n_tasks = len({key for array in dask.optimize(*summaries) for key in array.__dask_graph__()})
-        futures = client.compute(list(summaries))
-        # a task passes through ~5 scheduler transitions (released, waiting, processing,
-        # memory, released/forgotten): kill once about 40% of the work is done
-        deadline = time.monotonic() + 60
-        while client.run_on_scheduler(_transitions) < 2 * n_tasks and time.monotonic() < deadline:
-            time.sleep(0.005)
-        progress = client.run_on_scheduler(_transitions) / (5 * n_tasks)
-        held = _in_memory(client)
-        victim = max(held, key=held.__getitem__)
-        running = not all(f.done() for f in futures)
-        os.kill(pids[victim], signal.SIGKILL)
-        results = client.gather(futures)
-        elapsed = time.perf_counter() - start
-        workers = client.run(os.getpid)
+    client = local_cluster
+    pids = client.run(os.getpid)
+    start = time.perf_counter()
+    summaries = _summaries()
+    n_tasks = len({key for array in dask.optimize(*summaries) for key in array.__dask_graph__()})
+    futures = client.compute(list(summaries))
+    # a task passes through ~5 scheduler transitions (released, waiting, processing,
+    # memory, released/forgotten): kill once about 40% of the work is done
+    deadline = time.monotonic() + 60
+    while client.run_on_scheduler(_transitions) < 2 * n_tasks and time.monotonic() < deadline:
+        time.sleep(0.005)
+    progress = client.run_on_scheduler(_transitions) / (5 * n_tasks)
+    held = _in_memory(client)
+    victim = max(held, key=held.__getitem__)
+    running = not all(f.done() for f in futures)
+    os.kill(pids[victim], signal.SIGKILL)
+    results = client.gather(futures)
+    elapsed = time.perf_counter() - start
+    workers = client.run(os.getpid)
     assert running, "the compute finished before the kill: nothing was tested"
     assert pids[victim] not in workers.values()  # the killed process is gone (the nanny restarted one)
     for got, want in zip(results, expected, strict=True):

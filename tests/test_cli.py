@@ -74,7 +74,8 @@ def test_convert_images_poses_alignments_and_refuse_overwrite(
     aln = tmp_path / "TS_01.aln"
     needs_size = cryoxr_cmd("convert", str(demo_files["imod"]), str(aln))
     assert needs_size.returncode == 2
-    assert "image_size" in needs_size.stderr
+    assert "pass --image-size X Y" in needs_size.stderr  # CLI terms, not Python's image_size=
+    assert "image_size=" not in needs_size.stderr
     assert (
         cryoxr_cmd("convert", str(demo_files["imod"]), str(aln), "--image-size", "1024", "1024").returncode
         == 0
@@ -84,6 +85,8 @@ def test_convert_images_poses_alignments_and_refuse_overwrite(
     assert again.returncode == 2
     assert again.stderr.startswith("cryoxr: error: ")
     assert "exists" in again.stderr
+    assert "--overwrite" in again.stderr
+    assert "overwrite=True" not in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
     assert (
         cryoxr_cmd(
@@ -223,3 +226,60 @@ def test_in_process_commands(
     assert "tomogram size" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "missing.star")]) == 2
     assert "missing.star" in capsys.readouterr().err
+
+
+def test_convert_reports_every_file_it_writes(demo_files: dict[str, Path], tmp_path: Path) -> None:
+    xf = tmp_path / "ts.xf"
+    result = cryoxr_cmd("convert", str(demo_files["tilt series"]), str(xf), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert str(xf) in result.stdout
+    assert str(tmp_path / "ts.tlt") in result.stdout  # the sibling IMOD writes too
+    assert (tmp_path / "ts.tlt").is_file()
+
+
+def test_convert_takes_tomograms_from_the_command_line(demo_files: dict[str, Path], tmp_path: Path) -> None:
+    # a RELION 5 tilt-series STAR needs tomogram sizes that an IMOD .xf does not hold
+    star = tmp_path / "ts.star"
+    refused = cryoxr_cmd("convert", str(demo_files["imod"]), str(star), "--no-progress")
+    assert refused.returncode == 2
+    assert "--tomograms" in refused.stderr
+    assert "tomograms=" not in refused.stderr
+    done = cryoxr_cmd(
+        "convert", str(demo_files["imod"]), str(star), "--tomograms", str(demo_files["tilt series"])
+    )
+    assert done.returncode == 0, done.stderr
+    back = cryoxr.io.read_alignment(star)
+    assert len(back) == 41
+
+
+def test_progress_goes_to_stderr_as_lines_in_a_log(demo_files: dict[str, Path], tmp_path: Path) -> None:
+    mrc = tmp_path / "tomo.mrc"
+    result = cryoxr_cmd("convert", str(demo_files["tomogram"]), str(mrc))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("wrote ")
+    assert len(result.stdout.splitlines()) == 1  # no progress between the results
+    assert "\r" not in result.stderr  # a log file gets lines, not a redrawn bar
+
+
+def test_demo_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    refused = cryoxr_cmd("demo", "--particles", "100", "--out", str(out), "--no-figure", "--no-progress")
+    assert refused.returncode == 2
+    assert "--overwrite" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    again = cryoxr_cmd(
+        "demo", "--particles", "100", "--out", str(out), "--no-figure", "--no-progress", "--overwrite"
+    )
+    assert again.returncode == 0, again.stderr
+    assert (out / "notes.txt").read_text() == "mine"  # other files are left alone
+
+
+@pytest.mark.parametrize("value", ["-5", "many"])
+def test_demo_particle_count_is_checked_by_the_parser(value: str) -> None:
+    result = cryoxr_cmd("demo", "--particles", value)
+    assert result.returncode == 2
+    assert "--particles" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,8 +1,12 @@
 """The ``cryoxr`` command: inspect, convert, project, and the demo.
 
 Every sub-command only parses arguments and calls public functions. Errors reach the
-user as one line, ``cryoxr: error: <file>: <what>``, with exit code 2; ``--debug``
-shows the traceback.
+user as one line, ``cryoxr: error: <file>: <what>``, with exit code 2, in the command's
+own terms (``--overwrite``, not ``overwrite=True``: see :data:`CLI_TERMS`); ``--debug``
+shows the traceback. Results go to stdout, progress to stderr.
+
+Parsing comes before any heavy import (dask, xarray, zarr, scipy), so ``--help`` and a
+mistyped flag answer at once; each command imports what it needs when it runs.
 
 Examples
 --------
@@ -15,6 +19,7 @@ cryoxr 0.1.0
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -23,13 +28,45 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import dask
-import numpy as np
-import xarray as xr
-
 from cryoxr.errors import CryoxrError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["CLI_TERMS", "build_parser", "main"]
+
+#: how a library message's advice reads on the command line: Python argument -> flag
+CLI_TERMS: dict[str, str] = {
+    "pass overwrite=True (--overwrite)": "pass --overwrite",
+    "pass overwrite=True": "pass --overwrite",
+    "pass image_size=(nx, ny)": "pass --image-size X Y",
+    "pass tomograms= (tomograms.star, its table or {name: (X, Y, Z)})": "pass --tomograms tomograms.star",
+    "pass tomograms= or version=4": "pass --tomograms tomograms.star",
+    "pass tomograms=": "pass --tomograms tomograms.star",
+    "pass pixel_spacing= (Å)": "pass --pixel-spacing Å",
+    "pass pixel_spacing=": "pass --pixel-spacing Å",
+}
+
+
+def in_cli_terms(message: str) -> str:
+    """``message`` with the Python advice of :data:`CLI_TERMS` replaced by the command's flags.
+
+    Examples
+    --------
+    >>> in_cli_terms("a.mrc: exists; pass overwrite=True to replace it")
+    'a.mrc: exists; pass --overwrite to replace it'
+    """
+    for python, flag in CLI_TERMS.items():
+        message = message.replace(python, flag)
+    return message
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0 (``--particles``)."""
+    try:
+        value = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, found {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,18 +81,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on built-in synthetic data")
     demo.add_argument(
-        "--particles", type=int, default=1_000_000, help="particles to simulate (default 1,000,000)"
+        "--particles", type=_count, default=1_000_000, help="particles to simulate (default 1,000,000)"
     )
     demo.add_argument(
         "--out", type=Path, default=Path("cryoxr-demo"), help="output folder (default ./cryoxr-demo)"
     )
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace the outputs of an earlier run in --out"
+    )
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--no-figure", action="store_true", help="skip the PNG figure")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--no-figure", action="store_true", help="skip the PNG figures")
+    demo.add_argument("--no-progress", action="store_true", help="no progress on stderr")
 
-    info = sub.add_parser("info", help="describe files cryoxr can read")
+    info = sub.add_parser("info", help="describe files cryoxr can read or has written")
     info.add_argument("paths", nargs="+", type=Path)
     info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument(
+        "--tomograms",
+        type=Path,
+        default=None,
+        help="RELION 5 tomograms.star for centred particle coordinates",
+    )
 
     convert = sub.add_parser("convert", help="convert images, poses or alignments between formats")
     convert.add_argument("src", type=Path)
@@ -64,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", dest="to_format", default=None, help="output format (default: from DST's suffix)"
     )
     convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    convert.add_argument(
+        "--tomograms",
+        type=Path,
+        default=None,
+        help="RELION 5 tomograms.star: tomogram sizes for centred coordinates (read and write)",
+    )
     convert.add_argument(
         "--image-size",
         nargs=2,
@@ -111,17 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextmanager
-def _scheduler(name: str, progress: bool) -> Iterator[Any]:
-    """Run computes on the named scheduler, with the matching progress display."""
-    if name in ("threads", "processes", "sync"):
-        from dask.diagnostics import ProgressBar
+def _scheduler(name: str, show_progress: bool) -> Iterator[Any]:
+    """Run computes on the named scheduler, with the matching progress display (stderr)."""
+    import dask
 
-        with dask.config.set(scheduler=name):
-            if progress:
-                with ProgressBar(minimum=0.5, dt=0.25):
-                    yield None
-            else:
-                yield None
+    from cryoxr.progress import progress
+
+    if name in ("threads", "processes", "sync"):
+        with dask.config.set(scheduler=name), progress(show_progress):
+            yield None
         return
     try:
         from distributed import Client
@@ -142,7 +192,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             figure = False
-    summary = run_demo(args.particles, args.out, seed=args.seed, progress=not args.no_progress, figure=figure)
+    summary = run_demo(
+        args.particles,
+        args.out,
+        seed=args.seed,
+        progress=not args.no_progress,
+        figure=figure,
+        overwrite=args.overwrite,
+    )
     print(summary.format())
     return 0
 
@@ -166,7 +223,7 @@ def _human(key: str, value: Any) -> str:
 def _cmd_info(args: argparse.Namespace) -> int:
     from cryoxr.io import describe
 
-    reports = [describe(path) for path in args.paths]
+    reports = [describe(path, tomograms=args.tomograms) for path in args.paths]
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2, default=str))
     else:
@@ -190,12 +247,16 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             to=args.to_format,
             overwrite=args.overwrite,
             image_size=tuple(args.image_size) if args.image_size else None,
+            tomograms=args.tomograms,
         )
-    print(f"wrote {written} in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {', '.join(map(str, written))} in {time.perf_counter() - start:.1f} s")
     return 0
 
 
 def _cmd_project(args: argparse.Namespace) -> int:
+    import numpy as np
+    import xarray as xr
+
     from cryoxr.io import read_alignment, read_poses
     from cryoxr.io._atomic import atomic_path
     from cryoxr.projection import in_field_of_view, project
@@ -247,7 +308,8 @@ def _cmd_project(args: argparse.Namespace) -> int:
             future = out.to_zarr(tmp, mode="w-", compute=False, zarr_format=ZARR_FORMAT)
             handle = client.compute(future)
             if not args.no_progress:
-                progress(handle)
+                with contextlib.redirect_stdout(sys.stderr):  # results on stdout, progress on stderr
+                    progress(handle)
             handle.result()
         else:
             out.to_zarr(tmp, mode="w-", zarr_format=ZARR_FORMAT)
@@ -285,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = (
-            str(err)
+            in_cli_terms(str(err))
             if isinstance(err, CryoxrError)
             else f"{getattr(err, 'filename', '') or ''}: {err.strerror or err}"
         )

@@ -21,9 +21,9 @@ True
 
 from __future__ import annotations
 
+import operator
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,14 @@ import zarr
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from cryoxr.errors import FileExistsNoOverwriteError, InvalidValueError
 from cryoxr.image import Image, Tomogram
 from cryoxr.poseset import make_poseset, rescale
+from cryoxr.progress import progress as show_progress
 from cryoxr.projection import count_in_field_of_view, extract_subtilts, project, project_into
 from cryoxr.projection_model import make_projection_model
 
-__all__ = ["DemoSummary", "make_demo_data", "progress_bar", "run_demo"]
+__all__ = ["DemoSummary", "make_demo_data", "run_demo"]
 
 #: bin-1 geometry of the simulated data set (a typical K3 tilt series at 1.35 Å/px)
 BIN1_SPACING = 1.35
@@ -88,18 +90,6 @@ class DemoSummary:
             lines.append("  wrote")
             lines.extend(f"    {name:<22}{path}" for name, path in self.files.items())
         return "\n".join(lines)
-
-
-@contextmanager
-def progress_bar(enabled: bool) -> Iterator[None]:
-    """dask's progress bar on local schedulers, ``distributed.progress`` is used by the CLI."""
-    if not enabled:
-        yield
-        return
-    from dask.diagnostics import ProgressBar
-
-    with ProgressBar(minimum=0.5, dt=0.25):
-        yield
 
 
 def _tilt_angles() -> np.ndarray:
@@ -244,7 +234,7 @@ def run_demo(
     progress: bool = True,
     figure: bool = True,
     write_files: bool = True,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> DemoSummary:
     """Run the end-to-end demo and return what it measured.
 
@@ -263,9 +253,30 @@ def run_demo(
     write_files
         Write the tomogram (OME-Zarr), particles (RELION 5 STAR) and alignment.
     overwrite
-        Replace outputs of an earlier run in ``out_dir``.
+        Replace the outputs of an earlier run in ``out_dir``. Without it, an ``out_dir``
+        that exists and is not empty is refused before anything is computed (other files
+        in the folder are never touched either way).
+
+    Raises
+    ------
+    FileExistsNoOverwriteError
+        ``out_dir`` exists, is not empty, and ``overwrite`` is false.
+    InvalidValueError
+        ``n_particles`` is negative.
     """
+    n_particles = operator.index(n_particles)
+    if n_particles < 0:
+        raise InvalidValueError(f"run_demo: n_particles must be >= 0, found {n_particles}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsNoOverwriteError(
+            f"{out}: exists and is not a folder; the demo writes a folder of files"
+        )
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsNoOverwriteError(
+            f"{out}: exists and is not empty; pass overwrite=True to replace the outputs of an earlier demo "
+            "(other files in it are left alone), or choose another folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     data = _timed(timings, "generate", lambda: make_demo_data(n_particles, seed=seed))
@@ -297,9 +308,9 @@ def run_demo(
             dtype=np.float64,
             chunks=(100_000, len(model), 2),
             compressors=None,
-            overwrite=True,
+            overwrite=overwrite,
         )
-        with progress_bar(progress), dask.config.set(scheduler="threads"):
+        with show_progress(progress), dask.config.set(scheduler="threads"):
             project_into(
                 target, poses, model, tomogram_dimensions=dims, tilt_image_center=centre, chunks=100_000
             )
@@ -375,7 +386,7 @@ def _write_inputs(data: dict[str, Any], out: Path, *, overwrite: bool, progress:
         "tilt series": out / "tomograms.star",
         "imod": out / f"{EXPERIMENT}.xf",
     }
-    with progress_bar(progress), dask.config.set(scheduler="threads"):
+    with show_progress(progress), dask.config.set(scheduler="threads"):
         write_ome_zarr(data["tomogram"], files["tomogram"], levels=3, overwrite=overwrite)
         write_relion_particles(poses, files["particles"], version=5, tomograms=sizes, overwrite=overwrite)
     write_relion_tilt_series(model, files["tilt series"], tomograms=sizes, overwrite=overwrite)

@@ -16,8 +16,8 @@ Examples
 >>> report = describe(path)
 >>> report["kind"], report["shape"], report["pixel_spacing"]
 ('tomogram', [4, 6, 8], 5.0)
->>> convert(path, folder / "TS_01.ome.zarr").name
-'TS_01.ome.zarr'
+>>> [p.name for p in convert(path, folder / "TS_01.ome.zarr")]
+['TS_01.ome.zarr']
 >>> describe(folder / "TS_01.ome.zarr")["format"]
 'OME-Zarr'
 """
@@ -41,7 +41,7 @@ from cryoxr.io.tables import _sniff, read_alignment, read_poses
 from cryoxr.poseset import experiment_ids
 from cryoxr.projection_model import PMDL
 
-__all__ = ["WRITERS", "Writer", "convert", "describe", "file_kind"]
+__all__ = ["WRITERS", "WriteOptions", "Writer", "convert", "describe", "file_kind"]
 
 PathLike = str | os.PathLike[str]
 
@@ -161,10 +161,18 @@ def _describe_alignment(model: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def describe(path: PathLike) -> dict[str, Any]:
+def describe(path: PathLike, *, tomograms: PathLike | None = None) -> dict[str, Any]:
     """What a file holds: kind, shape or counts, pixel spacing, experiments, size on disk.
 
     Reads headers and tables, never image voxels. Used by ``cryoxr info``.
+
+    Parameters
+    ----------
+    path
+        Any file or folder :func:`file_kind` recognises.
+    tomograms
+        A RELION 5 ``tomograms.star`` for a particle file with centred coordinates
+        (by default the one beside it is used).
 
     Returns
     -------
@@ -177,7 +185,7 @@ def describe(path: PathLike) -> dict[str, Any]:
     if kind == "image":
         report.update(_describe_image(open_image(p)))
     elif kind == "poses":
-        report.update(_describe_poses(read_poses(p)))
+        report.update(_describe_poses(read_poses(p, **_tomograms_option(tomograms))))
     else:
         report.update(_describe_alignment(read_alignment(p)))
     report["size_on_disk"] = _disk_size(p)
@@ -190,53 +198,83 @@ class Writer:
 
     kind: str
     suffixes: tuple[str, ...]
-    #: ``write(obj, dst, overwrite, image_size)``
-    write: Callable[[Any, Path, bool, tuple[int, int] | None], Any]
+    #: ``write(obj, dst, options)`` -> the files written, ``dst`` first
+    write: Callable[[Any, Path, WriteOptions], list[Path]]
 
 
-def _write_relion_particles(poses: xr.Dataset, dst: Path, overwrite: bool, _: tuple[int, int] | None) -> None:
-    # RELION 5 needs the tomogram sizes, which only a set read from RELION 5 carries
-    has_sizes = "tomogram_dimensions" in (poses.attrs.get("relion") or {})
-    relion.write_relion_particles(poses, dst, version=5 if has_sizes else 4, overwrite=overwrite)
+@dataclass(frozen=True)
+class WriteOptions:
+    """What :func:`convert` passes to every writer; each uses the fields its format needs."""
+
+    overwrite: bool = False
+    image_size: tuple[int, int] | None = None
+    tomograms: Path | None = None
 
 
-def _write_dynamo(poses: xr.Dataset, dst: Path, overwrite: bool, _: tuple[int, int] | None) -> None:
+def _tomograms_option(tomograms: PathLike | None) -> dict[str, Any]:
+    return {} if tomograms is None else {"tomograms": Path(tomograms)}
+
+
+def _write_mrc(image: Image, dst: Path, options: WriteOptions) -> list[Path]:
+    mrc.write_mrc(image, dst, overwrite=options.overwrite)
+    return [dst]
+
+
+def _write_ome_zarr(image: Image, dst: Path, options: WriteOptions) -> list[Path]:
+    ome_zarr.write_ome_zarr(image, dst, overwrite=options.overwrite)
+    return [dst]
+
+
+def _write_relion_particles(poses: xr.Dataset, dst: Path, options: WriteOptions) -> list[Path]:
+    # RELION 5 needs the tomogram sizes: from --tomograms, or a set read from RELION 5 carries them
+    has_sizes = options.tomograms is not None or "tomogram_dimensions" in (poses.attrs.get("relion") or {})
+    relion.write_relion_particles(
+        poses,
+        dst,
+        version=5 if has_sizes else 4,
+        overwrite=options.overwrite,
+        **_tomograms_option(options.tomograms),
+    )
+    return [dst]
+
+
+def _write_dynamo(poses: xr.Dataset, dst: Path, options: WriteOptions) -> list[Path]:
     # Dynamo numbers tomograms: names that are not numbers go to a sibling .doc map
     named = any(not (eid.isascii() and eid.isdigit()) for eid in experiment_ids(poses))
     doc = dst.with_suffix(".doc") if named else None
-    dynamo.write_dynamo_table(poses, dst, tomogram_map=doc, overwrite=overwrite)
+    dynamo.write_dynamo_table(poses, dst, tomogram_map=doc, overwrite=options.overwrite)
+    return [dst] if doc is None else [dst, doc]
 
 
-def _write_imod(model: pd.DataFrame, dst: Path, overwrite: bool, _: tuple[int, int] | None) -> None:
+def _write_relion_tilt_series(model: pd.DataFrame, dst: Path, options: WriteOptions) -> list[Path]:
+    relion.write_relion_tilt_series(
+        model, dst, overwrite=options.overwrite, **_tomograms_option(options.tomograms)
+    )
+    # one per-tilt-series STAR per experiment, in the folder RELION 5 expects beside dst
+    return [dst, *sorted((dst.parent / "tilt_series").glob("*.star"))]
+
+
+def _write_imod(model: pd.DataFrame, dst: Path, options: WriteOptions) -> list[Path]:
     xtilt = dst.with_suffix(".xtilt") if (model[PMDL.ROTATION_X] != 0).any() else None
-    imod.write_imod_alignment(model, dst, dst.with_suffix(".tlt"), xtilt=xtilt, overwrite=overwrite)
+    tlt = dst.with_suffix(".tlt")
+    imod.write_imod_alignment(model, dst, tlt, xtilt=xtilt, overwrite=options.overwrite)
+    return [dst, tlt] if xtilt is None else [dst, tlt, xtilt]
+
+
+def _write_aretomo(model: pd.DataFrame, dst: Path, options: WriteOptions) -> list[Path]:
+    aretomo.write_aretomo_alignment(model, dst, overwrite=options.overwrite, image_size=options.image_size)
+    return [dst]
 
 
 #: format name -> writer; ``convert`` picks by name (``to=``) or by the destination suffix
 WRITERS: dict[str, Writer] = {
-    "mrc": Writer(
-        "image",
-        (".mrc", ".mrcs", ".st", ".ali", ".rec", ".map"),
-        lambda obj, dst, ow, _: mrc.write_mrc(obj, dst, overwrite=ow),
-    ),
-    "ome-zarr": Writer(
-        "image",
-        (".ome.zarr", ".zarr"),
-        lambda obj, dst, ow, _: ome_zarr.write_ome_zarr(obj, dst, overwrite=ow),
-    ),
+    "mrc": Writer("image", (".mrc", ".mrcs", ".st", ".ali", ".rec", ".map"), _write_mrc),
+    "ome-zarr": Writer("image", (".ome.zarr", ".zarr"), _write_ome_zarr),
     "relion": Writer("poses", (".star",), _write_relion_particles),
     "dynamo": Writer("poses", (".tbl",), _write_dynamo),
-    "relion-tilt-series": Writer(
-        "alignment",
-        (".star",),
-        lambda obj, dst, ow, _: relion.write_relion_tilt_series(obj, dst, overwrite=ow),
-    ),
+    "relion-tilt-series": Writer("alignment", (".star",), _write_relion_tilt_series),
     "imod": Writer("alignment", (".xf",), _write_imod),
-    "aretomo": Writer(
-        "alignment",
-        (".aln",),
-        lambda obj, dst, ow, size: aretomo.write_aretomo_alignment(obj, dst, overwrite=ow, image_size=size),
-    ),
+    "aretomo": Writer("alignment", (".aln",), _write_aretomo),
 }
 
 
@@ -263,7 +301,8 @@ def convert(
     to: str | None = None,
     overwrite: bool = False,
     image_size: tuple[int, int] | None = None,
-) -> Path:
+    tomograms: PathLike | None = None,
+) -> list[Path]:
     """Read ``src`` and write it to ``dst`` in another format of the same kind.
 
     Parameters
@@ -281,11 +320,15 @@ def convert(
     image_size
         (nx, ny) of the tilt images, for alignment formats that record it (AreTomo's
         ``RawSize``) when the source does not.
+    tomograms
+        A RELION 5 ``tomograms.star``: the tomogram sizes that RELION 5 particle files
+        (centred coordinates) and tilt-series files need, for reading and for writing.
 
     Returns
     -------
-    pathlib.Path
-        ``dst``.
+    list of pathlib.Path
+        Every file written, ``dst`` first (IMOD writes a ``.tlt`` beside the ``.xf``,
+        Dynamo a ``.doc`` map for named tomograms, RELION 5 one STAR per tilt series).
     """
     src_path, dst_path = Path(src), Path(dst)
     kind = file_kind(src_path)
@@ -300,8 +343,10 @@ def convert(
     if kind == "image":
         obj = open_image(src_path)
     elif kind == "poses":
-        obj = read_poses(src_path)
+        obj = read_poses(src_path, **_tomograms_option(tomograms))
     else:
         obj = read_alignment(src_path)
-    writer.write(obj, dst_path, overwrite, image_size)
-    return dst_path
+    options = WriteOptions(
+        overwrite=overwrite, image_size=image_size, tomograms=None if tomograms is None else Path(tomograms)
+    )
+    return writer.write(obj, dst_path, options)

@@ -37,9 +37,11 @@ import zarr
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from cryoxr.extraction import extract_subtilts
+from cryoxr.field_of_view import count_in_field_of_view
 from cryoxr.image import Image, Tomogram
 from cryoxr.poseset import make_poseset, rescale
-from cryoxr.projection import count_in_field_of_view, extract_subtilts, project, project_into
+from cryoxr.projection import project, project_into
 from cryoxr.projection_model import make_projection_model
 
 __all__ = ["DemoSummary", "make_demo_data", "progress_bar", "run_demo"]

@@ -47,9 +47,9 @@ import xarray as xr
 from scipy.spatial.transform import Rotation
 
 from cryoxr.errors import InvalidValueError, MissingDependencyError
+from cryoxr.field_of_view import in_field_of_view
 from cryoxr.image import Image, validate_image
 from cryoxr.poseset import validate_poseset
-from cryoxr.projection import in_field_of_view
 from cryoxr.projection_model import PMDL, validate_projection_model
 
 if TYPE_CHECKING:

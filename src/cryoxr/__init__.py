@@ -15,6 +15,8 @@ Examples
 from cryoxr import accessors as _accessors  # noqa: F401  (registers .cryo)
 from cryoxr import io
 from cryoxr.errors import CryoxrError
+from cryoxr.extraction import extract_subtilts
+from cryoxr.field_of_view import count_in_field_of_view, in_field_of_view
 from cryoxr.image import Image, Micrograph, Tomogram, bin_image, validate_image
 from cryoxr.io import convert, describe, open_image, read_alignment, read_poses
 from cryoxr.napari import to_napari
@@ -26,13 +28,7 @@ from cryoxr.poseset import (
     to_cryotypes,
     validate_poseset,
 )
-from cryoxr.projection import (
-    count_in_field_of_view,
-    extract_subtilts,
-    in_field_of_view,
-    project,
-    project_into,
-)
+from cryoxr.projection import project, project_into
 from cryoxr.projection_model import (
     ProjectionModel,
     ProjectionModelDataLabels,

@@ -21,7 +21,7 @@ import pandas as pd
 import xarray as xr
 from scipy.spatial.transform import Rotation
 
-from cryoxr import image, napari, poseset, projection, projection_model
+from cryoxr import field_of_view, image, napari, poseset, projection, projection_model
 from cryoxr.image import Image
 
 __all__ = ["ImageAccessor", "PoseSetAccessor", "ProjectionModelAccessor"]
@@ -49,7 +49,7 @@ class ImageAccessor:
 
     def in_field_of_view(self, *, image_shape: Sequence[int], margin: float = 0.0) -> xr.DataArray:
         """:func:`cryoxr.in_field_of_view` on projected positions."""
-        return projection.in_field_of_view(self._da, image_shape=image_shape, margin=margin)
+        return field_of_view.in_field_of_view(self._da, image_shape=image_shape, margin=margin)
 
     def plot_orthoslices(self, **kwargs: Any) -> Any:
         """:func:`cryoxr.plot.plot_orthoslices` of this tomogram (needs matplotlib)."""

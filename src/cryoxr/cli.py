@@ -257,9 +257,10 @@ def _cmd_project(args: argparse.Namespace) -> int:
     import numpy as np
     import xarray as xr
 
+    from cryoxr.field_of_view import in_field_of_view
     from cryoxr.io import read_alignment, read_poses
     from cryoxr.io._atomic import atomic_path
-    from cryoxr.projection import in_field_of_view, project
+    from cryoxr.projection import project
 
     model = read_alignment(args.alignment)
     # a RELION 5 tomograms.star holds the sizes RELION 5 particle files need

@@ -38,10 +38,12 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from cryoxr.errors import FileExistsNoOverwriteError, InvalidValueError
+from cryoxr.extraction import extract_subtilts
+from cryoxr.field_of_view import count_in_field_of_view
 from cryoxr.image import Image, Tomogram
 from cryoxr.poseset import make_poseset, rescale
 from cryoxr.progress import progress as show_progress
-from cryoxr.projection import count_in_field_of_view, extract_subtilts, project, project_into
+from cryoxr.projection import project, project_into
 from cryoxr.projection_model import make_projection_model
 
 __all__ = ["DemoSummary", "make_demo_data", "run_demo"]

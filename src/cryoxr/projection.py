@@ -7,6 +7,9 @@ The matrices are computed once, enter the graph once (one key, shared by every t
 and are shipped once per worker on ``dask.distributed``. No Python loop runs over
 tilts or particles; a chunk holding several experiments does one product per experiment.
 
+The field-of-view tests (:mod:`cryoxr.field_of_view`) and the patch extraction
+(:mod:`cryoxr.extraction`) build on the operators, kernels and chunking defined here.
+
 Examples
 --------
 >>> import numpy as np
@@ -34,14 +37,11 @@ import pandas as pd
 import xarray as xr
 
 from cryoxr.errors import InvalidValueError
-from cryoxr.image import ArraySource, Image, validate_image
+from cryoxr.image import ArraySource
 from cryoxr.poseset import DEFAULT_PARTICLE_CHUNK, experiment_ids, validate_poseset
 from cryoxr.projection_model import PMDL, projection_model_to_projection_matrices, validate_projection_model
 
 __all__ = [
-    "count_in_field_of_view",
-    "extract_subtilts",
-    "in_field_of_view",
     "project",
     "project_into",
     "projection_operators",
@@ -131,6 +131,34 @@ def projection_operators(
         n_tilts[k] = t
         spacing[k] = ps_model
     return list(wanted), weights, bias, n_tilts, spacing
+
+
+def _checked_operators(
+    poses: xr.Dataset,
+    projection_model: pd.DataFrame,
+    tomogram_dimensions: PerExperiment,
+    tilt_image_center: PerExperiment,
+    specimen_center: PerExperiment | None,
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Check the poses' structure and build their operators, as every projection kernel needs.
+
+    Returns ``experiments, weights, bias, pixel_spacing`` of :func:`projection_operators`.
+    """
+    validate_poseset(poses, check_values=False)
+    experiments, weights, bias, _, spacing = projection_operators(
+        poses,
+        projection_model,
+        tomogram_dimensions=tomogram_dimensions,
+        tilt_image_center=tilt_image_center,
+        specimen_center=specimen_center,
+    )
+    return experiments, weights, bias, spacing
+
+
+def _check_float(dtype: np.dtype, what: str) -> None:
+    """Projections are written as float64 or float32 only."""
+    if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise InvalidValueError(f"{what} must be float64 or float32, found {dtype}")
 
 
 def _homogeneous(position: np.ndarray, shift: np.ndarray, dtype: Any) -> np.ndarray:
@@ -312,17 +340,11 @@ def project(
     ...         tilt_image_center=(2048, 2048)).values.tolist()
     [[[400.0, 400.0]]]
     """
-    validate_poseset(poses, check_values=False)
-    experiments, weights, bias, _n_tilts, spacing = projection_operators(
-        poses,
-        projection_model,
-        tomogram_dimensions=tomogram_dimensions,
-        tilt_image_center=tilt_image_center,
-        specimen_center=specimen_center,
+    experiments, weights, bias, spacing = _checked_operators(
+        poses, projection_model, tomogram_dimensions, tilt_image_center, specimen_center
     )
     dtype = np.dtype(dtype)
-    if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
-        raise InvalidValueError(f"project: dtype must be float64 or float32, found {dtype}")
+    _check_float(dtype, "project: dtype")
     pchunks = _particle_chunks(poses, chunks)
     t_max = weights.shape[2] // 2
     out = da.blockwise(
@@ -464,21 +486,15 @@ def project_into(
     ...                               tilt_image_center=(2, 2)).values))
     True
     """
-    validate_poseset(poses, check_values=False)
-    experiments, weights, bias, _, _ = projection_operators(
-        poses,
-        projection_model,
-        tomogram_dimensions=tomogram_dimensions,
-        tilt_image_center=tilt_image_center,
-        specimen_center=specimen_center,
+    experiments, weights, bias, _ = _checked_operators(
+        poses, projection_model, tomogram_dimensions, tilt_image_center, specimen_center
     )
     n, t_max = poses.sizes["particle"], weights.shape[2] // 2
     shape = tuple(getattr(out, "shape", ()))
     dtype = np.dtype(getattr(out, "dtype", None))
     if shape != (n, t_max, 2):
         raise InvalidValueError(f"project_into: out must have shape {(n, t_max, 2)}, found {shape}")
-    if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
-        raise InvalidValueError(f"project_into: out must be float64 or float32, found {dtype}")
+    _check_float(dtype, "project_into: out")
     if isinstance(out, np.ndarray) and _scheduler_ships_tasks():
         raise InvalidValueError(
             "project_into: a numpy or memmap target is written only in this process; the active dask "
@@ -514,315 +530,10 @@ def project_into(
 
 
 def _check_projected(projected: xr.DataArray, where: str) -> None:
+    """Refuse anything but the ``("particle", "image", "axis")`` DataArray of :func:`project`."""
     if not isinstance(projected, xr.DataArray) or projected.dims != ("particle", "image", "axis"):
         dims = getattr(projected, "dims", None)
         raise InvalidValueError(
             f"{where}: projected positions must be a DataArray with dims "
             f"('particle', 'image', 'axis'), found {dims}"
         )
-
-
-def _image_half_extent(
-    image_shape: Sequence[int], margin: float, where: str
-) -> tuple[np.ndarray, np.ndarray]:
-    shape = np.asarray(image_shape, dtype=np.float64).reshape(-1)
-    if shape.shape != (2,) or not (shape > 0).all():
-        raise InvalidValueError(f"{where}: image_shape must be (ny, nx) > 0, found {image_shape!r}")
-    if not np.isfinite(margin):
-        raise InvalidValueError(f"{where}: margin must be finite, found {margin!r}")
-    ny, nx = shape
-    # pixel centres at integers: the image spans [0, n - 1]; test |p - c| <= half
-    centre = np.array([(nx - 1) / 2.0, (ny - 1) / 2.0])
-    half = centre - float(margin)
-    return centre, half
-
-
-def _fov_block(xy: np.ndarray, centre: np.ndarray, half: np.ndarray) -> np.ndarray:
-    inside = np.abs(xy - centre) <= half
-    return inside[..., 0] & inside[..., 1]
-
-
-def in_field_of_view(
-    projected: xr.DataArray, *, image_shape: Sequence[int], margin: float = 0.0
-) -> xr.DataArray:
-    """Whether each projected point lies at least ``margin`` pixels inside the tilt image.
-
-    Pixel centres sit at integer coordinates, the first at 0, so an image of ``nx``
-    pixels spans ``[0, nx - 1]`` in x. NaN positions (tilts an experiment lacks) are
-    outside.
-
-    Parameters
-    ----------
-    projected
-        Output of :func:`project`, dims ``("particle", "image", "axis")``.
-    image_shape
-        Tilt-image shape in array order ``(ny, nx)``.
-    margin
-        Pixels the point must stay away from the border (negative: allow outside).
-
-    Returns
-    -------
-    xarray.DataArray
-        Lazy bool, dims ``("particle", "image")``.
-
-    Examples
-    --------
-    >>> import numpy as np, xarray as xr
-    >>> xy = xr.DataArray(np.array([[[0.0, 0.0], [8.0, 4.5], [9.5, 0.0]]]),
-    ...                   dims=("particle", "image", "axis"))
-    >>> in_field_of_view(xy, image_shape=(10, 10)).values.tolist()
-    [[True, True, False]]
-    >>> in_field_of_view(xy, image_shape=(10, 10), margin=1).values.tolist()
-    [[False, True, False]]
-    """
-    _check_projected(projected, "in_field_of_view")
-    centre, half = _image_half_extent(image_shape, margin, "in_field_of_view")
-    data = projected.data
-    if isinstance(data, da.Array):
-        data = data.rechunk({2: 2})
-        mask = data.map_blocks(_fov_block, centre, half, drop_axis=2, dtype=bool, meta=np.empty((0, 0), bool))
-    else:
-        mask = _fov_block(np.asarray(data), centre, half)
-    coords = {k: v for k, v in projected.coords.items() if "axis" not in v.dims}
-    return xr.DataArray(
-        mask,
-        dims=("particle", "image"),
-        coords=coords,
-        name="in_field_of_view",
-        attrs={"image_shape": [int(s) for s in image_shape], "margin": float(margin)},
-    )
-
-
-#: rows per step of the fused count: a (rows, 2T) float64 block stays in L2
-_COUNT_ROWS = 1024
-
-
-def _count_block(
-    position: np.ndarray,
-    shift: np.ndarray,
-    codes: np.ndarray,
-    weights: np.ndarray,
-    bias: np.ndarray,
-    half: np.ndarray,
-    dtype: Any,
-) -> np.ndarray:
-    """Fused kernel: project a chunk and count points inside the image, per tilt.
-
-    Works through the chunk ``_COUNT_ROWS`` particles at a time in two reused buffers,
-    so the projected block is tested while still in cache and no (n, 2T) temporary is
-    ever allocated (the loop is over row blocks, never over tilts or particles).
-    """
-    points = _homogeneous(position, shift, dtype)  # bias is centred
-    width = weights.shape[2]
-    limit = np.tile(np.asarray(half, dtype=dtype), width // 2)
-    counts = np.zeros(width // 2, dtype=np.int64)
-    step = max(1, min(points.shape[0], _COUNT_ROWS))
-    xy = np.empty((step, width), dtype=dtype)
-    inside = np.empty((step, width), dtype=bool)
-    present = np.unique(codes) if weights.shape[0] > 1 else np.zeros(1, dtype=np.int64)
-    for code in present:  # experiments in this chunk: usually one
-        operator = _operator(weights, bias, code, dtype)
-        mine = points if len(present) == 1 else points[codes == code]
-        for start in range(0, mine.shape[0], step):
-            m = min(step, mine.shape[0] - start)
-            np.matmul(mine[start : start + m], operator, out=xy[:m])
-            np.abs(xy[:m], out=xy[:m])
-            np.less_equal(xy[:m], limit, out=inside[:m])  # NaN (missing tilt) -> False
-            # inside in x and in y <=> both bytes of the (x, y) pair are 1
-            counts += np.count_nonzero(inside[:m].view(np.uint16) == 0x0101, axis=0)
-    return counts[None, :]
-
-
-def count_in_field_of_view(
-    poses: xr.Dataset,
-    projection_model: pd.DataFrame,
-    *,
-    tomogram_dimensions: PerExperiment,
-    tilt_image_center: PerExperiment,
-    image_shape: Sequence[int],
-    margin: float = 0.0,
-    specimen_center: PerExperiment | None = None,
-    chunks: int | None = None,
-    dtype: Any = np.float64,
-) -> xr.DataArray:
-    """Count, per tilt, the particles that project inside the tilt image, streaming.
-
-    Equal to ``in_field_of_view(project(...), ...).sum("particle")`` but fused into one
-    kernel per chunk (project, test, count), so 10^7 particles x 61 tilts run at GEMM
-    speed with memory bounded by one chunk per worker. Arguments as :func:`project`
-    and :func:`in_field_of_view`.
-
-    Returns
-    -------
-    xarray.DataArray
-        Lazy int64, dims ``("image",)``.
-
-    Examples
-    --------
-    >>> import cryoxr
-    >>> poses = cryoxr.make_poseset([[10.0, 10, 5], [0.0, 0, 5]], experiment_id="t", pixel_spacing=1)
-    >>> model = cryoxr.make_projection_model(rotation_y=[0, 60], experiment_id="t", pixel_spacing=1)
-    >>> count_in_field_of_view(poses, model, tomogram_dimensions=(20, 20, 10),
-    ...     tilt_image_center=(10, 10), image_shape=(20, 20), margin=1).values.tolist()
-    [1, 1]
-    """
-    validate_poseset(poses, check_values=False)
-    experiments, weights, bias, _, _ = projection_operators(
-        poses,
-        projection_model,
-        tomogram_dimensions=tomogram_dimensions,
-        tilt_image_center=tilt_image_center,
-        specimen_center=specimen_center,
-    )
-    centre, half = _image_half_extent(image_shape, margin, "count_in_field_of_view")
-    dtype = np.dtype(dtype)
-    t_max = weights.shape[2] // 2
-    centred_bias = bias - np.tile(centre, t_max)[None, :]
-    pchunks = _particle_chunks(poses, chunks)
-    per_chunk = da.blockwise(
-        _count_block,
-        "pt",
-        *_kernel_inputs(poses, experiments, weights, centred_bias, dtype, pchunks),
-        half,
-        None,
-        dtype,
-        None,
-        concatenate=True,
-        new_axes={"t": t_max},
-        adjust_chunks={"p": 1},
-        dtype=np.int64,
-        meta=np.empty((0, 0), dtype=np.int64),
-    )
-    counts = per_chunk.sum(axis=0)
-    return xr.DataArray(
-        counts,
-        dims=("image",),
-        coords={"image": np.arange(t_max)},
-        name="n_in_field_of_view",
-        attrs={"margin": float(margin)},
-    )
-
-
-def _extract_block(xy: np.ndarray, image: np.ndarray, box: int, fill: Any) -> np.ndarray:
-    """Patches (n, 1, box, box) around nearest pixels of (n, 1, 2) points in one image."""
-    points = xy[:, 0, :]
-    ny, nx = int(image.shape[-2]), int(image.shape[-1])
-    image = np.asarray(image).reshape(ny, nx)
-    finite = np.isfinite(points).all(axis=1)
-    nearest = np.where(finite[:, None], np.floor(np.where(finite[:, None], points, 0.0) + 0.5), 0).astype(
-        np.int64
-    )
-    offsets = np.arange(box) - box // 2
-    cols = nearest[:, 0, None] + offsets  # (n, box)
-    rows = nearest[:, 1, None] + offsets
-    col_ok = (cols >= 0) & (cols < nx)
-    row_ok = (rows >= 0) & (rows < ny)
-    patches = image[np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]]
-    patches = patches.astype(np.result_type(image.dtype, np.float32), copy=False)
-    valid = row_ok[:, :, None] & col_ok[:, None, :] & finite[:, None, None]
-    patches[~valid] = fill
-    return patches[:, None, :, :]
-
-
-def extract_subtilts(
-    tilt_series: Image | xr.DataArray,
-    projected: xr.DataArray,
-    *,
-    box_size: int,
-    particles_per_task: int | None = None,
-) -> xr.DataArray:
-    """Cut a ``box_size`` square patch around every projected point in every tilt, lazily.
-
-    Each patch is centred on the nearest pixel to the projected point (pixel
-    ``floor(p + 0.5)`` sits at box index ``box_size // 2``); the sub-pixel residual
-    ``p - floor(p + 0.5)`` is kept as coordinates ``residual_x`` and ``residual_y`` on
-    (particle, image) for Fourier-space shifting. Pixels outside the image (and whole
-    patches of tilts an experiment lacks) are NaN.
-
-    One task cuts the patches of one tilt for a block of particles, reading only that
-    tilt image, so reductions such as the mean patch per tilt stream with a few chunks
-    in memory whatever the number of particles.
-
-    Parameters
-    ----------
-    tilt_series
-        A stack Image (dims ``("image", "y", "x")``) with at least as many images as
-        ``projected`` has tilts.
-    projected
-        Output of :func:`project`.
-    box_size
-        Patch size in pixels (>= 1).
-    particles_per_task
-        Particles per output chunk; default keeps each chunk near 32 MiB.
-
-    Returns
-    -------
-    xarray.DataArray
-        Lazy, dims ``("particle", "image", "y", "x")``, float32 for float32/integer
-        images up to 16 bits, float64 otherwise; ``y``/``x`` coords are the box offsets
-        in Å.
-
-    Examples
-    --------
-    >>> import numpy as np, xarray as xr
-    >>> import cryoxr
-    >>> ts = cryoxr.Image.from_array(np.arange(25.0).reshape(1, 5, 5), pixel_spacing=1.0,
-    ...                              experiment_id="t", stack=True)
-    >>> xy = xr.DataArray([[[2.2, 1.6]]], dims=("particle", "image", "axis"))
-    >>> p = extract_subtilts(ts, xy, box_size=3)
-    >>> p.values[0, 0].tolist()
-    [[6.0, 7.0, 8.0], [11.0, 12.0, 13.0], [16.0, 17.0, 18.0]]
-    >>> [round(float(p.residual_x[0, 0]), 6), round(float(p.residual_y[0, 0]), 6)]
-    [0.2, -0.4]
-    """
-    _check_projected(projected, "extract_subtilts")
-    data = validate_image(tilt_series, stack=True)
-    box = int(box_size)
-    if box < 1 or box != box_size:
-        raise InvalidValueError(f"extract_subtilts: box_size must be an int >= 1, found {box_size!r}")
-    n_tilts = projected.sizes["image"]
-    if data.sizes["image"] < n_tilts:
-        raise InvalidValueError(
-            f"extract_subtilts: the tilt series {data.attrs.get('experiment_id')!r} has "
-            f"{data.sizes['image']} images, the projected positions {n_tilts} tilts"
-        )
-    images = data.data if isinstance(data.data, da.Array) else da.from_array(data.data, chunks=(1, -1, -1))
-    images = images[:n_tilts].rechunk((1, -1, -1))
-    out_dtype = np.result_type(images.dtype, np.float32)
-    if particles_per_task is None:
-        particles_per_task = max(1, (32 * 2**20) // (box * box * out_dtype.itemsize))
-    xy = projected.data if isinstance(projected.data, da.Array) else da.from_array(np.asarray(projected.data))
-    xy = xy.rechunk((int(particles_per_task), 1, 2))
-    patches = da.blockwise(
-        _extract_block,
-        "ptyx",
-        xy,
-        "pta",
-        images,
-        "tYX",
-        box,
-        None,
-        np.nan,
-        None,
-        concatenate=True,
-        new_axes={"y": box, "x": box},
-        dtype=out_dtype,
-        meta=np.empty((0, 0, 0, 0), dtype=out_dtype),
-    )
-    nearest = np.floor(projected + 0.5)
-    residual = projected - nearest
-    spacing = float(data.attrs["pixel_spacing"])
-    offsets = (np.arange(box) - box // 2) * spacing
-    coords: dict[str, Any] = {
-        "image": np.arange(n_tilts),
-        "y": ("y", offsets, {"units": "angstrom"}),
-        "x": ("x", offsets, {"units": "angstrom"}),
-        "residual_x": residual.isel(axis=0).drop_vars("axis", errors="ignore").variable,
-        "residual_y": residual.isel(axis=1).drop_vars("axis", errors="ignore").variable,
-    }
-    if "experiment_id" in projected.coords:
-        coords["experiment_id"] = projected.coords["experiment_id"]
-    attrs = {"pixel_spacing": spacing, "box_size": box, "experiment_id": data.attrs.get("experiment_id")}
-    return xr.DataArray(
-        patches, dims=("particle", "image", "y", "x"), coords=coords, attrs=attrs, name="subtilts"
-    )

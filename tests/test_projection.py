@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dask
 import dask.array as da
 import numpy as np
@@ -16,7 +18,7 @@ import cryoxr
 from cryoxr.errors import CryoxrError, InvalidValueError
 from cryoxr.extraction import extract_subtilts
 from cryoxr.field_of_view import count_in_field_of_view, in_field_of_view
-from cryoxr.projection import project
+from cryoxr.projection import project, project_into
 from cryoxr.testing import raise_if_dask_computes, random_poses
 
 DIMS = (4096, 4096, 1000)
@@ -222,8 +224,9 @@ def test_matrices_enter_the_graph_once(poses: xr.Dataset, tilt_model: pd.DataFra
 
 
 @pytest.mark.distributed
-def test_local_cluster_equals_threaded(poses: xr.Dataset, tilt_model: pd.DataFrame) -> None:
-    distributed = pytest.importorskip("distributed")
+def test_local_cluster_equals_threaded(
+    poses: xr.Dataset, tilt_model: pd.DataFrame, local_cluster: Any
+) -> None:
     projected = project(poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE, chunks=250)
     counts = count_in_field_of_view(
         poses,
@@ -236,19 +239,11 @@ def test_local_cluster_equals_threaded(poses: xr.Dataset, tilt_model: pd.DataFra
     with dask.config.set(scheduler="threads"):
         local = projected.values
         local_counts = counts.values
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        remote, remote_counts = client.compute([projected.data, counts.data], sync=True)
-        from cryoxr.projection import project_into
-
-        with pytest.raises(InvalidValueError, match="pass a zarr array"):
-            project_into(
-                np.empty((1000, 41, 2)), poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE
-            )
+    remote, remote_counts = local_cluster.compute([projected.data, counts.data], sync=True)
+    with pytest.raises(InvalidValueError, match="pass a zarr array"):
+        project_into(
+            np.empty((1000, 41, 2)), poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE
+        )
     np.testing.assert_array_equal(remote, local)
     np.testing.assert_array_equal(remote_counts, local_counts)
 

@@ -1,6 +1,9 @@
 """The thin ``.cryo`` accessors on DataArray, Dataset and DataFrame.
 
 Each method hands off to a pure function in the model modules; no logic lives here.
+This module imports only xarray and pandas: the modules it delegates to are imported by
+the method that needs them, so registering the accessors costs nothing beyond xarray
+(``import cryoxr`` registers them as soon as xarray or pandas is imported).
 
 Examples
 --------
@@ -14,15 +17,16 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy.spatial.transform import Rotation
 
-from cryoxr import field_of_view, image, napari, poseset, projection, projection_model
-from cryoxr.image import Image
+if TYPE_CHECKING:
+    import numpy as np
+    from scipy.spatial.transform import Rotation
+
+    from cryoxr.image import Image
 
 __all__ = ["ImageAccessor", "PoseSetAccessor", "ProjectionModelAccessor"]
 
@@ -35,20 +39,28 @@ class ImageAccessor:
         self._da = da
 
     @property
-    def image(self) -> image.Image:
+    def image(self) -> Image:
         """The DataArray wrapped as a validated :class:`cryoxr.Image`."""
+        from cryoxr import image
+
         return image.Image(self._da)
 
     def validate(self) -> xr.DataArray:
         """:func:`cryoxr.validate_image`."""
+        from cryoxr import image
+
         return image.validate_image(self._da)
 
     def bin(self, factor: int) -> xr.DataArray:
         """:func:`cryoxr.image.bin_image`."""
+        from cryoxr import image
+
         return image.bin_image(self._da, factor)
 
     def in_field_of_view(self, *, image_shape: Sequence[int], margin: float = 0.0) -> xr.DataArray:
         """:func:`cryoxr.in_field_of_view` on projected positions."""
+        from cryoxr import field_of_view
+
         return field_of_view.in_field_of_view(self._da, image_shape=image_shape, margin=margin)
 
     def plot_orthoslices(self, **kwargs: Any) -> Any:
@@ -65,6 +77,8 @@ class ImageAccessor:
 
     def to_napari(self, **kwargs: Any) -> list[Any]:
         """:func:`cryoxr.napari.to_napari` layer-data tuples."""
+        from cryoxr import napari
+
         return napari.to_napari(self._da, **kwargs)
 
 
@@ -78,27 +92,39 @@ class PoseSetAccessor:
     @property
     def rotation(self) -> Rotation:
         """The orientations as a scipy Rotation: :func:`cryoxr.poseset.rotation`."""
+        from cryoxr import poseset
+
         return poseset.rotation(self._ds)
 
     @property
     def experiment_ids(self) -> list[str]:
         """:func:`cryoxr.poseset.experiment_ids`."""
+        from cryoxr import poseset
+
         return poseset.experiment_ids(self._ds)
 
     def validate(self, *, check_values: bool = True) -> xr.Dataset:
         """:func:`cryoxr.validate_poseset`."""
+        from cryoxr import poseset
+
         return poseset.validate_poseset(self._ds, check_values=check_values)
 
     def absolute_position(self, *, unit: str = "pixel") -> xr.DataArray:
         """``position + shift``: :func:`cryoxr.poseset.absolute_position`."""
+        from cryoxr import poseset
+
         return poseset.absolute_position(self._ds, unit=unit)
 
     def to_cryotypes(self) -> Any:
         """:func:`cryoxr.to_cryotypes`."""
+        from cryoxr import poseset
+
         return poseset.to_cryotypes(self._ds)
 
     def project(self, model: pd.DataFrame, **kwargs: Any) -> xr.DataArray:
         """:func:`cryoxr.project` these poses through ``model``."""
+        from cryoxr import projection
+
         return projection.project(self._ds, model, **kwargs)
 
     def plot_orientations(self, **kwargs: Any) -> Any:
@@ -109,6 +135,8 @@ class PoseSetAccessor:
 
     def to_napari(self, **kwargs: Any) -> list[Any]:
         """:func:`cryoxr.napari.to_napari` points and vectors layers."""
+        from cryoxr import napari
+
         return napari.to_napari(self._ds, **kwargs)
 
 
@@ -121,6 +149,8 @@ class ProjectionModelAccessor:
 
     def validate(self) -> pd.DataFrame:
         """:func:`cryoxr.validate_projection_model`."""
+        from cryoxr import projection_model
+
         return projection_model.validate_projection_model(self._df)
 
     def projection_matrices(
@@ -131,6 +161,8 @@ class ProjectionModelAccessor:
         specimen_center: Sequence[float] | None = None,
     ) -> np.ndarray:
         """:func:`cryoxr.projection_model_to_projection_matrices`."""
+        from cryoxr import projection_model
+
         return projection_model.projection_model_to_projection_matrices(
             self._df, tilt_image_center, tomogram_dimensions, specimen_center=specimen_center
         )
@@ -143,5 +175,7 @@ class ProjectionModelAccessor:
 
     def experiments(self) -> Mapping[str, pd.DataFrame]:
         """One sub-model per experiment, in order of appearance."""
+        from cryoxr import projection_model
+
         grouped = self._df.groupby(projection_model.PMDL.EXPERIMENT_ID, sort=False)
         return {str(key): group for key, group in grouped}

@@ -9,9 +9,9 @@ call, so imports and the writers' shared input table are not counted twice).
 
 Tasks
 -----
-- ``read``: ``cryoxr.io._star.read_star`` vs ``starfile.read`` (both give pandas tables);
+- ``read``: ``cryoxr.io.star.read_star`` vs ``starfile.read`` (both give pandas tables);
 - ``read PoseSet``: ``cryoxr.io.relion.read_relion_particles`` (table -> PoseSet, quaternions);
-- ``write``: ``cryoxr.io._star.write_star`` vs ``starfile.write`` (default ``%.6f``) of the
+- ``write``: ``cryoxr.io.star.write_star`` vs ``starfile.write`` (default ``%.6f``) of the
   same DataFrames (read with cryoxr first, outside the timed part);
 - ``write PoseSet``: ``cryoxr.io.relion.write_relion_particles`` of the PoseSet.
 
@@ -53,7 +53,7 @@ def rss(field):
 task, path, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 sizes = {f"TS_{i:02d}": (4096, 4096, 1000) for i in range(%(n_tomograms)d)}
 import starfile
-from cryoxr.io._star import read_star, write_star
+from cryoxr.io.star import read_star, write_star
 from cryoxr.io.relion import read_relion_particles, write_relion_particles
 prepared = None
 if task == "starfile write":
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         make_relion5_file(path, n)
         if args.unpadded:
-            from cryoxr.io._star import read_star, write_star
+            from cryoxr.io.star import read_star, write_star
 
             padded, path = path, folder / f"particles_{n}_unpadded.star"
             write_star(read_star(padded), path, overwrite=True)

@@ -49,9 +49,9 @@ import cryoxr
 from cryoxr.errors import CryoxrError
 from cryoxr.image import Image, validate_image
 from cryoxr.io import aretomo, dynamo, imod, mrc, ome_zarr, relion
-from cryoxr.io._star import read_star
 from cryoxr.io.convert import describe, file_kind
 from cryoxr.io.images import open_image
+from cryoxr.io.star import read_star
 from cryoxr.io.tables import read_alignment, read_poses
 from cryoxr.poseset import validate_poseset
 from cryoxr.projection_model import validate_projection_model

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cryoxr.errors import CryoxrError, CryoxrFileNotFoundError, FileExistsNoOverwriteError, FormatError
-from cryoxr.io._star import StarBlock, format_rows, read_star, write_star
+from cryoxr.io.star import StarBlock, format_rows, read_star, write_star
 
 RELION_PADDED = """
 # version 50001
@@ -198,14 +198,14 @@ def test_long_body_over_chunks(tmp_path: Path) -> None:
     write_star(
         [StarBlock("particles", df, version=50001), StarBlock("after", pd.DataFrame({"rlnA": [3]}))], path
     )
-    from cryoxr.io import _star
+    from cryoxr.io.star import _read
 
-    old = _star._BodyScanner.piece_bytes
-    _star._BodyScanner.piece_bytes = 1 << 16
+    old = _read._BodyScanner.piece_bytes
+    _read._BodyScanner.piece_bytes = 1 << 16
     try:
         blocks = read_star(path)
     finally:
-        _star._BodyScanner.piece_bytes = old
+        _read._BodyScanner.piece_bytes = old
     pd.testing.assert_frame_equal(blocks["particles"].table, df, check_dtype=False)
     assert blocks["after"].table.rlnA.tolist() == [3]
 
@@ -257,7 +257,7 @@ def test_padded_bodies_over_pieces(
 ) -> None:
     """Any mix of blank runs, tabs, leading/trailing blanks and blank lines, cut into pieces
     anywhere (even inside a line: pieces always end on a line), reads as the values."""
-    from cryoxr.io import _star
+    from cryoxr.io.star import _read
 
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     names = np.char.add("TS_", rng.integers(0, 100, n_rows).astype(str))
@@ -278,12 +278,12 @@ def test_padded_bodies_over_pieces(
         text += "\ndata_after\n\n_rlnA 3\n"
     path = tmp_path / "padded.star"
     path.write_text(text)
-    old = _star._BodyScanner.piece_bytes
-    _star._BodyScanner.piece_bytes = piece_bytes
+    old = _read._BodyScanner.piece_bytes
+    _read._BodyScanner.piece_bytes = piece_bytes
     try:
         blocks = read_star(path)
     finally:
-        _star._BodyScanner.piece_bytes = old
+        _read._BodyScanner.piece_bytes = old
     table = blocks["particles"].table
     assert table.rlnTomoName.tolist() == names.tolist()
     np.testing.assert_array_equal(table.rlnAngleRot.to_numpy(), angles)
@@ -294,15 +294,15 @@ def test_padded_bodies_over_pieces(
 
 def test_ragged_row_in_a_later_piece_is_named(tmp_path: Path) -> None:
     """A bad row found by a worker parsing a later piece is still reported by its line."""
-    from cryoxr.io import _star
+    from cryoxr.io.star import _read
 
     rows = "".join(f"  TS_{i}   {i}.5\n" for i in range(500))
     path = tmp_path / "ragged.star"
     path.write_text(f"data_p\n\nloop_\n_rlnTomoName #1\n_rlnAngleRot #2\n{rows}  TS_x 1.0 2.0\n{rows}")
-    old = _star._BodyScanner.piece_bytes
-    _star._BodyScanner.piece_bytes = 256
+    old = _read._BodyScanner.piece_bytes
+    _read._BodyScanner.piece_bytes = 256
     try:
         with pytest.raises(FormatError, match=r"ragged\.star, line 506: expected 2 values"):
             read_star(path)
     finally:
-        _star._BodyScanner.piece_bytes = old
+        _read._BodyScanner.piece_bytes = old

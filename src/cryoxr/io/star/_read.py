@@ -1,49 +1,13 @@
-"""A fast, strict reader and writer of STAR files (RELION's flavour), as tables.
+"""The STAR reader: header lines walked in Python, loop bodies parsed by pyarrow.
 
-A STAR file is a sequence of data blocks (``data_<name>``), each either a *simple*
-block of ``_label value`` pairs or a *loop* block (``loop_``, one ``_label`` line per
-column, then one whitespace-separated row per line). RELION precedes each block with a
-``# version N`` comment (50001 for RELION 5, 30001 for 3.1/4; none means 3.0).
-
-The format is described as data: :data:`LABEL_TYPES` maps the RELION labels cryoxr
-knows to their column type; unknown labels are typed by their content (integer, else
-float, else text). Rows are never touched one by one in Python:
-
-- reading: only the header lines are walked in Python; each loop body is handed in one
-  piece to pyarrow's multi-threaded CSV parser with the known column names and types.
-  Bodies padded with runs of blanks (RELION's own alignment) are first squeezed to single
-  spaces with vectorised numpy byte operations (one compress per chunk), so a RELION
-  file and a file written by cryoxr parse the same way. Runs of blanks *inside* a quoted value are squeezed too.
-- writing: every column is formatted at once (pyarrow casts; floats in the shortest form
-  that reads back to the same float64) and the rows are joined in pyarrow, in chunks of
-  :data:`WRITE_CHUNK_ROWS` rows, so memory stays bounded.
-
-A malformed file raises :class:`~cryoxr.errors.FormatError` naming the file, the line,
-the column and what was expected (missing ``loop_``, ragged rows, text where numbers
-belong, Windows line endings, bad UTF-8, ...).
-
-Examples
---------
->>> import tempfile, pathlib
->>> import pandas as pd
->>> path = pathlib.Path(tempfile.mkdtemp()) / "t.star"
->>> table = pd.DataFrame({"rlnTomoName": ["TS_01", "TS_02"], "rlnAngleRot": [10.0, -3.5]})
->>> write_star([StarBlock("particles", table, version=50001)], path)
->>> print(path.read_text())
-<BLANKLINE>
-# version 50001
-<BLANKLINE>
-data_particles
-<BLANKLINE>
-loop_
-_rlnTomoName #1
-_rlnAngleRot #2
-TS_01 10.0
-TS_02 -3.5
-<BLANKLINE>
->>> blocks = read_star(path)
->>> blocks["particles"].table.rlnAngleRot.tolist(), blocks["particles"].version
-([10.0, -3.5], 50001)
+Only the header lines are walked in Python; each loop body is handed in one piece to
+pyarrow's CSV parser with the known column names and types (:data:`LABEL_TYPES`). The
+body is read from a memory map in pieces of whole lines that :data:`STAR_THREADS` worker
+threads clean and parse. Bodies padded with runs of blanks (RELION's own alignment) are
+first squeezed to single spaces with vectorised numpy byte operations (one compress per
+chunk), so a RELION file and a file written by cryoxr parse the same way. Runs of blanks
+*inside* a quoted value are squeezed too. A body the parser refuses is walked again line
+by line, only to name the first bad line and column.
 """
 
 from __future__ import annotations
@@ -55,7 +19,7 @@ import os
 import re
 import threading
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,126 +32,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from cryoxr.errors import CryoxrFileNotFoundError, FormatError
-from cryoxr.io._atomic import atomic_path
+from cryoxr.io.star._block import LABEL_TYPES, StarBlock
 
-__all__ = [
-    "LABEL_TYPES",
-    "WRITE_CHUNK_ROWS",
-    "StarBlock",
-    "format_block_header",
-    "format_rows",
-    "read_star",
-    "write_star",
-    "write_star_blocks",
-]
-
-#: RELION labels whose column type cryoxr knows: label -> "float", "int" or "str".
-#: Any other label is typed by its content (integer, else float, else text).
-LABEL_TYPES: dict[str, str] = {
-    **dict.fromkeys(
-        [
-            "rlnTomoName",
-            "rlnMicrographName",
-            "rlnMicrographMovieName",
-            "rlnImageName",
-            "rlnTomoParticleName",
-            "rlnOpticsGroupName",
-            "rlnTomoTiltSeriesStarFile",
-            "rlnTomoTiltSeriesName",
-            "rlnTomoReconstructedTomogram",
-            "rlnTomoImportImodDir",
-            "rlnTomoImportCtfFindFile",
-            "rlnEtomoDirectiveFile",
-            "rlnMtfFileName",
-            "rlnCtfImage",
-            "rlnTomoVisibleFrames",
-            "rlnMicrographMetadata",
-            "rlnReferenceImage",
-            "rlnTomoProjX",
-            "rlnTomoProjY",
-            "rlnTomoProjZ",
-            "rlnTomoProjW",
-        ],
-        "str",
-    ),
-    **dict.fromkeys(
-        [
-            "rlnOpticsGroup",
-            "rlnClassNumber",
-            "rlnGroupNumber",
-            "rlnRandomSubset",
-            "rlnImageSize",
-            "rlnImageDimensionality",
-            "rlnNrOfSignificantSamples",
-            "rlnTomoSizeX",
-            "rlnTomoSizeY",
-            "rlnTomoSizeZ",
-            "rlnTomoFrameCount",
-            "rlnTomoTiltMovieFrameCount",
-            "rlnTomoSubTomosAre2DStacks",
-            "rlnCtfDataAreCtfPremultiplied",
-            "rlnTomoParticleId",
-            "rlnTomoManifoldIndex",
-        ],
-        "int",
-    ),
-    **dict.fromkeys(
-        [
-            "rlnCoordinateX",
-            "rlnCoordinateY",
-            "rlnCoordinateZ",
-            "rlnCenteredCoordinateXAngst",
-            "rlnCenteredCoordinateYAngst",
-            "rlnCenteredCoordinateZAngst",
-            "rlnOriginXAngst",
-            "rlnOriginYAngst",
-            "rlnOriginZAngst",
-            "rlnOriginX",
-            "rlnOriginY",
-            "rlnOriginZ",
-            "rlnAngleRot",
-            "rlnAngleTilt",
-            "rlnAnglePsi",
-            "rlnTomoSubtomogramRot",
-            "rlnTomoSubtomogramTilt",
-            "rlnTomoSubtomogramPsi",
-            "rlnTomoTiltSeriesPixelSize",
-            "rlnMicrographPixelSize",
-            "rlnMicrographOriginalPixelSize",
-            "rlnImagePixelSize",
-            "rlnTomoSubtomogramBinning",
-            "rlnTomoTomogramBinning",
-            "rlnTomoHand",
-            "rlnVoltage",
-            "rlnSphericalAberration",
-            "rlnAmplitudeContrast",
-            "rlnTomoXTilt",
-            "rlnTomoYTilt",
-            "rlnTomoZRot",
-            "rlnTomoXShiftAngst",
-            "rlnTomoYShiftAngst",
-            "rlnTomoNominalStageTiltAngle",
-            "rlnTomoNominalTiltAxisAngle",
-            "rlnTomoNominalDefocus",
-            "rlnMicrographPreExposure",
-            "rlnDefocusU",
-            "rlnDefocusV",
-            "rlnDefocusAngle",
-            "rlnCtfMaxResolution",
-            "rlnCtfFigureOfMerit",
-            "rlnCtfScalefactor",
-            "rlnCtfBfactor",
-            "rlnPhaseShift",
-            "rlnLogLikeliContribution",
-            "rlnMaxValueProbDistribution",
-            "rlnNormCorrection",
-        ],
-        "float",
-    ),
-}
-
-#: rows formatted per pyarrow call when writing (bounds the writer's memory)
-WRITE_CHUNK_ROWS = 1 << 18
+__all__ = ["STAR_THREADS", "read_star"]
 
 #: Worker threads that clean and parse the pieces of a loop body (one per core, at most 4).
 STAR_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -196,33 +43,7 @@ _ARROW_TYPES = {"float": pa.float64(), "int": pa.int64(), "str": pa.string()}
 _KIND_NAMES = {"float": "a number", "int": "an integer"}
 _TOKEN = re.compile(r'"[^"]*"|\S+')
 _VERSION = re.compile(r"#\s*version\s+(\d+)")
-_NEEDS_QUOTES = r'^$|[\s"#]|^[_\']|^(data|loop)_'
-
-
-@dataclass
-class StarBlock:
-    """One data block of a STAR file.
-
-    Parameters
-    ----------
-    name
-        The block name, without ``data_``.
-    table
-        The block's content: one row per loop row, columns in file order. A simple
-        (non-loop) block is a one-row table.
-    loop
-        Whether the block is a ``loop_`` block.
-    version
-        The number of the ``# version N`` line before the block, or None.
-    """
-
-    name: str
-    table: pd.DataFrame
-    loop: bool = True
-    version: int | None = None
-
-
-# ----------------------------------------------------------------------------- reading
+_CARRIAGE_RETURN = "carriage return (Windows CR+LF line endings); RELION rejects these, convert with dos2unix"
 
 
 def _fail(path: Path, line: int, message: str) -> FormatError:
@@ -476,11 +297,7 @@ def _read_loop_body(
     finally:
         scanner.close()
     if body.carriage_return:
-        raise _fail(
-            path,
-            first_line,
-            "carriage return (Windows CR+LF line endings); RELION rejects these, convert with dos2unix",
-        )
+        raise _fail(path, first_line, _CARRIAGE_RETURN)
     if body.error is None and not body.tables:
         return _empty_table(labels, kinds), scanner.stop, body.lines
     if body.error is not None:
@@ -588,11 +405,7 @@ def _read_blocks(path: Path, handle: IO[bytes]) -> dict[str, StarBlock]:
             break
         line_no += 1
         if raw_line.find(b"\r") >= 0:
-            raise _fail(
-                path,
-                line_no,
-                "carriage return (Windows CR+LF line endings); RELION rejects these, convert with dos2unix",
-            )
+            raise _fail(path, line_no, _CARRIAGE_RETURN)
         try:
             text = raw_line.decode("utf-8").strip()
         except UnicodeDecodeError as err:
@@ -656,157 +469,3 @@ def _read_blocks(path: Path, handle: IO[bytes]) -> dict[str, StarBlock]:
             )
     finish_simple()
     return blocks
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-def _as_arrow(values: Any) -> pa.Array | pa.ChunkedArray:
-    if isinstance(values, pa.Array | pa.ChunkedArray):
-        return values
-    if isinstance(values, pd.Series | pd.Index) and not pd.api.types.is_numeric_dtype(values.dtype):
-        return pa.array(values, from_pandas=True)  # arrow-backed text: no copy
-    arr = np.asarray(values)
-    if arr.dtype.kind == "b":
-        arr = arr.astype(np.int64)
-    try:
-        return pa.array(arr)  # NaN stays a float NaN, never a null
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array(arr.astype(str))
-
-
-def _format_column(values: Any) -> pa.Array | pa.ChunkedArray:
-    """One column as text, vectorised: shortest round-trip floats, ints, quoted strs."""
-    array = _as_arrow(values)
-    if pa.types.is_floating(array.type):
-        array = pc.cast(array, pa.float64())
-        text = pc.cast(array, pa.string())
-        numbers = np.asarray(array)
-        integral = np.isfinite(numbers) & (numbers == np.trunc(numbers))
-        if not integral.any():
-            return text
-        # keep integral floats recognisable as floats ("1000.0", not "1000")
-        plain = pc.and_(pa.array(integral), pc.invert(pc.match_substring(text, "e")))
-        return pc.if_else(plain, pc.binary_join_element_wise(text, ".0", ""), text)
-    if pa.types.is_integer(array.type) or pa.types.is_boolean(array.type):
-        return pc.cast(pc.cast(array, pa.int64()), pa.string())
-    text = pc.fill_null(pc.cast(array, pa.string()), "")
-    quoted = pc.binary_join_element_wise('"', text, '"', "")
-    return pc.if_else(pc.match_substring_regex(text, _NEEDS_QUOTES), quoted, text)
-
-
-def format_rows(columns: Mapping[str, Any]) -> bytes:
-    """The loop-body lines of ``columns`` (label -> values), formatted without a row loop.
-
-    Floats are written in the shortest form that reads back to the same float64
-    (``1.35``, ``1000.0``, ``1e-07``); text with blanks or quotes is double-quoted.
-
-    Examples
-    --------
-    >>> format_rows({"rlnTomoName": ["a b", "c"], "rlnAngleRot": [1.0, 0.1 + 0.2]})
-    b'"a b" 1.0\\nc 0.30000000000000004\\n'
-    """
-    return bytes(_format_rows_buffer(columns))
-
-
-def _format_rows_buffer(columns: Mapping[str, Any]) -> memoryview:
-    """:func:`format_rows` without the final copy (columns formatted on two threads)."""
-    values = list(columns.values())
-    if not values:
-        return memoryview(b"")
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cryoxr-star") as pool:
-        texts = list(pool.map(_format_column, values))
-    if len(texts[0]) == 0:
-        return memoryview(b"")
-    texts[-1] = pc.binary_join_element_wise(texts[-1], "\n", "")
-    lines = pc.binary_join_element_wise(*texts, " ") if len(texts) > 1 else texts[-1]
-    if isinstance(lines, pa.ChunkedArray):
-        lines = lines.combine_chunks()
-    width = np.int64 if pa.types.is_large_string(lines.type) else np.int32
-    offsets = np.frombuffer(lines.buffers()[1], dtype=width)[lines.offset : lines.offset + len(lines) + 1]
-    return memoryview(lines.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
-
-
-def format_block_header(block: StarBlock) -> str:
-    """The text before the rows: version line, ``data_`` line, ``loop_`` and labels.
-
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> print(format_block_header(StarBlock("optics", pd.DataFrame({"rlnOpticsGroup": [1]}))))
-    <BLANKLINE>
-    data_optics
-    <BLANKLINE>
-    loop_
-    _rlnOpticsGroup #1
-    <BLANKLINE>
-    """
-    head = f"\n# version {block.version}\n\n" if block.version is not None else "\n"
-    head += f"data_{block.name}\n\n"
-    if not block.loop:
-        return head
-    return head + "loop_\n" + "".join(f"_{label} #{i + 1}\n" for i, label in enumerate(block.table.columns))
-
-
-def _simple_body(block: StarBlock) -> str:
-    if len(block.table) != 1:
-        raise FormatError(f"simple block data_{block.name}: expected one row, found {len(block.table)}")
-    width = max((len(str(c)) for c in block.table.columns), default=0) + 2
-    lines = []
-    for label in block.table.columns:
-        value = format_rows({label: block.table[label]}).decode("utf-8").strip()
-        lines.append(f"_{label:<{width}}{value}\n")
-    return "".join(lines)
-
-
-def _write_loop_rows(handle: IO[bytes], table: pd.DataFrame) -> None:
-    for start in range(0, len(table), WRITE_CHUNK_ROWS):
-        part = table.iloc[start : start + WRITE_CHUNK_ROWS]
-        handle.write(_format_rows_buffer({str(c): part[c] for c in part.columns}))
-
-
-def write_star_blocks(handle: IO[bytes], blocks: Iterable[StarBlock]) -> None:
-    """Write blocks to an open binary handle (used by :func:`write_star`)."""
-    for block in blocks:
-        handle.write(format_block_header(block).encode("utf-8"))
-        if block.loop:
-            _write_loop_rows(handle, block.table)
-        else:
-            handle.write(_simple_body(block).encode("utf-8"))
-
-
-def write_star(
-    blocks: Sequence[StarBlock] | Mapping[str, StarBlock],
-    path: str | os.PathLike[str],
-    *,
-    overwrite: bool = False,
-) -> None:
-    """Write STAR blocks to ``path`` atomically.
-
-    Parameters
-    ----------
-    blocks
-        The blocks, in order (or a mapping name -> block, in its order).
-    path
-        Destination file.
-    overwrite
-        Replace an existing file.
-
-    Raises
-    ------
-    FileExistsNoOverwriteError
-        ``path`` exists and ``overwrite`` is false.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> import pandas as pd
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "g.star"
-    >>> write_star([StarBlock("general", pd.DataFrame({"rlnTomoSubTomosAre2DStacks": [1]}), loop=False)],
-    ...            path)
-    >>> read_star(path)["general"].table.to_dict("list")
-    {'rlnTomoSubTomosAre2DStacks': [1]}
-    """
-    items = list(blocks.values()) if isinstance(blocks, Mapping) else list(blocks)
-    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "wb") as handle:
-        write_star_blocks(handle, items)

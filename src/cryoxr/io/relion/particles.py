@@ -1,0 +1,497 @@
+"""RELION particle STAR files (3.1, 4 and 5) <-> PoseSet.
+
+Particles -> PoseSet (CONVENTIONS.md sections 3 and 7)
+------------------------------------------------------
+- ``orientation = A_sub * A`` with ``A = Rotation.from_euler("ZYZ", [rot, tilt, psi],
+  degrees=True).inv()`` (RELION's particle -> tomogram matrix) and ``A_sub`` the same
+  for ``rlnTomoSubtomogramRot/Tilt/Psi`` (identity when absent).
+- ``shift = -A_sub . origin / px`` (``rlnOriginX/Y/ZAngst``), so ``position + shift`` is
+  RELION's ``ParticleSet::getPosition``.
+- ``position = rlnCoordinateX/Y/Z`` (RELION 3.1/4, bin-1 pixels), or for RELION 5
+  ``rlnCenteredCoordinateX/Y/ZAngst / px + size / 2.0`` with ``size`` the bin-1
+  ``rlnTomoSizeX/Y/Z`` of the particle's tomogram (RELION's own de-centring, including its
+  half pixel for odd sizes: ``N / 2.0``, not ``N // 2``).
+- ``px`` is ``rlnTomoTiltSeriesPixelSize`` of the particle's optics group (else
+  ``rlnMicrographPixelSize``, else ``rlnImagePixelSize``); the PoseSet's ``pixel_spacing``.
+- ``experiment_id`` per particle from ``rlnTomoName`` (``rlnMicrographName`` for 2D sets).
+
+Every other column (scores, classes, CTF, ``rlnImageName``, the subtomogram angles, ...)
+becomes a data variable on ``particle`` with its RELION label as name, and the other blocks
+(optics, general), the column order and the ``# version`` line go to ``attrs["relion"]``
+(plain lists and dicts, so the attrs survive zarr), so :func:`write_relion_particles` gives
+back the same table. Writers print floats in the shortest form that reads back exactly;
+the values cryoxr computes (coordinates, origins, angles) are rounded to
+:data:`~cryoxr.io.relion.DECIMALS` decimals, so a file read and written again keeps its printed values.
+
+Examples
+--------
+See :mod:`cryoxr.io.relion` and :func:`read_relion_particles`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.spatial.transform import Rotation
+
+from cryoxr.errors import FormatError, InvalidValueError
+from cryoxr.io._atomic import atomic_path
+from cryoxr.io.relion._common import (
+    TOMOGRAM_SIZE_LABELS,
+    VERSIONS,
+    TomogramsInput,
+    _block_from_json,
+    _block_to_json,
+    _clean,
+    _finite,
+    _in_pixels,
+    _relion_euler,
+    _relion_quaternions,
+    _rotation_from_relion,
+    relion_tomograms_table,
+)
+from cryoxr.io.star import WRITE_CHUNK_ROWS, StarBlock, format_block_header, read_star, write_star_blocks
+from cryoxr.io.star._write import _format_rows_buffer
+from cryoxr.poseset import make_poseset, validate_poseset
+
+__all__ = ["PARTICLE_LAYOUTS", "read_relion_particles", "write_relion_particles"]
+
+
+@dataclass(frozen=True)
+class CoordinateLayout:
+    """How particle positions are written in one RELION flavour."""
+
+    labels: tuple[str, ...]  #: x, y(, z) labels
+    unit: str  #: "pixel" (bin-1 tilt-series pixels) or "angstrom"
+    centred: bool  #: relative to the tomogram centre ``size / 2.0`` (RELION 5)
+
+
+#: the coordinate layouts, by name
+PARTICLE_LAYOUTS: dict[str, CoordinateLayout] = {
+    "pixel": CoordinateLayout(("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"), "pixel", False),
+    "centred": CoordinateLayout(
+        ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"),
+        "angstrom",
+        True,
+    ),
+}
+
+ORIGIN_LABELS = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
+ANGLE_LABELS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+SUBTOMOGRAM_ANGLE_LABELS = ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")
+#: dimensionality -> labels that may hold the experiment id, in order of preference
+EXPERIMENT_LABELS = {3: ("rlnTomoName", "rlnMicrographName"), 2: ("rlnMicrographName", "rlnTomoName")}
+#: optics labels that may hold the pixel size of coordinates, in order of preference
+PIXEL_SIZE_LABELS = ("rlnTomoTiltSeriesPixelSize", "rlnMicrographPixelSize", "rlnImagePixelSize")
+
+
+def _tomogram_sizes(tomograms: TomogramsInput, where: str) -> dict[str, np.ndarray]:
+    table = relion_tomograms_table(tomograms)
+    missing = [label for label in ("rlnTomoName", *TOMOGRAM_SIZE_LABELS) if label not in table.columns]
+    if missing:
+        raise InvalidValueError(f"{where}: the tomogram table lacks {missing}; found {list(table.columns)}")
+    sizes = table[list(TOMOGRAM_SIZE_LABELS)].to_numpy(dtype=np.float64)
+    return {str(name): sizes[i] for i, name in enumerate(table["rlnTomoName"].astype(str))}
+
+
+def _sizes_per_particle(sizes: Mapping[str, np.ndarray], ids: np.ndarray, where: str) -> np.ndarray:
+    codes, names = pd.factorize(np.asarray(ids).reshape(-1))
+    return _sizes_by_code(sizes, codes, np.asarray(names), where)
+
+
+def _sizes_by_code(
+    sizes: Mapping[str, np.ndarray], codes: np.ndarray, names: np.ndarray, where: str
+) -> np.ndarray:
+    """(n, 3) tomogram sizes of particles given as codes into the tomogram ``names``."""
+    absent = [str(n) for n in names if str(n) not in sizes]
+    if absent:
+        raise InvalidValueError(
+            f"{where}: no tomogram size for {absent[:5]} (tomograms known: {sorted(sizes)[:10]})"
+        )
+    if len(names) == 0:  # an empty set
+        return np.zeros((0, 3))
+    return np.stack([np.asarray(sizes[str(n)], dtype=np.float64) for n in names])[codes]
+
+
+# ----------------------------------------------------------------------------- particles
+
+
+def _particles_block(path: Path, blocks: Mapping[str, StarBlock]) -> StarBlock:
+    if "particles" in blocks:
+        return blocks["particles"]
+    loops = [b for b in blocks.values() if b.loop and b.name not in ("optics", "general")]
+    if len(loops) != 1:
+        raise FormatError(
+            f"{path}: expected one data_particles loop block, found blocks {[b.name for b in blocks.values()]}"
+        )
+    return loops[0]
+
+
+def _pixel_size(path: Path, blocks: Mapping[str, StarBlock], table: pd.DataFrame) -> tuple[float, str]:
+    optics = blocks.get("optics")
+    if optics is None:
+        raise FormatError(
+            f"{path}: expected a data_optics block with one of {list(PIXEL_SIZE_LABELS)} (RELION >= 3.1), found "
+            f"blocks {list(blocks)}"
+        )
+    label = next((lab for lab in PIXEL_SIZE_LABELS if lab in optics.table.columns), None)
+    if label is None:
+        raise FormatError(
+            f"{path}, data_optics: expected a column {' or '.join(PIXEL_SIZE_LABELS)}, "
+            f"found {list(optics.table.columns)}"
+        )
+    values = _finite(path, "optics", optics.table, [label])[:, 0]
+    if len(table) and "rlnOpticsGroup" in table.columns and "rlnOpticsGroup" in optics.table.columns:
+        # only the optics groups particles use (an empty set keeps them all)
+        used = set(pd.unique(table["rlnOpticsGroup"]).tolist())
+        values = values[optics.table["rlnOpticsGroup"].isin(used).to_numpy()]
+    distinct = np.unique(values)
+    if distinct.size != 1 or distinct[0] <= 0:
+        raise InvalidValueError(
+            f"{path}, data_optics, column {label}: expected one positive pixel size for all particles, "
+            f"found {distinct.tolist()} (split the set by optics group)"
+        )
+    return float(distinct[0]), label
+
+
+def read_relion_particles(
+    path: str | os.PathLike[str],
+    *,
+    tomograms: TomogramsInput | None = None,
+    chunks: int | None = None,
+) -> xr.Dataset:
+    """Read a RELION 3.1, 4 or 5 particle STAR file into a PoseSet.
+
+    Parameters
+    ----------
+    path
+        The particle STAR file (``data_optics`` and ``data_particles``, optionally
+        ``data_general``).
+    tomograms
+        The tomogram sizes, needed for RELION 5 centred coordinates
+        (``rlnCenteredCoordinateX/Y/ZAngst``): a ``tomograms.star`` path, its table, a
+        model from :func:`read_relion_tilt_series` or ``{tomo_name: (X, Y, Z)}``.
+    chunks
+        Particles per chunk: return a dask-backed PoseSet chunked along ``particle``.
+
+    Returns
+    -------
+    xarray.Dataset
+        The PoseSet (see the module docstring for the conversion). Unmodelled columns are
+        data variables named by their RELION label; ``attrs["relion"]`` keeps the rest.
+
+    Raises
+    ------
+    FormatError
+        A malformed file, missing coordinate/optics columns, NaN angles or coordinates
+        (the message names file, row and column).
+    InvalidValueError
+        RELION 5 coordinates without ``tomograms``, unknown tomograms, several pixel sizes.
+
+    Examples
+    --------
+    The RELION 5 worked example of CONVENTIONS.md 3.3:
+
+    >>> import tempfile, pathlib
+    >>> import cryoxr
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> poses = cryoxr.make_poseset([[1000.0, 1500.0, 400.0]], experiment_id=["TS_01"], pixel_spacing=1.35)
+    >>> sizes = {"TS_01": (4096, 4096, 1000)}
+    >>> write_relion_particles(poses, folder / "p.star", tomograms=sizes)
+    >>> print((folder / "p.star").read_text().splitlines()[-1])
+    TS_01 -1414.8 -739.8 -135.0 0.0 0.0 0.0 0.0 0.0 0.0 1
+    >>> read_relion_particles(folder / "p.star", tomograms=sizes).position.values.tolist()
+    [[1000.0, 1500.0, 400.0]]
+    """
+    path = Path(path)
+    blocks = read_star(path)
+    block = _particles_block(path, blocks)
+    table = block.table
+    px, px_label = _pixel_size(path, blocks, table)
+    columns = set(table.columns)
+    layout_name = next(
+        (name for name, lay in PARTICLE_LAYOUTS.items() if lay.centred and set(lay.labels) <= columns), None
+    )
+    if layout_name is None:
+        layout_name = "pixel"
+    layout = PARTICLE_LAYOUTS[layout_name]
+    ndim = 3 if layout.labels[2] in columns else 2
+    coordinate_labels = layout.labels[:ndim]
+    missing = [label for label in coordinate_labels if label not in columns]
+    if missing:
+        raise FormatError(
+            f"{path}, data_{block.name}: expected columns {list(PARTICLE_LAYOUTS['pixel'].labels[:2])}(Z) or "
+            f"{list(PARTICLE_LAYOUTS['centred'].labels)}, missing {missing}"
+        )
+    experiment_label = next((label for label in EXPERIMENT_LABELS[ndim] if label in columns), None)
+    origin_labels = [label for label in ORIGIN_LABELS[:ndim] if label in columns]
+    angle_labels = [label for label in ANGLE_LABELS if label in columns]
+    if angle_labels and len(angle_labels) != 3:
+        raise FormatError(
+            f"{path}, data_{block.name}: expected all of {list(ANGLE_LABELS)}, found {angle_labels}"
+        )
+    n = len(table)
+    coordinates = _finite(path, block.name, table, coordinate_labels)
+    # factorized once: the tomogram sizes below go by code, not by string
+    if experiment_label is not None:
+        codes, uniques = pd.factorize(table[experiment_label])
+        names = np.asarray([str(u) for u in uniques], dtype=str)
+        ids: np.ndarray | str = names[codes] if n else np.zeros(0, dtype=str)
+    else:
+        codes, names = np.zeros(n, dtype=np.intp), np.asarray([path.stem])
+        ids = path.stem
+    attrs_sizes: dict[str, list[float]] | None = None
+    if layout.centred:
+        if tomograms is None:
+            raise InvalidValueError(
+                f"{path}: RELION 5 centred coordinates ({layout.labels[0]}, ...) need the tomogram sizes: "
+                "pass tomograms= (tomograms.star, its table or {name: (X, Y, Z)})"
+            )
+        sizes = _tomogram_sizes(tomograms, str(path))
+        used_names = names if n else names[:0]
+        per_particle = _sizes_by_code(sizes, codes, used_names, str(path))
+        position = (
+            _in_pixels(path, block.name, coordinate_labels, coordinates, px, px_label) + per_particle / 2.0
+        )
+        used = set(used_names.tolist())
+        attrs_sizes = {k: [float(x) for x in v] for k, v in sizes.items() if k in used}
+    else:
+        position = coordinates
+    origin = np.zeros((n, ndim))
+    if origin_labels:
+        origin[:, [ORIGIN_LABELS.index(lab) for lab in origin_labels]] = _finite(
+            path, block.name, table, origin_labels
+        )
+    if ndim == 2:
+        position = np.column_stack([position, np.zeros(n)])
+        origin = np.column_stack([origin, np.zeros(n)])
+    quaternions = np.zeros((n, 4))
+    quaternions[:, 3] = 1.0
+    if angle_labels:
+        quaternions = _relion_quaternions(_finite(path, block.name, table, ANGLE_LABELS))
+    if all(label in columns for label in SUBTOMOGRAM_ANGLE_LABELS) and n:
+        pre = _rotation_from_relion(_finite(path, block.name, table, SUBTOMOGRAM_ANGLE_LABELS))
+        quaternions = np.asarray((pre * Rotation.from_quat(quaternions)).as_quat()).reshape(n, 4)
+        origin = pre.apply(origin).reshape(n, 3)
+    shift = -_in_pixels(path, block.name, ORIGIN_LABELS, origin, px, px_label) + 0.0  # no -0.0
+    modelled = {*coordinate_labels, *origin_labels, *angle_labels}
+    if experiment_label is not None:
+        modelled.add(experiment_label)
+    extra = {label: _extra_values(table[label]) for label in table.columns if label not in modelled}
+    relion_attrs: dict[str, Any] = {
+        "version": block.version,
+        "block": block.name,
+        "columns": [str(c) for c in table.columns],
+        "ndim": ndim,
+        "pixel_size_label": px_label,
+        "experiment_label": experiment_label,
+        "blocks": [_block_to_json(b) if b is not block else None for b in blocks.values()],
+    }
+    if attrs_sizes is not None:
+        relion_attrs["tomogram_dimensions"] = attrs_sizes
+    poses = make_poseset(
+        position,
+        shift=shift,
+        orientation=quaternions,
+        experiment_id=ids,
+        pixel_spacing=px,
+        source=str(path),
+        extra=extra,
+        chunks=chunks,
+    )
+    poses.attrs["relion"] = relion_attrs
+    return poses
+
+
+def _extra_values(column: pd.Series) -> np.ndarray:
+    """A column as a numpy array; text as fixed-width str (xarray converts object arrays
+    element by element through pandas, ~1 s per 10^6 strings)."""
+    if pd.api.types.is_numeric_dtype(column.dtype):
+        return column.to_numpy()
+    return np.asarray(column.to_numpy(dtype=object), dtype=str)
+
+
+def _particle_columns(
+    poses: xr.Dataset,
+    relion: Mapping[str, Any],
+    coordinate_labels: Sequence[str],
+    ndim: int,
+    experiment_label: str,
+) -> list[str]:
+    """Output column order: the file's own order when read by cryoxr, else a default."""
+    modelled = [experiment_label, *coordinate_labels, *ORIGIN_LABELS[:ndim], *ANGLE_LABELS]
+    extras = [str(v) for v in poses.data_vars if v not in ("position", "shift", "orientation")]
+    replace = {
+        old: new
+        for lay in PARTICLE_LAYOUTS.values()
+        for old, new in zip(lay.labels, coordinate_labels, strict=False)
+    }
+    columns: list[str] = []
+    for label in relion.get("columns", []):
+        label = str(label)
+        if label in extras:
+            columns.append(label)
+        elif label in replace and replace[label] not in columns:
+            columns.append(replace[label])
+        elif label in modelled and label not in columns:
+            columns.append(label)
+        elif label in EXPERIMENT_LABELS[ndim] and experiment_label not in columns:
+            columns.append(experiment_label)
+    columns += [label for label in modelled if label not in columns]
+    columns += [label for label in extras if label not in columns]
+    return columns
+
+
+def write_relion_particles(
+    poses: xr.Dataset,
+    path: str | os.PathLike[str],
+    *,
+    version: int = 5,
+    tomograms: TomogramsInput | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Write a PoseSet as a RELION particle STAR file (the inverse of the reader).
+
+    Parameters
+    ----------
+    poses
+        The PoseSet; numpy- or dask-backed (written chunk by chunk, memory bounded).
+    path
+        Destination file.
+    version
+        5 (``rlnCenteredCoordinateX/Y/ZAngst``, ``# version 50001``), or 4 / 3
+        (``rlnCoordinateX/Y/Z``, ``# version 30001``). 2D sets always use
+        ``rlnCoordinateX/Y``.
+    tomograms
+        Tomogram sizes for version 5 (as for the reader); default: the sizes the set was
+        read with.
+    overwrite
+        Replace an existing file.
+
+    Notes
+    -----
+    Angles are written as the canonical ZYZ triple (tilt in [0, 180], rot and psi in
+    (-180, 180]; at tilt 0 the in-plane angle is all psi); a file with an equivalent
+    non-canonical triple (tilt < 0, rot = 270, ...) is written with the canonical one, the
+    same rotation. Columns and blocks read from a file come back in their order (the
+    optics pixel size is set to the PoseSet's ``pixel_spacing``); a new set gets a
+    minimal ``data_optics`` block and ``rlnOpticsGroup`` 1.
+
+    Raises
+    ------
+    InvalidValueError
+        Unknown version, missing tomogram sizes for version 5.
+    FileExistsNoOverwriteError
+        ``path`` exists and ``overwrite`` is false.
+
+    Examples
+    --------
+    See the module docstring and :func:`read_relion_particles`.
+    """
+    if version not in VERSIONS:
+        raise InvalidValueError(
+            f"write_relion_particles: version must be one of {sorted(VERSIONS)}, found {version!r}"
+        )
+    validate_poseset(poses, check_values=False)
+    relion: Mapping[str, Any] = poses.attrs.get("relion") or {}
+    ndim = int(relion.get("ndim", 3))
+    version_line, layout_name = VERSIONS[version]
+    layout = PARTICLE_LAYOUTS[layout_name if ndim == 3 else "pixel"]
+    coordinate_labels = layout.labels[:ndim]
+    experiment_label = str(relion.get("experiment_label") or EXPERIMENT_LABELS[ndim][0])
+    px = float(poses.attrs["pixel_spacing"])
+    sizes: Mapping[str, Any] | None = None
+    if layout.centred:
+        if tomograms is not None:
+            sizes = _tomogram_sizes(tomograms, str(path))
+        elif "tomogram_dimensions" in relion:
+            sizes = {k: np.asarray(v, dtype=np.float64) for k, v in relion["tomogram_dimensions"].items()}
+        else:
+            raise InvalidValueError(
+                f"write_relion_particles: version 5 writes centred coordinates and needs the tomogram sizes: "
+                f"pass tomograms= or version=4 ({path})"
+            )
+    columns = _particle_columns(poses, relion, coordinate_labels, ndim, experiment_label)
+    blocks_json = relion.get("blocks")
+    if blocks_json:
+        others = [None if b is None else _block_from_json(b, version_line) for b in blocks_json]
+        px_label = relion.get("pixel_size_label")
+        for block in others:
+            if block is not None and block.name == "optics" and px_label in block.table.columns:
+                block.table[px_label] = px  # positions are written in pixels of this size
+    else:
+        optics = pd.DataFrame(
+            {
+                "rlnOpticsGroup": [1],
+                "rlnOpticsGroupName": ["opticsGroup1"],
+                ("rlnTomoTiltSeriesPixelSize" if ndim == 3 else "rlnMicrographPixelSize"): [px],
+            }
+        )
+        others = [StarBlock("optics", optics, True, version_line), None]
+        if "rlnOpticsGroup" not in columns:
+            columns.append("rlnOpticsGroup")
+    name = str(relion.get("block", "particles"))
+    header = StarBlock(name, pd.DataFrame(columns=columns), True, version_line)
+    has_subtomo = all(label in poses.data_vars for label in SUBTOMOGRAM_ANGLE_LABELS)
+    n = poses.sizes["particle"]
+    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "wb") as handle:
+        for block in others:
+            if block is not None:
+                write_star_blocks(handle, [block])
+                continue
+            handle.write(format_block_header(header).encode("utf-8"))
+            for start in range(0, n, WRITE_CHUNK_ROWS):
+                part = poses.isel(particle=slice(start, start + WRITE_CHUNK_ROWS)).compute()
+                values = _particle_values(
+                    part, ndim, px, has_subtomo, layout, sizes, experiment_label, str(path)
+                )
+                handle.write(_format_rows_buffer({label: values[label] for label in columns}))
+
+
+def _particle_values(
+    part: xr.Dataset,
+    ndim: int,
+    px: float,
+    has_subtomo: bool,
+    layout: CoordinateLayout,
+    sizes: Mapping[str, Any] | None,
+    experiment_label: str,
+    where: str,
+) -> dict[str, Any]:
+    m = part.sizes["particle"]
+    position = np.asarray(part["position"].values, dtype=np.float64).reshape(m, 3)
+    shift = np.asarray(part["shift"].values, dtype=np.float64).reshape(m, 3)
+    quaternions = np.asarray(part["orientation"].values, dtype=np.float64).reshape(m, 4)
+    if "experiment_id" in part.coords:
+        ids = np.asarray(part.coords["experiment_id"].values).astype(str)
+    else:
+        ids = np.full(m, str(part.attrs["experiment_id"]))
+    if has_subtomo and m:
+        pre = _rotation_from_relion(
+            np.column_stack([part[label].values for label in SUBTOMOGRAM_ANGLE_LABELS])
+        )
+        quaternions = np.asarray((pre.inv() * Rotation.from_quat(quaternions)).as_quat()).reshape(m, 4)
+        shift = pre.inv().apply(shift).reshape(m, 3)
+    origin = _clean(-shift * px)
+    angles = _clean(_relion_euler(quaternions))
+    if layout.centred and sizes is not None:
+        coordinates = _clean((position - _sizes_per_particle(sizes, ids, where) / 2.0) * px)
+    else:
+        coordinates = _clean(position)
+    values: dict[str, Any] = {str(label): part[label].values for label in part.data_vars}
+    for i, label in enumerate(layout.labels[:ndim]):
+        values[label] = coordinates[:, i]
+    for i, label in enumerate(ORIGIN_LABELS[:ndim]):
+        values[label] = origin[:, i]
+    for i, label in enumerate(ANGLE_LABELS):
+        values[label] = angles[:, i]
+    values[experiment_label] = ids
+    values.setdefault("rlnOpticsGroup", np.ones(m, dtype=np.int64))
+    return values

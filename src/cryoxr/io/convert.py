@@ -247,11 +247,9 @@ def _write_dynamo(poses: xr.Dataset, dst: Path, options: WriteOptions) -> list[P
 
 
 def _write_relion_tilt_series(model: pd.DataFrame, dst: Path, options: WriteOptions) -> list[Path]:
-    relion.write_relion_tilt_series(
+    return relion.write_relion_tilt_series(
         model, dst, overwrite=options.overwrite, **_tomograms_option(options.tomograms)
     )
-    # one per-tilt-series STAR per experiment, in the folder RELION 5 expects beside dst
-    return [dst, *sorted((dst.parent / "tilt_series").glob("*.star"))]
 
 
 def _write_imod(model: pd.DataFrame, dst: Path, options: WriteOptions) -> list[Path]:

@@ -197,7 +197,7 @@ def read_relion_tilt_series(
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> model = cryoxr.make_projection_model(rotation_y=[0.0, 30.0], rotation_z=85.0, dx=5.0,
     ...                                      experiment_id="TS_01", pixel_spacing=1.35)
-    >>> write_relion_tilt_series(model, folder / "tomograms.star", tomograms={"TS_01": (4096, 4096, 1000)})
+    >>> written = write_relion_tilt_series(model, folder / "tomograms.star", tomograms={"TS_01": (4096, 4096, 1000)})
     >>> back = read_relion_tilt_series(folder / "tomograms.star")
     >>> back[["rotation_y", "rotation_z", "dx"]].values.tolist()
     [[0.0, 85.0, 5.0], [30.0, 85.0, 5.0]]
@@ -320,7 +320,7 @@ def write_relion_tilt_series(
     *,
     tomograms: TomogramsInput | None = None,
     overwrite: bool = False,
-) -> None:
+) -> list[Path]:
     """Write a ProjectionModel as a RELION 5 ``tomograms.star`` plus per-tilt-series files.
 
     Parameters
@@ -343,6 +343,11 @@ def write_relion_tilt_series(
     Always writes the RELION 5 layout (angles and shifts, ``# version 50001``); a model
     read from RELION 4 projection matrices loses its ``rlnTomoProjX/Y/Z/W`` columns. Extra
     model columns are written when their name is a RELION label (``rln...``).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written: ``path``, then one per-tilt-series STAR per tilt series.
 
     Raises
     ------
@@ -413,3 +418,4 @@ def write_relion_tilt_series(
     write_star(
         [StarBlock(str(relion.get("block", "global")), table, True, version)], path, overwrite=overwrite
     )
+    return [path, *targets]

@@ -49,7 +49,7 @@ import cryoxr
 from cryoxr.errors import CryoxrError
 from cryoxr.image import Image, validate_image
 from cryoxr.io import aretomo, dynamo, imod, mrc, ome_zarr, relion
-from cryoxr.io.convert import describe, file_kind
+from cryoxr.io.describe import describe, file_kind
 from cryoxr.io.images import open_image
 from cryoxr.io.star import read_star
 from cryoxr.io.tables import read_alignment, read_poses

@@ -308,7 +308,7 @@ def run_demo(
             store,
             shape=(n_particles, len(model), 2),
             dtype=np.float64,
-            chunks=(100_000, len(model), 2),
+            chunks=(max(1, min(100_000, n_particles)), len(model), 2),
             compressors=None,
             overwrite=overwrite,
         )

@@ -20,7 +20,8 @@ replace an existing file unless ``overwrite=True``.
 """
 
 from cryoxr.io.aretomo import read_aretomo_alignment, write_aretomo_alignment
-from cryoxr.io.convert import convert, describe, file_kind
+from cryoxr.io.convert import convert
+from cryoxr.io.describe import describe, file_kind
 from cryoxr.io.dynamo import read_dynamo_table, read_tomogram_map, write_dynamo_table, write_tomogram_map
 from cryoxr.io.images import open_image
 from cryoxr.io.imod import imod_centers, read_imod_alignment, write_imod_alignment

@@ -36,6 +36,9 @@ import pandas as pd
 from cryoxr.errors import InvalidValueError, SchemaError
 
 __all__ = [
+    "PER_TILT_COLUMNS",
+    "PTC",
+    "PerTiltColumns",
     "ProjectionModel",
     "ProjectionModelDataLabels",
     "make_projection_model",
@@ -74,6 +77,67 @@ class ProjectionModelDataLabels:
 
 
 PMDL = ProjectionModelDataLabels
+
+
+class PerTiltColumns:
+    """Optional per-tilt columns beyond cryotypes' seven: what a file knows about a tilt.
+
+    They are ordinary columns (``DataFrame.attrs`` is lost by ``pd.concat``, filters and
+    parquet); per-experiment constants (voltage, tomogram size) repeat on each row of
+    their experiment. Units are fixed; :data:`PER_TILT_COLUMNS` lists them. Readers fill
+    what their file holds and nothing else: a value a file lacks is absent (or NaN).
+    """
+
+    TOMOGRAM_SIZE_X = "tomogram_size_x"
+    TOMOGRAM_SIZE_Y = "tomogram_size_y"
+    TOMOGRAM_SIZE_Z = "tomogram_size_z"
+    TOMOGRAM_SIZE: ClassVar[list[str]] = [TOMOGRAM_SIZE_X, TOMOGRAM_SIZE_Y, TOMOGRAM_SIZE_Z]
+    IMAGE_SIZE_X = "image_size_x"
+    IMAGE_SIZE_Y = "image_size_y"
+    IMAGE_SIZE: ClassVar[list[str]] = [IMAGE_SIZE_X, IMAGE_SIZE_Y]
+    TILT_IMAGE_CENTER_X = "tilt_image_center_x"
+    TILT_IMAGE_CENTER_Y = "tilt_image_center_y"
+    TILT_IMAGE_CENTER: ClassVar[list[str]] = [TILT_IMAGE_CENTER_X, TILT_IMAGE_CENTER_Y]
+    DEFOCUS_U = "defocus_u"
+    DEFOCUS_V = "defocus_v"
+    DEFOCUS_ANGLE = "defocus_angle"
+    PHASE_SHIFT = "phase_shift"
+    VOLTAGE = "voltage"
+    SPHERICAL_ABERRATION = "spherical_aberration"
+    AMPLITUDE_CONTRAST = "amplitude_contrast"
+    CTF_SCALE = "ctf_scale"
+    CTF_BFACTOR = "ctf_bfactor"
+    PRE_EXPOSURE = "pre_exposure"
+    ACQUISITION_ORDER = "acquisition_order"
+    EXCLUDED = "excluded"
+    DEFOCUS_HANDEDNESS = "defocus_handedness"
+
+
+PTC = PerTiltColumns
+
+#: column -> (unit, meaning); the units are fixed, readers convert to them
+PER_TILT_COLUMNS: dict[str, tuple[str, str]] = {
+    PTC.TOMOGRAM_SIZE_X: ("px", "reconstructed volume size along x, in pixels of the row's pixel_spacing"),
+    PTC.TOMOGRAM_SIZE_Y: ("px", "reconstructed volume size along y"),
+    PTC.TOMOGRAM_SIZE_Z: ("px", "reconstructed volume size along z"),
+    PTC.IMAGE_SIZE_X: ("px", "tilt-image width"),
+    PTC.IMAGE_SIZE_Y: ("px", "tilt-image height"),
+    PTC.TILT_IMAGE_CENTER_X: ("px", "rotation centre in the tilt image, x"),
+    PTC.TILT_IMAGE_CENTER_Y: ("px", "rotation centre in the tilt image, y"),
+    PTC.DEFOCUS_U: ("Å", "defocus along the major axis, underfocus positive"),
+    PTC.DEFOCUS_V: ("Å", "defocus along the minor axis, underfocus positive"),
+    PTC.DEFOCUS_ANGLE: ("degree", "astigmatism angle"),
+    PTC.PHASE_SHIFT: ("degree", "phase-plate shift"),
+    PTC.VOLTAGE: ("kV", "acceleration voltage"),
+    PTC.SPHERICAL_ABERRATION: ("mm", "spherical aberration Cs"),
+    PTC.AMPLITUDE_CONTRAST: ("fraction", "amplitude contrast, 0..1"),
+    PTC.CTF_SCALE: ("1", "CTF scale factor"),
+    PTC.CTF_BFACTOR: ("Å²", "CTF B-factor"),
+    PTC.PRE_EXPOSURE: ("e/Å²", "cumulative dose before this tilt"),
+    PTC.ACQUISITION_ORDER: ("index", "0-based order in which the tilt was recorded"),
+    PTC.EXCLUDED: ("bool", "tilt not to be used"),
+    PTC.DEFOCUS_HANDEDNESS: ("+1/-1", "sign of the depth term in per-particle defocus"),
+}
 
 
 def make_projection_model(

@@ -144,9 +144,11 @@ def _initializing(name: str) -> bool:
     return module is not None and bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
-def _register_accessors() -> None:
-    if _initializing("xarray"):  # pandas finished inside xarray's own import: wait for xarray
-        return
+def _register_accessors(finished: str | None = None) -> None:
+    """Import the accessors module (it registers them); ``finished`` names a host package
+    whose code has just run to its end (its import is still marked as in progress)."""
+    if finished != "xarray" and _initializing("xarray"):
+        return  # pandas finished inside xarray's own import: wait for xarray to finish
     if "cryoxr.accessors" not in sys.modules:  # also true while it is being imported
         importlib.import_module("cryoxr.accessors")
     for i, finder in enumerate(sys.meta_path):
@@ -179,7 +181,7 @@ class _RegisterAccessorsOnImport(importlib.abc.MetaPathFinder):
 
         def exec_then_register(module: ModuleType) -> None:
             exec_module(module)
-            _register_accessors()
+            _register_accessors(finished=fullname)
 
         loader.exec_module = exec_then_register  # type: ignore[method-assign]
         return spec

@@ -111,8 +111,6 @@ NVERSION = 20141
 # ----------------------------------------------------------------------------------------
 # reading
 # ----------------------------------------------------------------------------------------
-
-
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
@@ -191,8 +189,6 @@ def _header_attrs(header: np.void, extended: bytes) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------
 # writing
 # ----------------------------------------------------------------------------------------
-
-
 def _attr_array(attrs: Mapping[str, Any], key: str, default: Any, dtype: Any) -> np.ndarray:
     value = attrs.get(key, default)
     try:

@@ -75,7 +75,7 @@ def read_mrc(
     transpose of volumes. Every MRC mode mrcfile supports (0, 1, 2, 4, 6, 12) in either
     byte order is read, into native byte order. The pixel spacing is ``cella / mx``
     (CONVENTIONS 1.3) rounded to the 7 significant digits a float32 ``cella`` holds;
-    the other header fields are kept raw in ``attrs["mrc_*"]`` (module docstring).
+    the other header fields are kept raw in ``attrs["mrc_*"]`` (:mod:`cryoxr.io.mrc.header`).
 
     Parameters
     ----------

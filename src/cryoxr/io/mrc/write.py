@@ -148,7 +148,7 @@ def write_mrc(
     covers, so peak memory is a few chunks, never the whole volume. The file is written to
     a temporary sibling and renamed when complete (:func:`cryoxr.io._atomic.atomic_path`):
     a failed write leaves no partial file and an existing target untouched. The raw
-    ``mrc_*`` attrs (see the module docstring) are restored; ``cella`` / ``mx, my, mz``
+    ``mrc_*`` attrs (:mod:`cryoxr.io.mrc.header`) are restored; ``cella`` / ``mx, my, mz``
     only while they still give the image's pixel spacing, otherwise they are rewritten
     as ``pixel_spacing * shape``. Statistics are recomputed in the same pass.
 

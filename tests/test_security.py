@@ -93,7 +93,7 @@ def test_zarr_stores_open_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     """Readers open zarr stores with mode "r" (root ignores file permissions, so record the call)."""
     import zarr
 
-    from cryoxr.io import ome_zarr
+    from cryoxr.io.ome_zarr import read as ome_zarr  # the module that opens the groups
 
     tomo = cryoxr.Tomogram.from_array(np.zeros((4, 4, 4), np.float32), pixel_spacing=1.0, experiment_id="t")
     path = tomo.to_zarr(tmp_path / "t.ome.zarr", levels=2)

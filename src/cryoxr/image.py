@@ -39,6 +39,7 @@ import pandas as pd
 import xarray as xr
 from xarray.indexes import PandasIndex
 
+from cryoxr._writers import image_writer
 from cryoxr.errors import InvalidValueError, SchemaError
 
 if TYPE_CHECKING:
@@ -458,15 +459,11 @@ class Image:
 
     def to_mrc(self, path: str | Path, **kwargs: Any) -> Path:
         """Write to an MRC file: :func:`cryoxr.io.write_mrc`."""
-        from cryoxr.io.mrc import write_mrc  # the model keeps IO out of its imports
-
-        return write_mrc(self, path, **kwargs)
+        return image_writer("mrc")(self, path, **kwargs)  # registered by cryoxr.io
 
     def to_zarr(self, path: str | Path, **kwargs: Any) -> Path:
         """Write an OME-Zarr pyramid: :func:`cryoxr.io.write_ome_zarr`."""
-        from cryoxr.io.ome_zarr import write_ome_zarr
-
-        return write_ome_zarr(self, path, **kwargs)
+        return image_writer("ome-zarr")(self, path, **kwargs)
 
     def __repr__(self) -> str:
         d = self._data

@@ -16,9 +16,12 @@ any of the above    :func:`open_image`, :func:`read_poses`, :func:`read_alignmen
 ==================  ==================================  ===================================
 
 Every writer writes to a temporary sibling and renames it into place, and refuses to
-replace an existing file unless ``overwrite=True``.
+replace an existing file unless ``overwrite=True``. Importing this package registers the
+image writers that :meth:`cryoxr.Image.to_mrc` and :meth:`cryoxr.Image.to_zarr` call
+(:mod:`cryoxr._writers`).
 """
 
+from cryoxr._writers import register_image_writer
 from cryoxr.io.aretomo import read_aretomo_alignment, write_aretomo_alignment
 from cryoxr.io.convert import convert
 from cryoxr.io.describe import describe, file_kind
@@ -63,3 +66,6 @@ __all__ = [
     "write_relion_tilt_series",
     "write_tomogram_map",
 ]
+
+register_image_writer("mrc", write_mrc)
+register_image_writer("ome-zarr", write_ome_zarr)

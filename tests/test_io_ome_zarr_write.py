@@ -1,4 +1,4 @@
-"""cryoxr.io.ome_zarr: ome-zarr-py and ome-zarr-models as oracles, round trips, laziness, memory."""
+"""cryoxr.io.ome_zarr.write: valid NGFF for ome-zarr-py and ome-zarr-models, pyramids, round trips, memory."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +14,13 @@ import mrcfile
 import numpy as np
 import pytest
 import zarr
-import zarr.storage
-from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 from ome_zarr_models.v04.image import Image as ImageModelV04
 from ome_zarr_models.v05.image import Image as ImageModelV05
 
 from cryoxr import Image, Micrograph, Tomogram
-from cryoxr.errors import (
-    CryoxrError,
-    CryoxrFileNotFoundError,
-    FileExistsNoOverwriteError,
-    FormatError,
-    InvalidValueError,
-    UnknownFormatError,
-)
+from cryoxr.errors import FileExistsNoOverwriteError, InvalidValueError
 from cryoxr.io.mrc import read_mrc, write_mrc
 from cryoxr.io.ome_zarr import (
     COMPRESSORS,
@@ -41,20 +31,7 @@ from cryoxr.io.ome_zarr import (
 )
 from cryoxr.testing import raise_if_dask_computes
 
-with warnings.catch_warnings():  # ome-zarr-py builds a deprecated Scaler at import
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from ome_zarr.writer import write_multiscale
-
-
-def _write_multiscale(*args: Any, **kwargs: Any) -> None:
-    """ome-zarr-py's writer, with explicit per-level transforms (deprecated there, not removed)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The 'coordinate_transformations' argument", DeprecationWarning)
-        write_multiscale(*args, **kwargs)
-
-
 MODELS = {"0.4": ImageModelV04, "0.5": ImageModelV05}
-FORMATS = {"0.4": FormatV04, "0.5": FormatV05}
 
 
 @pytest.fixture
@@ -71,92 +48,9 @@ def _reference_mean(x: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
     return trimmed.reshape(shape).mean(axis=tuple(range(1, 2 * x.ndim, 2)))
 
 
-# -- ome-zarr-py writes, cryoxr reads -------------------------------------------------------
-@pytest.mark.parametrize("version", ["0.4", "0.5"])
-@pytest.mark.parametrize(("unit", "factor"), [("nanometer", 10.0), ("angstrom", 1.0), ("micrometer", 1e4)])
-def test_reads_what_ome_zarr_py_writes(
-    tmp_path: Path, rng: np.random.Generator, version: str, unit: str, factor: float
-) -> None:
-    level0 = rng.normal(size=(16, 20, 24)).astype(np.float32)
-    pyramid = [level0, _reference_mean(level0, (2, 2, 2)).astype(np.float32)]
-    store = tmp_path / "ext.ome.zarr"
-    group = zarr.open_group(store, mode="w", zarr_format=2 if version == "0.4" else 3)
-    s0 = 0.125
-    _write_multiscale(
-        pyramid,
-        group,
-        fmt=FORMATS[version](),
-        axes=[{"name": a, "type": "space", "unit": unit} for a in "zyx"],
-        coordinate_transformations=[
-            [{"type": "scale", "scale": [s0] * 3}],
-            [{"type": "scale", "scale": [2 * s0] * 3}, {"type": "translation", "translation": [s0 / 2] * 3}],
-        ],
-        storage_options={"chunks": (8, 8, 8)},
-        name="from_ome_zarr_py",
-    )
-    with raise_if_dask_computes():
-        levels = open_ome_zarr_pyramid(store)
-    assert [level.pixel_spacing for level in levels] == [s0 * factor, 2 * s0 * factor]
-    assert levels[0].experiment_id == "from_ome_zarr_py"
-    assert levels[1].data.attrs["ome_translation"] == [s0 / 2 * factor] * 3
-    assert levels[0].data.attrs["ome_version"] == version
-    np.testing.assert_array_equal(levels[0].data.values, level0)
-    np.testing.assert_array_equal(levels[1].data.values, pyramid[1])
-    assert read_ome_zarr(store, level=-1).shape == (8, 10, 12)
-
-
-def test_reads_a_portal_like_store(tmp_path: Path, rng: np.random.Generator) -> None:
-    # CryoET Data Portal: NGFF 0.4, zarr v2, blosc-lz4, scale only (no half-voxel translation)
-    store = tmp_path / "TS_026.zarr"
-    root = zarr.open_group(store, mode="w", zarr_format=2)
-    data = rng.normal(size=(12, 14, 16)).astype(np.float32)
-    root.create_array("0", data=data, chunks=(8, 8, 8), compressors=COMPRESSORS["blosc-lz4"](2))  # type: ignore[misc]
-    root.create_array("1", data=data[::2, ::2, ::2], chunks=(8, 8, 8))
-    root.attrs["multiscales"] = [
-        {
-            "version": "0.4",
-            "axes": [{"name": a, "type": "space", "unit": "angstrom"} for a in "zyx"],
-            "datasets": [
-                {
-                    "path": str(i),
-                    "coordinateTransformations": [{"scale": [13.48 * 2**i] * 3, "type": "scale"}],
-                }
-                for i in range(2)
-            ],
-            "metadata": {},
-        }
-    ]
-    tomo = read_ome_zarr(store)
-    assert tomo.experiment_id == "TS_026"
-    assert tomo.pixel_spacing == 13.48
-    assert tomo.data.attrs["ome_translation"] == [0.0, 0.0, 0.0]
-    np.testing.assert_array_equal(tomo.data.values, data)
-    assert read_ome_zarr(store, level=1).pixel_spacing == 26.96
-
-
-def test_drops_leading_length_one_channel_axis(tmp_path: Path) -> None:
-    store = tmp_path / "c.ome.zarr"
-    group = zarr.open_group(store, mode="w", zarr_format=3)
-    _write_multiscale(
-        [np.ones((1, 4, 6), np.uint16)],
-        group,
-        fmt=FormatV05(),
-        axes=[
-            {"name": "c", "type": "channel"},
-            {"name": "y", "type": "space", "unit": "nanometer"},
-            {"name": "x", "type": "space", "unit": "nanometer"},
-        ],
-        coordinate_transformations=[[{"type": "scale", "scale": [1.0, 0.5, 0.5]}]],
-        storage_options={"chunks": (1, 4, 6)},
-    )
-    image = read_ome_zarr(store)
-    assert isinstance(image, Micrograph)
-    assert image.pixel_spacing == 5.0
-    assert image.data.attrs["ome_translation"] == [0.0, 0.0]
-    assert read_ome_zarr(store, chunks=None).data.values.sum() == 24
-
-
 # -- cryoxr writes, ome-zarr-py and ome-zarr-models read -----------------------------------
+
+
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
 def test_written_store_is_valid_ngff(tmp_path: Path, tomo: Tomogram, version: str) -> None:
     path = write_ome_zarr(tomo, tmp_path / "t.ome.zarr", version=version, chunks=(16, 16, 16), levels=3)
@@ -225,6 +119,8 @@ def test_compressors(tmp_path: Path, tomo: Tomogram, compressor: str | None, ver
 
 
 # -- round trips ------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
 @pytest.mark.parametrize("dtype", [np.float32, np.int16, np.float16, np.uint16])
 def test_mrc_to_ome_zarr_to_mrc_keeps_everything(
@@ -254,156 +150,9 @@ def test_mrc_to_ome_zarr_to_mrc_keeps_everything(
             assert np.asarray(a.header[field]).tobytes() == np.asarray(b.header[field]).tobytes(), field
 
 
-# -- laziness and bytes read --------------------------------------------------------------
-class _CountingStore(zarr.storage.WrapperStore[Any]):
-    """Counts the chunk bytes read through it."""
-
-    def __init__(self, store: Any) -> None:
-        super().__init__(store)
-        self.chunk_bytes = 0
-        self.chunk_reads = 0
-
-    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-        buffer = await self._store.get(key, prototype, byte_range)
-        if buffer is not None and not key.endswith(("zarr.json", ".zattrs", ".zarray", ".zgroup")):
-            self.chunk_bytes += len(buffer)
-            self.chunk_reads += 1
-        return buffer
-
-
-@pytest.mark.parametrize("chunks", ["auto", None])
-def test_open_select_read_only_one_slice(tmp_path: Path, chunks: Any) -> None:
-    data = da.arange(64 * 64 * 64, dtype=np.float32, chunks=4096).reshape(64, 64, 64).rechunk((16, 64, 64))
-    tomo = Tomogram.from_array(data, pixel_spacing=5.0, experiment_id="t")
-    path = write_ome_zarr(tomo, tmp_path / "t.ome.zarr", chunks=(16, 16, 16), compressor=None, levels=1)
-    store = _CountingStore(zarr.storage.LocalStore(path, read_only=True))
-    with raise_if_dask_computes():
-        opened = read_ome_zarr(store, chunks=chunks)
-        plane = opened.sel(z=50.0)
-        box = opened.isel(z=slice(0, 16), y=slice(16, 32), x=slice(32, 48))
-    assert store.chunk_reads == 0
-    assert plane.shape == (64, 64)
-    np.testing.assert_array_equal(plane.data.values, data[10].compute())
-    assert store.chunk_reads == 16  # the 4 x 4 chunks that hold z = 10, uncompressed
-    assert store.chunk_bytes == 16 * 16**3 * 4
-    np.testing.assert_array_equal(box.data.values, data[:16, 16:32, 32:48].compute())
-    assert store.chunk_reads == 17
-
-
-# -- bad stores -------------------------------------------------------------------------------
-def _write_group(
-    path: Path, attrs: dict[str, Any], *, zarr_format: int = 2, shape: tuple[int, ...] = (2, 3, 4)
-) -> Path:
-    root = zarr.open_group(path, mode="w", zarr_format=zarr_format)  # type: ignore[arg-type]
-    root.create_array("0", shape=shape, dtype="f4", chunks=shape)
-    root.attrs.update(attrs)
-    return path
-
-
-def _ms(**changes: Any) -> dict[str, Any]:
-    ms: dict[str, Any] = {
-        "version": "0.4",
-        "axes": [{"name": a, "type": "space", "unit": "angstrom"} for a in "zyx"],
-        "datasets": [
-            {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 2.0, 2.0]}]}
-        ],
-    }
-    ms.update(changes)
-    return {"multiscales": [ms]}
-
-
-XYZ_NM = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
-
-
-@pytest.mark.parametrize(
-    ("attrs", "error", "match"),
-    [
-        ({}, FormatError, "multiscales is missing"),
-        ({"ome": {"version": "0.5"}}, FormatError, "ome.multiscales is missing"),
-        (_ms(version="0.3"), UnknownFormatError, "version '0.3'"),
-        (_ms(axes=[]), FormatError, "axes is missing"),
-        (
-            _ms(
-                datasets=[
-                    {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 2.0, 1.0]}]}
-                ]
-            ),
-            FormatError,
-            "anisotropic",
-        ),
-        (
-            _ms(
-                datasets=[
-                    {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}
-                ]
-            ),
-            FormatError,
-            "scale must list 3",
-        ),
-        (
-            _ms(
-                datasets=[
-                    {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [np.nan] * 3}]}
-                ]
-            ),
-            FormatError,
-            "positive finite",
-        ),
-        (_ms(datasets=[{"path": "0", "coordinateTransformations": []}]), FormatError, "no scale"),
-        (
-            _ms(
-                datasets=[{"path": "9", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * 3}]}]
-            ),
-            FormatError,
-            "no such array",
-        ),
-        (
-            _ms(axes=[{"name": a, "type": "space", "unit": "parsec"} for a in "zyx"]),
-            FormatError,
-            "unit 'parsec'",
-        ),
-        (_ms(axes=[{"name": a, "type": "space"} for a in "zyx"]), FormatError, "no unit"),
-        (_ms(axes=[{"name": a, "type": "space", "unit": "angstrom"} for a in "abc"]), FormatError, "axes"),
-    ],
-)
-def test_bad_stores(tmp_path: Path, attrs: dict[str, Any], error: type[Exception], match: str) -> None:
-    path = _write_group(tmp_path / "bad.zarr", attrs)
-    with pytest.raises(error, match=match) as info:
-        read_ome_zarr(path)
-    assert isinstance(info.value, CryoxrError)
-    assert "bad.zarr" in str(info.value)
-
-
-def test_anisotropic_allowed_and_unit_override(tmp_path: Path) -> None:
-    aniso = _ms(
-        axes=XYZ_NM,
-        datasets=[{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 1.0, 1.0]}]}],
-    )
-    path = _write_group(tmp_path / "a.zarr", aniso)
-    with pytest.warns(UserWarning, match="anisotropic"):
-        assert read_ome_zarr(path, allow_anisotropic=True).pixel_spacing == 10.0
-    no_unit = _write_group(tmp_path / "b.zarr", _ms(axes=[{"name": a, "type": "space"} for a in "zyx"]))
-    assert read_ome_zarr(no_unit, pixel_spacing=3.0).pixel_spacing == 3.0
-    # the multiscale-level transform multiplies the dataset's
-    scaled = _write_group(
-        tmp_path / "c.zarr",
-        _ms(coordinateTransformations=[{"type": "scale", "scale": [3.0, 3.0, 3.0]}]),
-    )
-    assert read_ome_zarr(scaled).pixel_spacing == 6.0
-
-
-def test_missing_and_not_a_group(tmp_path: Path) -> None:
-    with pytest.raises(CryoxrFileNotFoundError, match="nope"):
-        read_ome_zarr(tmp_path / "nope.zarr")
-    (tmp_path / "empty.zarr").mkdir()
-    with pytest.raises(FormatError, match="not a zarr group"):
-        read_ome_zarr(tmp_path / "empty.zarr")
-    path = _write_group(tmp_path / "ok.zarr", _ms())
-    with pytest.raises(InvalidValueError, match="level"):
-        read_ome_zarr(path, level=1)
-
-
 # -- writing safely ------------------------------------------------------------------------
+
+
 def _fail(block: np.ndarray, block_info: Any = None) -> np.ndarray:
     if block_info is not None and block_info[0]["chunk-location"][0] == 2:
         raise OSError(28, "No space left on device (simulated)")
@@ -466,6 +215,8 @@ def test_downsample_mean_is_lazy_and_chunk_local() -> None:
 
 
 # -- bounded memory ---------------------------------------------------------------------------
+
+
 CONVERT = """
 import sys, threading, time
 import psutil

@@ -1,0 +1,157 @@
+"""cryoxr.io.mrc.read: what mrcfile writes, cryoxr reads; bad files; re-reading at other chunks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import mrcfile
+import numpy as np
+import pytest
+
+from cryoxr import Image, Micrograph, Tomogram
+from cryoxr.errors import CryoxrError, CryoxrFileNotFoundError, FormatError, UnknownFormatError
+from cryoxr.io.mrc import MRC_MODES, read_mrc
+from cryoxr.testing import raise_if_dask_computes
+
+SHAPE = (43, 41, 37)  # nz, ny, nx: odd sizes, nx = 37, ny = 41, nz = 43
+
+
+def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    if dtype.kind == "c":
+        return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(dtype)
+    if dtype.kind == "f":
+        return rng.normal(size=shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+
+
+def _mrcfile_write(path: Path, data: np.ndarray, *, voxel_size: float = 2.5, stack: bool = False) -> Path:
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(data)
+        if stack:
+            mrc.set_image_stack()
+        mrc.voxel_size = voxel_size
+    return path
+
+
+def _patch_header(path: Path, **fields: Any) -> None:
+    with mrcfile.mmap(path, mode="r+", permissive=True) as mrc:
+        for key, value in fields.items():
+            mrc.header[key] = value
+
+
+# -- mrcfile writes, cryoxr reads -----------------------------------------------------------
+
+
+KINDS = {
+    # kind: (shape, stack flag for mrcfile, suffix, expected class, expected dims)
+    "volume": (SHAPE, False, ".mrc", Tomogram, ("z", "y", "x")),
+    "stack": (SHAPE, True, ".st", Image, ("image", "y", "x")),
+    "mrcs": ((1, 41, 37), False, ".mrcs", Image, ("image", "y", "x")),
+    "2d": ((41, 37), False, ".mrc", Micrograph, ("y", "x")),
+}
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("mode", sorted(MRC_MODES))
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_reads_what_mrcfile_writes(
+    tmp_path: Path, rng: np.random.Generator, mode: int, order: str, kind: str
+) -> None:
+    shape, stack, suffix, cls, dims = KINDS[kind]
+    expected = _random(rng, shape, MRC_MODES[mode])
+    path = _mrcfile_write(
+        tmp_path / f"TS_07{suffix}", expected.astype(expected.dtype.newbyteorder(order)), stack=stack
+    )
+    with mrcfile.open(path) as mrc:  # the oracle agrees on mode and byte order
+        assert int(mrc.header.mode) == mode
+        assert mrc.data.dtype.byteorder in ({"<": "<", ">": ">"}[order], "=", "|")
+    with raise_if_dask_computes():
+        image = read_mrc(path)
+    assert type(image) is cls
+    assert image.dims == dims
+    assert image.pixel_spacing == 2.5
+    assert image.experiment_id == "TS_07"
+    assert image.source == str(path)
+    assert image.data.dtype == expected.dtype  # native byte order
+    assert isinstance(image.data.data, da.Array)
+    np.testing.assert_array_equal(image.data.values, expected)
+    lazy = read_mrc(path, chunks=None)
+    assert not isinstance(lazy.data.variable._data, da.Array)
+    np.testing.assert_array_equal(lazy.data.values, expected)
+    np.testing.assert_array_equal(lazy.data[..., 3].values, expected[..., 3])
+
+
+def test_mapcrs_permutation_is_transposed(tmp_path: Path, rng: np.random.Generator) -> None:
+    stored = _random(rng, (4, 5, 6), np.dtype(np.float32))  # sections, rows, columns
+    path = _mrcfile_write(tmp_path / "p.mrc", stored)
+    _patch_header(path, mapc=3, mapr=2, maps=1)  # columns are z, sections are x
+    expected = stored.transpose(2, 1, 0)
+    for chunks in ("auto", None):
+        tomo = read_mrc(path, chunks=chunks)
+        assert tomo.shape == (6, 5, 4)
+        np.testing.assert_array_equal(tomo.data.values, expected)
+
+
+# -- bad files ----------------------------------------------------------------------------
+
+
+def _good(tmp_path: Path, name: str = "bad.mrc") -> Path:
+    return _mrcfile_write(tmp_path / name, np.zeros((4, 6, 8), np.float32))
+
+
+def _truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize(
+    ("damage", "error", "match"),
+    [
+        (lambda p: _truncate(p, 500), FormatError, "truncated header"),
+        (lambda p: _truncate(p, 1024 + 4 * 6 * 8 * 4 - 1), FormatError, "data block truncated"),
+        (lambda p: _patch_header(p, nz=5), FormatError, "nx, ny, nz"),
+        (lambda p: _patch_header(p, mode=3), FormatError, "field mode.*3"),
+        (lambda p: _patch_header(p, mode=101), FormatError, "field mode.*101"),
+        (lambda p: _patch_header(p, cella=(np.nan, 8.0, 4.0)), FormatError, "cella.x"),
+        (lambda p: _patch_header(p, cella=(0.0, 0.0, 0.0)), FormatError, "cella.x"),
+        (lambda p: _patch_header(p, mx=0), FormatError, "mx"),
+        (lambda p: _patch_header(p, cella=(8.0, 6.0, 8.0)), FormatError, "anisotropic"),
+        (lambda p: _patch_header(p, mapc=1, mapr=1, maps=3), FormatError, "mapc, mapr, maps"),
+        (lambda p: _patch_header(p, nx=-8), FormatError, "nx"),
+        (lambda p: _patch_header(p, nsymbt=-1), FormatError, "nsymbt"),
+        (lambda p: _patch_header(p, ispg=401, mz=2), UnknownFormatError, "stack of volumes"),
+    ],
+)
+def test_bad_files(tmp_path: Path, damage: Any, error: type[Exception], match: str) -> None:
+    path = _good(tmp_path)
+    damage(path)
+    with pytest.raises(error, match=match) as info:
+        read_mrc(path)
+    assert isinstance(info.value, CryoxrError)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CryoxrFileNotFoundError, match=r"nope\.mrc"):
+        read_mrc(tmp_path / "nope.mrc")
+
+
+# -- re-reading at other chunks -----------------------------------------------------------
+
+
+def test_rechunk_from_file_rereads_only_unmodified_reads(tmp_path: Path, rng: np.random.Generator) -> None:
+    from cryoxr.io.mrc import rechunk_from_file
+
+    data = _random(rng, (8, 12, 10), np.dtype(np.float32))
+    tomo = read_mrc(_mrcfile_write(tmp_path / "a.mrc", data))
+    fresh = rechunk_from_file(tomo.data.data, (4, 4, 4))
+    assert fresh.chunks == ((4, 4), (4, 4, 4), (4, 4, 2))
+    assert fresh.name != tomo.data.data.rechunk((4, 4, 4)).name  # a new graph on the file
+    np.testing.assert_array_equal(fresh.compute(), data)
+    modified = tomo.data.data + 1  # not the file any more: plain rechunk
+    again = rechunk_from_file(modified, (4, 4, 4))
+    assert again.name == modified.rechunk((4, 4, 4)).name
+    np.testing.assert_array_equal(again.compute(), data + 1)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from cryoxr._writers import ImageWriter, register_image_writer
 from cryoxr.errors import CryoxrError
 
 if TYPE_CHECKING:  # what the lazy table below resolves to, for type checkers and IDEs
@@ -132,6 +133,23 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
+
+
+# --- Image.to_mrc / Image.to_zarr: the IO layer's writers, loaded on first use ----------
+
+
+def _io_writer(name: str) -> ImageWriter:
+    def write(*args: Any, **kwargs: Any) -> Any:
+        from cryoxr import io  # registers the real writers, replacing this stand-in
+
+        return getattr(io, name)(*args, **kwargs)
+
+    write.__name__ = write.__qualname__ = name
+    return write
+
+
+register_image_writer("mrc", _io_writer("write_mrc"))
+register_image_writer("ome-zarr", _io_writer("write_ome_zarr"))
 
 
 # --- the .cryo accessors, registered when xarray or pandas is first imported ---------------

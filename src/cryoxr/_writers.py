@@ -1,9 +1,9 @@
 """Image writers by format name, so that the core layer writes files without importing IO.
 
 :meth:`cryoxr.Image.to_mrc` and :meth:`cryoxr.Image.to_zarr` look their writer up here
-(:func:`image_writer`); :mod:`cryoxr.io`, which ``import cryoxr`` imports, registers
-``"mrc"`` (:func:`cryoxr.io.write_mrc`) and ``"ome-zarr"`` (:func:`cryoxr.io.write_ome_zarr`)
-with :func:`register_image_writer`. The names are those of :func:`cryoxr.io.convert`'s
+(:func:`image_writer`); ``import cryoxr`` registers ``"mrc"`` (:func:`cryoxr.io.write_mrc`)
+and ``"ome-zarr"`` (:func:`cryoxr.io.write_ome_zarr`) with :func:`register_image_writer`,
+as stand-ins that load :mod:`cryoxr.io` on first use (which then registers itself). The names are those of :func:`cryoxr.io.convert`'s
 ``to=``. Looking up a name that nothing registered raises
 :class:`~cryoxr.errors.UnknownFormatError`.
 

@@ -69,6 +69,12 @@ def _count(text: str) -> int:
     return value
 
 
+def _add_vector(parser: argparse.ArgumentParser, flag: str, kind: type, help_text: str) -> None:
+    """A flag taking X Y (sizes, centres) or X Y Z (``--tomogram-size``)."""
+    metavar = ("X", "Y", "Z") if flag == "--tomogram-size" else ("X", "Y")
+    parser.add_argument(flag, nargs=len(metavar), type=kind, metavar=metavar, help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cryoxr`` command."""
     parser = argparse.ArgumentParser(
@@ -116,38 +122,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="RELION 5 tomograms.star: tomogram sizes for centred coordinates (read and write)",
     )
-    convert.add_argument(
-        "--image-size",
-        nargs=2,
-        type=int,
-        metavar=("X", "Y"),
-        help="tilt-image size, for alignment formats that record it (AreTomo)",
+    _add_vector(
+        convert, "--image-size", int, "tilt-image size, for alignment formats that record it (AreTomo)"
     )
     convert.add_argument("--no-progress", action="store_true")
 
     proj = sub.add_parser("project", help="project particles into every tilt image, streaming to zarr")
     proj.add_argument("--poses", required=True, type=Path, help="particles (STAR, tbl)")
     proj.add_argument("--alignment", required=True, type=Path, help="alignment (tomograms.star, xf, aln)")
-    proj.add_argument(
+    _add_vector(
+        proj,
         "--tomogram-size",
-        nargs=3,
-        type=float,
-        metavar=("X", "Y", "Z"),
-        help="tomogram size in pixels of the poses (default: from the alignment file)",
+        float,
+        "tomogram size in pixels of the poses (default: from the alignment file)",
     )
-    proj.add_argument(
-        "--image-size",
-        nargs=2,
-        type=int,
-        metavar=("X", "Y"),
-        help="tilt-image size in pixels: adds the field-of-view mask",
-    )
-    proj.add_argument(
+    _add_vector(proj, "--image-size", int, "tilt-image size in pixels: adds the field-of-view mask")
+    _add_vector(
+        proj,
         "--tilt-image-center",
-        nargs=2,
-        type=float,
-        metavar=("X", "Y"),
-        help="rotation centre in the tilt images (default: from the alignment, else size // 2)",
+        float,
+        "rotation centre in the tilt images (default: from the alignment, else size // 2)",
     )
     proj.add_argument("--margin", type=float, default=0.0, help="field-of-view margin in pixels")
     proj.add_argument("--chunks", type=int, default=100_000, help="particles per chunk")

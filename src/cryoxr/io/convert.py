@@ -8,11 +8,12 @@ Examples
 >>> import tempfile, pathlib, numpy as np
 >>> import cryoxr
 >>> folder = pathlib.Path(tempfile.mkdtemp())
->>> tomo = cryoxr.Tomogram.from_array(np.ones((4, 6, 8), np.float32), pixel_spacing=5.0,
-...                                   experiment_id="TS_01")
->>> path = tomo.to_mrc(folder / "TS_01.mrc")
->>> [p.name for p in convert(path, folder / "TS_01.ome.zarr")]
-['TS_01.ome.zarr']
+>>> poses = cryoxr.make_poseset(np.ones((3, 3)), experiment_id="12", pixel_spacing=5.0)
+>>> cryoxr.io.write_relion_particles(poses, folder / "particles.star", version=4)
+>>> [p.name for p in convert(folder / "particles.star", folder / "particles.tbl")]
+['particles.tbl']
+>>> cryoxr.io.read_poses(folder / "particles.tbl").sizes["particle"]
+3
 """
 
 from __future__ import annotations

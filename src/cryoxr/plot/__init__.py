@@ -24,8 +24,6 @@ projection model are in pixels of its tilt images, as in the model.
 
 Examples
 --------
->>> import matplotlib
->>> matplotlib.use("Agg")
 >>> import matplotlib.pyplot as plt
 >>> import numpy as np
 >>> import cryoxr

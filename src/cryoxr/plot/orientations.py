@@ -154,8 +154,6 @@ def plot_orientations(
 
     Examples
     --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
     >>> import matplotlib.pyplot as plt
     >>> import numpy as np
     >>> from scipy.spatial.transform import Rotation

@@ -45,8 +45,6 @@ def plot_tilt_scheme(
 
     Examples
     --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
     >>> import matplotlib.pyplot as plt
     >>> import cryoxr
     >>> model = cryoxr.make_projection_model(rotation_y=[-3.0, 0.0, 3.0], rotation_z=85.0,

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 
 from cryoxr.demo import make_demo_data, render_tilt_series, run_demo
@@ -63,3 +64,20 @@ def test_cli_demo_subprocess(tmp_path: Path) -> None:
     assert "mean patch peaks" in result.stdout
     assert (tmp_path / "d" / "projected.zarr").is_dir()
     assert (tmp_path / "d" / "figures" / "particles.png").stat().st_size > 10_000
+
+
+def test_demo_particle_figure_says_what_it_shows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.figure
+
+    titles: list[str] = []
+    original = matplotlib.figure.Figure.savefig
+
+    def record(fig: matplotlib.figure.Figure, *args: object, **kwargs: object) -> None:
+        titles.extend(ax.get_title() for ax in fig.axes)
+        original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    run_demo(5_000, tmp_path / "out", progress=False)
+    (title,) = [t for t in titles if "particles" in t]
+    assert "a sample of 2,000 of 5,000 particles" in title
+    assert "tilt +0°" in title

@@ -168,6 +168,20 @@ def test_projected_counts_in_and_out_of_view(tilt_setup: dict[str, Any], image: 
     assert (frame.get_x(), frame.get_width()) == pytest.approx((10 * 1.35, 235 * 1.35))
 
 
+def test_projected_title_and_region(tilt_setup: dict[str, Any]) -> None:
+    projected, ts = tilt_setup["projected"], tilt_setup["ts"]
+    assert plot_projected(ts, projected, image=2).axes[0].get_title() == "TS_01, image 2"
+    region = (100.0, 200.0, 50.0, 150.0)
+    fig = plot_projected(ts, projected, image=2, title="a sample of 300", region=region)
+    ax = fig.axes[0]
+    assert ax.get_title() == "a sample of 300"
+    assert (*ax.get_xlim(), *ax.get_ylim()) == pytest.approx(region)
+    (bar,) = [a for a in ax.artists if isinstance(a, AnchoredSizeBar)]
+    # the scale bar fits the 100 Å region shown, not the 345 Å image
+    length = bar.size_bar.get_children()[0].get_width()
+    assert 10 <= length <= 50
+
+
 def test_projected_reads_one_tilt_in_one_compute(tilt_setup: dict[str, Any]) -> None:
     with raise_if_dask_computes(max_computes=1):
         plot_projected(tilt_setup["ts"], tilt_setup["projected"], image=3)

@@ -403,12 +403,26 @@ def _draw(data: dict[str, Any], tilt_series: Image, projected: xr.DataArray, fol
     from cryoxr import plot
 
     folder.mkdir(exist_ok=True)
-    zero_tilt = int(np.argmin(np.abs(data["model"].rotation_y.to_numpy())))
+    model = data["model"]
+    zero_tilt = int(np.argmin(np.abs(model.rotation_y.to_numpy())))
+    n_drawn, n_total = projected.sizes["particle"], data["poses"].sizes["particle"]
+    angle = float(model.rotation_y.iloc[zero_tilt])
+    # the centre, a quarter of the width across: the rendered spots under the markers show
+    ny, nx = data["tilt_image_shape"]
+    spacing = float(model.pixel_spacing.iloc[0])
+    cx, cy, half = nx / 2 * spacing, ny / 2 * spacing, nx / 8 * spacing
+    particles = plot.plot_projected(
+        tilt_series,
+        projected,
+        image=zero_tilt,
+        image_shape=data["tilt_image_shape"],
+        title=f"{EXPERIMENT}, tilt {angle:+g}° (image {zero_tilt}): a sample of {n_drawn:,} "
+        f"of {n_total:,} particles, centre",
+        region=(cx - half, cx + half, cy - half, cy + half),
+    )
     figures = {
         "slices": plot.plot_orthoslices(data["tomogram"]),
-        "particles": plot.plot_projected(
-            tilt_series, projected, image=zero_tilt, image_shape=data["tilt_image_shape"]
-        ),
+        "particles": particles,
         "orientations": plot.plot_orientations(data["poses"]),
         "tilt scheme": plot.plot_tilt_scheme(data["model"]),
     }

@@ -165,6 +165,8 @@ def plot_projected(
     scale_bar: float | bool = True,
     marker_size: float = 6.0,
     figsize: tuple[float, float] = (7.0, 7.0),
+    title: str | None = None,
+    region: tuple[float, float, float, float] | None = None,
 ) -> Figure:
     """One tilt image with the projected particles on it, coloured by field of view.
 
@@ -200,6 +202,12 @@ def plot_projected(
         Marker size in points.
     figsize
         Size in inches of a new figure.
+    title
+        Axes title; default ``"<experiment>, image <index>"``. Say what is drawn when
+        ``projected`` is a sample of a larger set, and the tilt angle when known.
+    region
+        ``(x_min, x_max, y_min, y_max)`` in Å to show (a zoom); the scale bar fits it.
+        Default: the whole tilt image.
 
     Returns
     -------
@@ -312,8 +320,13 @@ def plot_projected(
         )
     ax.set_xlabel("x (Å)")
     ax.set_ylabel("y (Å)")
-    ax.set_title(f"{eid}, image {image}")
+    ax.set_title(title if title is not None else f"{eid}, image {image}")
     ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
-    _add_scale_bar(ax, x_edges[1] - x_edges[0], scale_bar)
+    span = x_edges[1] - x_edges[0]
+    if region is not None:
+        ax.set_xlim(region[0], region[1])
+        ax.set_ylim(region[2], region[3])
+        span = region[1] - region[0]
+    _add_scale_bar(ax, span, scale_bar)
     figure: Figure = ax.figure  # type: ignore[assignment]
     return figure

@@ -163,3 +163,19 @@ def test_tests_never_import_conftest() -> None:
         )
     ]
     assert not offenders, f"import helpers from cryoxr.testing, fixtures via conftest: {offenders}"
+
+
+def test_architecture_map_names_modules_that_exist() -> None:
+    import re
+
+    text = (SRC.parent / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`((?:io/)?[a-z_]+(?:/[a-z_]+)*(?:\.py|/))`", text))
+    assert len(named) > 20
+    root = SRC.parent
+    names_in_package = {p.name for p in PACKAGE.rglob("*.py")}
+
+    def exists(name: str) -> bool:  # a path from src/cryoxr or the repo, or a file of a named package
+        return (PACKAGE / name).exists() or (root / name).exists() or name in names_in_package
+
+    missing = sorted(n for n in named if not exists(n))
+    assert not missing, f"ARCHITECTURE.md names modules that do not exist: {missing}"

@@ -4,19 +4,29 @@
 STAR file it lists (``rlnTomoXTilt/YTilt/ZRot`` -> ``rotation_x/y/z``,
 ``rlnTomoX/YShiftAngst / px`` -> ``dx, dy``), or a RELION 4 / Warp ``tomograms.star`` whose
 per-tilt blocks carry ``rlnTomoProjX/Y/Z/W`` matrix rows (converted to angles and shifts).
-It returns one ProjectionModel for all tilt series; per-tilt columns cryoxr does not model
-are kept as columns, and ``model.attrs`` holds (choice: attrs, like the other alignment
-readers, so :func:`cryoxr.io.tables.read_alignment` can return it as is):
+It returns one ProjectionModel for all tilt series, with the per-tilt columns the files
+hold (:mod:`cryoxr.io.relion._columns` lists the labels):
 
-- ``tomogram_dimensions``: ``{tomo_name: [X, Y, Z]}`` bin-1 pixels,
-- ``specimen_center``: ``{tomo_name: [X // 2, Y // 2, Z // 2]}`` (RELION's ``int(N / 2)``),
-- ``tilt_image_center``: ``{tomo_name: [nx // 2, ny // 2]}`` of the tilt images, assumed
-  ``(X, Y)`` unless ``tilt_image_size`` says otherwise,
-- ``relion``: the ``tomograms.star`` table (sizes, binning, pixel sizes, ...) as
-  ``{label: [values]}`` -- :func:`relion_tomograms_table` turns it into a DataFrame -- and
-  the per-file layout needed to write the files back.
+- from ``tomograms.star``: ``tomogram_size_x/_y/_z`` (``rlnTomoSizeX/Y/Z``, bin-1 pixels =
+  pixels of ``rlnTomoTiltSeriesPixelSize``), ``voltage``, ``spherical_aberration``,
+  ``amplitude_contrast``, ``defocus_handedness`` (``rlnTomoHand``);
+- the tilt-image size ``image_size_x/_y``: the ``tilt_image_size`` argument, else
+  ``rlnImageSizeX/Y`` (written by cryoxr), else the header of the first tilt image named
+  by ``rlnMicrographName`` (where RELION 5 itself reads it); never assumed. From it,
+  ``tilt_image_center_x/_y = (nx // 2, ny // 2)``, RELION's ``int(N / 2)``
+  (``Tomogram::setProjectionMatrix``; IMOD's centre is ``(N - 1) / 2``, CONVENTIONS.md);
+- per tilt: ``defocus_u/_v``, ``defocus_angle``, ``phase_shift``, ``ctf_scale``,
+  ``ctf_bfactor``, ``pre_exposure``, ``acquisition_order`` (``rlnTomoTiltMovieIndex - 1``);
+  ``excluded`` when cryoxr wrote it. Other labels (``rlnTomoNominalStageTiltAngle``,
+  ``rlnMicrographName``, ...) stay columns under their own names.
 
-The three centre mappings go straight into :func:`cryoxr.project`.
+So :func:`cryoxr.project` needs no geometry argument for such a model, also after
+``pd.concat``, filtering or parquet. ``model.attrs`` still holds, for callers of the
+attrs-based interface: ``tomogram_dimensions`` (``{tomo_name: [X, Y, Z]}`` bin-1 pixels),
+``specimen_center`` (``[X // 2, Y // 2, Z // 2]``), ``tilt_image_center`` (when known), and
+``relion``: the ``tomograms.star`` table as ``{label: [values]}`` (with labels cryoxr does
+not model, e.g. ``rlnTomoReconstructedTomogram``) and the per-file layout needed to write
+the files back.
 
 Paths inside STAR files are resolved relative to the folder of the file that names them,
 then relative to that folder's ancestors (RELION writes paths relative to its project

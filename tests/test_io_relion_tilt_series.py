@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -265,76 +266,8 @@ def test_paths_resolved_relative_to_the_file(tmp_path: Path, monkeypatch: pytest
 
 # ----------------------------------------------------------------------------- per-tilt columns
 
-GLOBAL_LABELS = [
-    "rlnTomoName",
-    "rlnTomoTiltSeriesStarFile",
-    "rlnVoltage",
-    "rlnSphericalAberration",
-    "rlnAmplitudeContrast",
-    "rlnMicrographOriginalPixelSize",
-    "rlnTomoHand",
-    "rlnTomoTiltSeriesPixelSize",
-    "rlnTomoTomogramBinning",
-    "rlnTomoSizeX",
-    "rlnTomoSizeY",
-    "rlnTomoSizeZ",
-]
-TILT_LABELS = [
-    "rlnMicrographName",
-    "rlnTomoTiltMovieIndex",
-    "rlnTomoNominalStageTiltAngle",
-    "rlnMicrographPreExposure",
-    "rlnDefocusU",
-    "rlnDefocusV",
-    "rlnDefocusAngle",
-    "rlnPhaseShift",
-    "rlnCtfScalefactor",
-    "rlnCtfBfactor",
-    "rlnCtfFigureOfMerit",
-    "rlnTomoXTilt",
-    "rlnTomoYTilt",
-    "rlnTomoZRot",
-    "rlnTomoXShiftAngst",
-    "rlnTomoYShiftAngst",
-]
 
-
-def relion5_project(
-    folder: Path, name: str, *, size: tuple[int, int, int], image: tuple[int, int], px: float
-) -> Path:
-    """A RELION 5 project laid out as RELION writes it (labels of its own test project),
-    with the tilt images on disk (2D MRC files, int8) so that their size can be read."""
-    import mrcfile
-
-    (folder / "frames").mkdir(parents=True, exist_ok=True)
-    (folder / "tilt_series").mkdir(exist_ok=True)
-    rows = []
-    angles = [0.0, 3.0, -3.0, -6.0, 6.0, 60.0]
-    for i, angle in enumerate(angles):
-        mic = f"frames/{name}_{i:03d}.mrc"
-        with mrcfile.new(folder / mic) as mrc:
-            mrc.set_data(np.zeros((image[1], image[0]), dtype=np.int8))
-        rows.append(
-            f"{mic} {i + 1} {angle:.2f} {3.0 * i:.1f} {39000 + 100 * i:.1f} {38500 + 100 * i:.1f} {50 + i:.1f} "
-            f"0.0 1.0 {-10.0 * i:.1f} 0.03 {0.1 * i:.3f} {angle + 0.5:.3f} {85 + 0.01 * i:.3f} {i * 1.35:.4f} "
-            f"{-2.7:.4f}"
-        )
-    (folder / "tilt_series" / f"{name}.star").write_text(
-        f"\n# version 50001\n\ndata_{name}\n\nloop_\n"
-        + "".join(f"_{label} #{i + 1}\n" for i, label in enumerate(TILT_LABELS))
-        + "\n".join(rows)
-        + "\n"
-    )
-    path = folder / "tomograms.star"
-    path.write_text(
-        "\n# version 50001\n\ndata_global\n\nloop_\n"
-        + "".join(f"_{label} #{i + 1}\n" for i, label in enumerate(GLOBAL_LABELS))
-        + f"{name} tilt_series/{name}.star 300.0 2.7 0.1 {px / 2} -1.0 {px} 8.0 {size[0]} {size[1]} {size[2]}\n"
-    )
-    return path
-
-
-def test_relion5_fills_every_per_tilt_column(tmp_path: Path) -> None:
+def test_relion5_fills_every_per_tilt_column(tmp_path: Path, relion5_project: Any) -> None:
     path = relion5_project(tmp_path, "TS_01", size=(4000, 4000, 3000), image=(961, 1024), px=1.35)
     model = read_relion_tilt_series(path)
     oracle_global = starfile.read(path)
@@ -380,7 +313,7 @@ def test_relion5_fills_every_per_tilt_column(tmp_path: Path) -> None:
     assert other[["tilt_image_center_x", "tilt_image_center_y"]].values[0].tolist() == [50.0, 25.0]
 
 
-def test_round_trip_of_every_per_tilt_column(tmp_path: Path) -> None:
+def test_round_trip_of_every_per_tilt_column(tmp_path: Path, relion5_project: Any) -> None:
     path = relion5_project(tmp_path / "a", "TS_01", size=(4000, 4000, 3000), image=(961, 1024), px=1.35)
     model = read_relion_tilt_series(path)
     model["excluded"] = [False, False, True, False, False, True]
@@ -450,7 +383,7 @@ def test_imod_centre_is_folded_into_the_shift(tmp_path: Path, rng: np.random.Gen
     )
 
 
-def test_relion_tilt_series_bad_values_name_the_file(tmp_path: Path) -> None:
+def test_relion_tilt_series_bad_values_name_the_file(tmp_path: Path, relion5_project: Any) -> None:
     path = relion5_project(tmp_path, "TS_01", size=(400, 400, 300), image=(40, 40), px=1.35)
     text = path.read_text()
     path.write_text(text.replace("TS_01 tilt_series", '"" tilt_series'))

@@ -271,7 +271,8 @@ def _cmd_project(args: argparse.Namespace) -> int:
         )
     model = read_alignment(args.alignment)
     # a RELION 5 tomograms.star holds the sizes RELION 5 particle files need
-    tomograms = args.alignment if args.alignment.suffix.lower() == ".star" else None
+    star = args.alignment.suffix.lower() == ".star" and args.poses.suffix.lower() == ".star"
+    tomograms = args.alignment if star else None  # only RELION particle files take it
     poses = read_poses(args.poses, tomograms=tomograms) if tomograms else read_poses(args.poses)
     experiments = experiment_ids(poses)
     eids = model[PMDL.EXPERIMENT_ID].astype(str)

@@ -410,3 +410,27 @@ def test_relion_tilt_series_bad_values_name_the_file(tmp_path: Path, relion5_pro
         FormatError, match=r"'rotation_y' \(degrees\) must be within \[-360, 360\], found 1e\+308"
     ):
         read_relion_tilt_series(path)
+
+
+def test_tilt_image_size_from_a_stack_and_inside_root(tmp_path: Path, relion5_project: Any) -> None:
+    import mrcfile
+
+    path = relion5_project(tmp_path / "project", "TS_01", size=(400, 400, 300), image=(40, 30), px=1.35)
+    ts = tmp_path / "project" / "tilt_series" / "TS_01.star"
+    with mrcfile.new(tmp_path / "project" / "TS_01.mrcs") as mrc:
+        mrc.set_data(np.zeros((6, 21, 33), dtype=np.int8))
+    text = ts.read_text()
+    for i in range(6):
+        text = text.replace(f"frames/TS_01_{i:03d}.mrc", f"{i + 1}@TS_01.mrcs")
+    ts.write_text(text)
+    model = read_relion_tilt_series(path)
+    assert model[["image_size_x", "image_size_y"]].values[0].tolist() == [33, 21]
+    assert model[["tilt_image_center_x", "tilt_image_center_y"]].values[0].tolist() == [16.0, 10.0]
+    # a stack outside the allowed root is refused, not read
+    (tmp_path / "project" / "TS_01.mrcs").rename(tmp_path / "TS_01.mrcs")
+    ts.write_text(text.replace("@TS_01.mrcs", "@../TS_01.mrcs"))
+    with pytest.raises(FormatError, match="outside the allowed root"):
+        read_relion_tilt_series(path, root=tmp_path / "project")
+    # a tilt image that is not MRC, or not there: no size, nothing invented
+    ts.write_text(text.replace("@TS_01.mrcs", "@TS_01.tif"))
+    assert "image_size_x" not in read_relion_tilt_series(path).columns

@@ -168,18 +168,20 @@ def micrograph_image_size(
     """(nx, ny) of the first tilt image the table names (``rlnMicrographName``), if found.
 
     RELION 5 reads the tilt-image size from these images (``TomogramSet::loadTomogram``);
-    ``N@stack`` names are read as the stack. None when the label or the file is absent.
+    ``N@stack`` names are read as the stack. None when the label or the file is absent, or
+    the file is not an MRC file (by its suffix).
     """
+    from cryoxr.io.mrc import MRC_SUFFIXES, read_mrc
+
     if "rlnMicrographName" not in table.columns or len(table) == 0:
         return None
     name = str(table["rlnMicrographName"].iloc[0])
     file_name = name.split("@", 1)[1] if re.match(r"^\d+@", name) else name
-    if not file_name:
+    if not file_name or Path(file_name).suffix.lower() not in MRC_SUFFIXES:
         return None
     candidate = resolve(reference, file_name)
     if not (isinstance(candidate, Path) and _is_file(candidate)):
         return None
-    from cryoxr.io.mrc import read_mrc
 
     try:  # the size is all that is needed: any pixel spacing in the header will do
         image = read_mrc(candidate, pixel_spacing=1.0, chunks=None)

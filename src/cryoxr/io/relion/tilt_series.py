@@ -42,6 +42,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -365,9 +366,7 @@ def read_relion_tilt_series(
             image_size_option(tilt_image_size, name, where),
             constants,
             size,
-            lambda ts_path=ts_path, ts=ts, block=ts_block.name: micrograph_image_size(
-                ts_path, ts, block, lambda ref, n: _lookup(ref, n, fence)
-            ),
+            partial(micrograph_image_size, ts_path, ts, ts_block.name, partial(_lookup, root=fence)),
             where,
         )
         if nxy is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,92 @@ def local_cluster() -> Iterator[Any]:
         distributed.Client(cluster) as client,
     ):
         yield client
+
+
+_RELION5_GLOBAL_LABELS = [
+    "rlnTomoName",
+    "rlnTomoTiltSeriesStarFile",
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+    "rlnMicrographOriginalPixelSize",
+    "rlnTomoHand",
+    "rlnTomoTiltSeriesPixelSize",
+    "rlnTomoTomogramBinning",
+    "rlnTomoSizeX",
+    "rlnTomoSizeY",
+    "rlnTomoSizeZ",
+]
+_RELION5_TILT_LABELS = [
+    "rlnMicrographName",
+    "rlnTomoTiltMovieIndex",
+    "rlnTomoNominalStageTiltAngle",
+    "rlnMicrographPreExposure",
+    "rlnDefocusU",
+    "rlnDefocusV",
+    "rlnDefocusAngle",
+    "rlnPhaseShift",
+    "rlnCtfScalefactor",
+    "rlnCtfBfactor",
+    "rlnCtfFigureOfMerit",
+    "rlnTomoXTilt",
+    "rlnTomoYTilt",
+    "rlnTomoZRot",
+    "rlnTomoXShiftAngst",
+    "rlnTomoYShiftAngst",
+]
+
+
+def _relion5_project(
+    folder: Path,
+    name: str,
+    *,
+    size: tuple[int, int, int],
+    image: tuple[int, int],
+    px: float,
+    tilt: float = 0.0,
+) -> Path:
+    """A RELION 5 project laid out as RELION writes it (labels of its own test project),
+    with the tilt images on disk (2D MRC files, int8) so that their size can be read."""
+    import mrcfile
+
+    (folder / "frames").mkdir(parents=True, exist_ok=True)
+    (folder / "tilt_series").mkdir(exist_ok=True)
+    rows = []
+    angles = [0.0, 3.0, -3.0, -6.0, 6.0, 60.0]
+    for i, angle in enumerate(angles):
+        mic = f"frames/{name}_{i:03d}.mrc"
+        with mrcfile.new(folder / mic) as mrc:
+            mrc.set_data(np.zeros((image[1], image[0]), dtype=np.int8))
+        rows.append(
+            f"{mic} {i + 1} {angle:.2f} {3.0 * i:.1f} {39000 + 100 * i:.1f} {38500 + 100 * i:.1f} {50 + i:.1f} "
+            f"0.0 1.0 {-10.0 * i:.1f} 0.03 {0.1 * i:.3f} {angle + 0.5 + tilt:.3f} {85 + 0.01 * i + tilt:.3f} {i * 1.35:.4f} "
+            f"{-2.7:.4f}"
+        )
+    (folder / "tilt_series" / f"{name}.star").write_text(
+        f"\n# version 50001\n\ndata_{name}\n\nloop_\n"
+        + "".join(f"_{label} #{i + 1}\n" for i, label in enumerate(_RELION5_TILT_LABELS))
+        + "\n".join(rows)
+        + "\n"
+    )
+    path = folder / "tomograms.star"
+    path.write_text(
+        "\n# version 50001\n\ndata_global\n\nloop_\n"
+        + "".join(f"_{label} #{i + 1}\n" for i, label in enumerate(_RELION5_GLOBAL_LABELS))
+        + f"{name} tilt_series/{name}.star 300.0 2.7 0.1 {px / 2} -1.0 {px} 8.0 {size[0]} {size[1]} {size[2]}\n"
+    )
+    return path
+
+
+@pytest.fixture
+def relion5_project() -> Any:
+    """Writes a RELION 5 project (tomograms.star, tilt_series/<name>.star, frames/*.mrc):
+    ``relion5_project(folder, name, size=(X, Y, Z), image=(nx, ny), px=1.35, tilt=0.0)``.
+
+    The labels are those of RELION 5's own test project (``src/tomography_python_programs/
+    _tests/test_project_directory``); the tilt images are 2D int8 MRC files of the given size.
+    """
+    return _relion5_project
 
 
 @pytest.fixture(autouse=True)

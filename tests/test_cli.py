@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -283,3 +284,31 @@ def test_demo_particle_count_is_checked_by_the_parser(value: str) -> None:
     assert result.returncode == 2
     assert "--particles" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_project_takes_geometry_from_the_alignment(
+    tmp_path: Path, relion5_project: Any, rng: np.random.Generator
+) -> None:
+    """RELION 5 files that hold tomogram and tilt-image size: no geometry flag needed, and the
+    field-of-view mask comes from the alignment's image size."""
+    alignment = relion5_project(tmp_path, "TS_01", size=(1001, 801, 301), image=(200, 151), px=1.35)
+    points = rng.uniform(0, 1, (50, 3)) * [1001, 801, 301]
+    poses = cryoxr.make_poseset(points / 4, experiment_id="TS_01", pixel_spacing=5.4)  # bin-4 picks
+    cryoxr.io.write_relion_particles(poses, tmp_path / "picks.star", version=4)
+    out = tmp_path / "p.zarr"
+    argv = [
+        "project",
+        "--poses",
+        str(tmp_path / "picks.star"),
+        "--alignment",
+        str(alignment),
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--no-progress"]) == 0
+    stored = xr.open_zarr(out)
+    model = cryoxr.read_alignment(alignment)
+    unbinned = cryoxr.make_poseset(points, experiment_id="TS_01", pixel_spacing=1.35)
+    np.testing.assert_allclose(stored["projected"].values, cryoxr.project(unbinned, model).values, atol=1e-6)
+    expected = cryoxr.in_field_of_view(cryoxr.project(unbinned, model), image_shape=(151, 200))
+    np.testing.assert_array_equal(stored["in_field_of_view"].values, expected.values)

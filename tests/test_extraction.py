@@ -33,15 +33,23 @@ def test_extracted_mean_patch_peaks_at_box_centre(rng: np.random.Generator) -> N
         dx=[1.3, 0.0, -2.2],
         experiment_id="ts",
         pixel_spacing=2.0,
+        # the geometry travels with the model (binned poses below: sizes in the model's pixels)
+        tomogram_size_x=200,
+        tomogram_size_y=180,
+        tomogram_size_z=60,
+        tilt_image_center_x=100.0,
+        tilt_image_center_y=90.0,
     )
     dims = (200, 180, 60)
     poses = cryoxr.make_poseset(
-        rng.uniform([40, 40, 10], [160, 140, 50], size=(40, 3)),
+        rng.uniform([40, 40, 10], [160, 140, 50], size=(40, 3)) / 2,
         experiment_id="ts",
-        pixel_spacing=2.0,
+        pixel_spacing=4.0,
         chunks=16,
     )
-    projected = project(poses, model, tomogram_dimensions=dims, tilt_image_center=(100, 90))
+    projected = project(poses, model)
+    explicit = project(poses, model, tomogram_dimensions=np.array(dims) / 2, tilt_image_center=(100, 90))
+    np.testing.assert_allclose(projected.values, explicit.values, atol=1e-9)
     points = projected.values
     images = _gaussian_tilt_series(points, (180, 200), sigma=1.5)
     tilt_series = cryoxr.Image.from_array(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,3 +102,13 @@ def test_every_kind_has_a_describer() -> None:
     from cryoxr.io.describe import SUFFIX_KINDS
 
     assert {*SUFFIX_KINDS.values(), "image", "tilt series", "projected"} <= set(DESCRIBERS)
+
+
+def test_alignment_report_shows_the_per_tilt_optics(tmp_path: Path, relion5_project: Any) -> None:
+    path = relion5_project(tmp_path, "TS_01", size=(400, 400, 300), image=(40, 30), px=1.35)
+    report = cryoxr.describe(path)
+    assert report["voltage"] == [300.0, 300.0]
+    assert report["defocus_u_range"] == [39000.0, 39500.0]
+    assert report["image_size_x"] == [40.0, 40.0]
+    assert report["tilt_image_center_y"] == [15.0, 15.0]
+    assert report["defocus_handedness"] == [-1.0, -1.0]

@@ -317,7 +317,7 @@ def test_version_4_to_5_and_back(tmp_path: Path) -> None:
     assert table4.rlnCoordinateX.tolist()[0] == 1000.0
     assert read_star(v4)["particles"].version == 30001
     v5 = tmp_path / "v5.star"
-    write_relion_particles(read_relion_particles(v4), v5, tomograms=sizes)
+    write_relion_particles(read_relion_particles(v4), v5, version=5, tomograms=sizes)
     pd.testing.assert_frame_equal(read_star(v5)["particles"].table, read_star(path)["particles"].table)
 
 
@@ -485,3 +485,109 @@ def test_changed_pixel_spacing_updates_optics(tmp_path: Path) -> None:
     assert read_star(out)["optics"].table.rlnTomoTiltSeriesPixelSize.tolist() == [2.7]
     back = read_relion_particles(out)
     np.testing.assert_allclose(back.position.values * back.attrs["pixel_spacing"], [[135, 270, 405]])
+
+
+# ----------------------------------------------------------------------------- what peers hand over
+
+
+def test_relion5_set_finds_its_tomograms_star(tmp_path: Path) -> None:
+    path = tmp_path / "particles.star"
+    path.write_text(RELION5_FILE)
+    with pytest.raises(InvalidValueError, match=r"no tomograms\.star beside the file: pass tomograms="):
+        read_relion_particles(path)
+    model = cryoxr.make_projection_model(
+        rotation_y=[0.0, 0.0, 0.0],
+        experiment_id=["TS_01", "TS_02", "TS_02"],
+        pixel_spacing=1.35,
+        tomogram_size_x=[4096, 4000, 4000],
+        tomogram_size_y=[4096, 4000, 4000],
+        tomogram_size_z=[1000, 1200, 1200],
+    )
+    cryoxr.io.write_relion_tilt_series(model, tmp_path / "tomograms.star")
+    found = read_relion_particles(path)
+    given = read_relion_particles(path, tomograms={"TS_01": (4096, 4096, 1000), "TS_02": (4000, 4000, 1200)})
+    np.testing.assert_array_equal(found.position.values, given.position.values)
+    np.testing.assert_allclose(found.position.values[0], [1000, 1500, 400], atol=1e-9)
+    # a model (columns only: attrs dropped by concat / parquet) also gives the sizes
+    plain = model.copy()
+    plain.attrs = {}
+    np.testing.assert_array_equal(
+        read_relion_particles(path, tomograms=plain).position.values, given.position.values
+    )
+
+
+@pytest.mark.parametrize("version", [30001, 50001])
+def test_read_and_write_back_without_arguments_gives_the_same_table(tmp_path: Path, version: int) -> None:
+    sizes = {"TS_01": (4096, 4096, 1000), "TS_02": (4000, 4000, 1200)}
+    five = tmp_path / "five.star"
+    five.write_text(RELION5_FILE)
+    path = five
+    if version == 30001:  # a RELION 4 file: pixel coordinates
+        path = tmp_path / "four.star"
+        write_relion_particles(read_relion_particles(five, tomograms=sizes), path, version=4)
+    poses = read_relion_particles(path, tomograms=sizes)
+    out = tmp_path / "out.star"
+    write_relion_particles(poses, out)
+    original, written = starfile.read(path, always_dict=True), starfile.read(out, always_dict=True)
+    assert list(written) == list(original)
+    for name in original:  # starfile as the oracle: loops as DataFrames, simple blocks as dicts
+        if isinstance(original[name], dict):
+            assert written[name] == original[name]
+        else:
+            pd.testing.assert_frame_equal(written[name], original[name])
+    assert all(block.version == version for block in read_star(out).values())
+
+
+RELION30 = """
+data_
+
+loop_
+_rlnCoordinateX #1
+_rlnCoordinateY #2
+_rlnCoordinateZ #3
+_rlnOriginX #4
+_rlnOriginY #5
+_rlnOriginZ #6
+_rlnAngleRot #7
+_rlnAngleTilt #8
+_rlnAnglePsi #9
+_rlnMicrographName #10
+_rlnMagnification #11
+_rlnDetectorPixelSize #12
+1000.0 1500.0 400.0 1.0 -2.0 0.0 10.0 20.0 30.0 tomo1.mrc 10000.0 2.7
+"""
+
+
+def test_relion30_needs_a_pixel_spacing(tmp_path: Path) -> None:
+    path = tmp_path / "old.star"
+    path.write_text(RELION30)
+    with pytest.raises(FormatError, match=r"a RELION 3.0 file has none: pass pixel_spacing="):
+        read_relion_particles(path)
+    poses = read_relion_particles(path, pixel_spacing=1.35)
+    assert poses.attrs["pixel_spacing"] == 1.35
+    np.testing.assert_allclose(poses.position.values, [[1000, 1500, 400]])
+    # origins are pixels of the images: 1e4 * 2.7 / 10000 = 2.7 Å, i.e. 2 coordinate pixels of 1.35 Å
+    np.testing.assert_allclose(poses["shift"].values, [[-2.0, 4.0, 0.0]], atol=1e-12)
+    expected = Rotation.from_euler("ZYZ", [10, 20, 30], degrees=True).inv()
+    assert (poses.cryo.rotation[0] * expected.inv()).magnitude() < 1e-9
+    assert poses.experiment_id.values.tolist() == ["tomo1.mrc"]
+    assert "rlnOriginX" not in poses.data_vars
+    # written back as RELION 3.1, with the optics block it lacked, and read without arguments
+    out = tmp_path / "new.star"
+    write_relion_particles(poses, out)
+    again = read_relion_particles(out)
+    assert list(read_star(out)) == ["optics", "particles"]
+    np.testing.assert_allclose((again.position + again["shift"]).values, [[998, 1504, 400]], atol=1e-9)
+    assert read_star(out)["particles"].table.rlnOriginXAngst.tolist() == [2.7]
+
+
+def test_empty_tomogram_name_names_the_file(tmp_path: Path) -> None:
+    path = particles_file(
+        tmp_path,
+        ["rlnTomoName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"],
+        ["TS_01 1 2 3", '"" 4 5 6'],
+    )
+    with pytest.raises(
+        FormatError, match=r"particles.star, data_particles, row 2, column rlnTomoName: expected a"
+    ):
+        read_relion_particles(path)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import starfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -53,15 +55,14 @@ def tilt_series_files(
 def test_relion5_projection_worked_example(tmp_path: Path) -> None:
     """CONVENTIONS 3.6: (1000, 1500, 400) -> (2515.4548, 1036.2880) through cryoxr.project."""
     path = tilt_series_files(tmp_path, alignment=[(0.0, 30.0, 85.0, 6.75, -13.5)])
-    model = read_relion_tilt_series(path)
+    model = read_relion_tilt_series(path, tilt_image_size=(4096, 4096))
     poses = cryoxr.make_poseset([[1000.0, 1500.0, 400.0]], experiment_id="TS_01", pixel_spacing=1.35)
-    xy = cryoxr.project(
-        poses,
-        model,
-        tomogram_dimensions=model.attrs["tomogram_dimensions"],
-        tilt_image_center=model.attrs["tilt_image_center"],
-    )
+    xy = cryoxr.project(poses, model)  # geometry from the model's columns
     np.testing.assert_allclose(xy.values[0, 0], [2515.4548, 1036.2880], atol=1e-4)
+    assert model[["tomogram_size_x", "tomogram_size_y", "tomogram_size_z"]].values.tolist() == [
+        [4096, 4096, 1000]
+    ]
+    assert model[["tilt_image_center_x", "tilt_image_center_y"]].values.tolist() == [[2048.0, 2048.0]]
 
 
 # ----------------------------------------------------------------------------- oracles
@@ -97,12 +98,7 @@ def test_projection_equals_relion_formula(tmp_path: Path, rng: np.random.Generat
     model = read_relion_tilt_series(path, tilt_image_size=(960, 1023))
     points = rng.uniform(0, 1, (5, 3)) * size
     poses = cryoxr.make_poseset(points, experiment_id="TS_01", pixel_spacing=2.1)
-    xy = cryoxr.project(
-        poses,
-        model,
-        tomogram_dimensions=model.attrs["tomogram_dimensions"],
-        tilt_image_center=model.attrs["tilt_image_center"],
-    ).values
+    xy = cryoxr.project(poses, model).values
     rows = [np.array([round(v, 6) for v in row]) for row in alignment]  # as printed in the file
     expected = np.array(
         [[relion_projection(p, size, np.array([960, 1023]), 2.1, r) for r in rows] for p in points]
@@ -136,6 +132,8 @@ def test_tilt_series_round_trip_hypothesis(tmp_path: Path, n_tilts: int, names: 
             experiment_id=name,
             pixel_spacing=1.35 + i,
             extra={"rlnMicrographPreExposure": np.arange(n_tilts) * 3.0},
+            defocus_u=rng.uniform(10000, 50000, n_tilts),
+            acquisition_order=rng.permutation(n_tilts),
         )
         for i, name in enumerate(names)
     ]
@@ -144,8 +142,20 @@ def test_tilt_series_round_trip_hypothesis(tmp_path: Path, n_tilts: int, names: 
     folder = Path(tempfile.mkdtemp(dir=tmp_path))
     write_relion_tilt_series(model, folder / "tomograms.star", tomograms=sizes)
     back = read_relion_tilt_series(folder / "tomograms.star")
-    cols = ["rotation_x", "rotation_y", "rotation_z", "dx", "dy", "pixel_spacing", "rlnMicrographPreExposure"]
+    cols = [
+        "rotation_x",
+        "rotation_y",
+        "rotation_z",
+        "dx",
+        "dy",
+        "pixel_spacing",
+        "defocus_u",
+        "acquisition_order",
+    ]
     np.testing.assert_allclose(back[cols].to_numpy(float), model[cols].to_numpy(float), atol=1e-8)
+    # a RELION label is read as the per-tilt column it names
+    np.testing.assert_array_equal(back.pre_exposure, model.rlnMicrographPreExposure)
+    assert back.acquisition_order.dtype == np.int64
     assert back.experiment_id.tolist() == model.experiment_id.tolist()
     assert back.attrs["tomogram_dimensions"] == {name: [4096.0, 4095.0, 1001.0] for name in names}
     # read -> write -> read gives the same files
@@ -164,7 +174,12 @@ def test_tilt_series_keeps_columns_and_table(tmp_path: Path) -> None:
     path = tilt_series_files(tmp_path, alignment=[(0.5, -3.0, 85.0, 1.0, 2.0), (0.5, 0.0, 85.0, -1.0, 0.0)])
     model = read_relion_tilt_series(path)
     assert model.rlnMicrographMovieName.tolist() == ["frames/TS_01_000.eer", "frames/TS_01_001.eer"]
-    assert model.rlnMicrographPreExposure.tolist() == [0.0, 3.0]
+    assert model.pre_exposure.tolist() == [0.0, 3.0]
+    assert model.defocus_u.tolist() == [25000.5, 25000.5]
+    assert model.voltage.tolist() == [300.0, 300.0]
+    assert model.defocus_handedness.tolist() == [-1.0, -1.0]
+    # no tilt-image size in these files, and no tilt images to read it from: not invented
+    assert not {"image_size_x", "tilt_image_center_x"} & set(model.columns)
     table = relion_tomograms_table(model)
     assert table.rlnTomoTomogramBinning.tolist() == [4.0]
     assert table.rlnTomoSizeZ.tolist() == [1000]
@@ -247,3 +262,175 @@ def test_paths_resolved_relative_to_the_file(tmp_path: Path, monkeypatch: pytest
     text = path.read_text().replace("tilt_series/TS_01.star", "Tomograms/job007/tilt_series/TS_01.star")
     path.write_text(text)
     assert read_relion_tilt_series(path).rotation_y.tolist() == [10.0]
+
+
+# ----------------------------------------------------------------------------- per-tilt columns
+
+
+def test_relion5_fills_every_per_tilt_column(tmp_path: Path, relion5_project: Any) -> None:
+    path = relion5_project(tmp_path, "TS_01", size=(4000, 4000, 3000), image=(961, 1024), px=1.35)
+    model = read_relion_tilt_series(path)
+    oracle_global = starfile.read(path)
+    oracle = starfile.read(tmp_path / "tilt_series" / "TS_01.star")
+    expected = {
+        "tomogram_size_x": [4000] * 6,
+        "tomogram_size_z": [3000] * 6,
+        "image_size_x": [961] * 6,  # read from the tilt images' header, as RELION does
+        "image_size_y": [1024] * 6,
+        "tilt_image_center_x": [480.0] * 6,  # RELION: int(N / 2)
+        "tilt_image_center_y": [512.0] * 6,
+        "voltage": [300.0] * 6,
+        "spherical_aberration": [2.7] * 6,
+        "amplitude_contrast": [0.1] * 6,
+        "defocus_handedness": [-1.0] * 6,
+        "acquisition_order": [0, 1, 2, 3, 4, 5],  # rlnTomoTiltMovieIndex counts from 1
+    }
+    for column, values in expected.items():
+        assert model[column].tolist() == values, column
+    for column, label in [
+        ("defocus_u", "rlnDefocusU"),
+        ("defocus_v", "rlnDefocusV"),
+        ("defocus_angle", "rlnDefocusAngle"),
+        ("phase_shift", "rlnPhaseShift"),
+        ("ctf_scale", "rlnCtfScalefactor"),
+        ("ctf_bfactor", "rlnCtfBfactor"),
+        ("pre_exposure", "rlnMicrographPreExposure"),
+    ]:
+        np.testing.assert_array_equal(model[column], oracle[label], err_msg=column)
+    np.testing.assert_array_equal(model.rotation_y, oracle.rlnTomoYTilt)
+    np.testing.assert_allclose(model.dx * 1.35, oracle.rlnTomoXShiftAngst, atol=1e-12)
+    assert oracle_global.rlnVoltage.tolist() == [300.0]
+    # unmodelled labels stay columns under their RELION names
+    np.testing.assert_array_equal(model.rlnTomoNominalStageTiltAngle, oracle.rlnTomoNominalStageTiltAngle)
+    assert model.rlnCtfFigureOfMerit.tolist() == [0.03] * 6
+    assert not {"rlnDefocusU", "rlnTomoTiltMovieIndex"} & set(model.columns)
+    # and it projects with no geometry argument
+    poses = cryoxr.make_poseset([[2000.0, 2000.0, 1500.0]], experiment_id="TS_01", pixel_spacing=1.35)
+    xy = cryoxr.project(poses, model).values[0, 0]
+    np.testing.assert_allclose(xy, [480.0 + 0.0, 512.0 - 2.0], atol=1e-9)  # shifts (0, -2.7 Å) at tilt 0
+    # an explicit size still wins
+    other = read_relion_tilt_series(path, tilt_image_size=(100, 51))
+    assert other[["tilt_image_center_x", "tilt_image_center_y"]].values[0].tolist() == [50.0, 25.0]
+
+
+def test_round_trip_of_every_per_tilt_column(tmp_path: Path, relion5_project: Any) -> None:
+    path = relion5_project(tmp_path / "a", "TS_01", size=(4000, 4000, 3000), image=(961, 1024), px=1.35)
+    model = read_relion_tilt_series(path)
+    model["excluded"] = [False, False, True, False, False, True]
+    model["my_score"] = np.arange(6) * 0.5
+    model["rlnCustomLabel"] = ["a", "b", "c", "d", "e", "f"]
+    written = write_relion_tilt_series(model, tmp_path / "b" / "tomograms.star")
+    assert [p.name for p in written] == ["tomograms.star", "TS_01.star"]
+    back = read_relion_tilt_series(written[0])
+    assert set(back.columns) == set(model.columns)
+    pd.testing.assert_frame_equal(back[model.columns].drop(columns="source"), model.drop(columns="source"))
+    text = written[1].read_text()
+    for label in ("_excluded", "_my_score", "_rlnDefocusU", "_rlnTomoTiltMovieIndex"):
+        assert label in text
+    # attrs gone (concat, parquet): the columns alone write the same files
+    plain = model.copy()
+    plain.attrs = {}
+    again = write_relion_tilt_series(plain, tmp_path / "c" / "tomograms.star")
+    pd.testing.assert_frame_equal(
+        read_relion_tilt_series(again[0]).drop(columns=["source", "rlnMicrographName"]),
+        back.drop(columns=["source", "rlnMicrographName"]),
+    )
+    first = read_star(again[0])["global"].table
+    assert first[["rlnTomoSizeX", "rlnVoltage", "rlnTomoHand", "rlnImageSizeX"]].values.tolist() == [
+        [4000, 300.0, -1.0, 961]
+    ]
+
+
+def test_columns_that_are_not_labels_are_named_in_a_warning(tmp_path: Path) -> None:
+    model = cryoxr.make_projection_model(
+        rotation_y=[0.0, 10.0],
+        experiment_id="TS_01",
+        pixel_spacing=1.0,
+        tomogram_size_x=100,
+        tomogram_size_y=100,
+        tomogram_size_z=50,
+        extra={"dose per tilt": [3.0, 3.0], "kept": [1, 2]},
+    )
+    with pytest.warns(UserWarning, match=r"\['dose per tilt'\] are not STAR labels"):
+        write_relion_tilt_series(model, tmp_path / "tomograms.star")
+    back = read_relion_tilt_series(tmp_path / "tomograms.star")
+    assert back.kept.tolist() == [1, 2]
+
+
+def test_imod_centre_is_folded_into_the_shift(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A model in IMOD's (N - 1) / 2 convention projects the same after RELION's int(N / 2)."""
+    model = cryoxr.make_projection_model(
+        rotation_y=[-40.0, 0.0, 40.0],
+        rotation_z=85.0,
+        dx=[1.0, 2.0, 3.0],
+        experiment_id="TS_01",
+        pixel_spacing=2.0,
+        tomogram_size_x=501,
+        tomogram_size_y=400,
+        tomogram_size_z=101,
+        image_size_x=501,
+        image_size_y=400,
+        tilt_image_center_x=250.0,
+        tilt_image_center_y=199.5,
+    )
+    write_relion_tilt_series(model, tmp_path / "tomograms.star")
+    back = read_relion_tilt_series(tmp_path / "tomograms.star")
+    assert back.tilt_image_center_y.tolist() == [200.0] * 3
+    np.testing.assert_allclose(back.dy, -0.5, atol=1e-12)
+    poses = cryoxr.make_poseset(rng.uniform(0, 100, (4, 3)), experiment_id="TS_01", pixel_spacing=2.0)
+    np.testing.assert_allclose(
+        cryoxr.project(poses, back).values, cryoxr.project(poses, model).values, atol=1e-9
+    )
+
+
+def test_relion_tilt_series_bad_values_name_the_file(tmp_path: Path, relion5_project: Any) -> None:
+    path = relion5_project(tmp_path, "TS_01", size=(400, 400, 300), image=(40, 40), px=1.35)
+    text = path.read_text()
+    path.write_text(text.replace("TS_01 tilt_series", '"" tilt_series'))
+    with pytest.raises(
+        FormatError, match=r"tomograms.star, data_global, row 1, column rlnTomoName: expected a tomogram name"
+    ):
+        read_relion_tilt_series(path)
+    path.write_text(text.replace(" 300.0 2.7 ", " 300000.0 2.7 "))
+    with pytest.raises(FormatError, match=r"TS_01.star.*tomograms.star.*'voltage' \(kV\).*looks like volts"):
+        read_relion_tilt_series(path)
+    path.write_text(text)
+    ts = tmp_path / "tilt_series" / "TS_01.star"
+    ts.write_text(ts.read_text().replace("_rlnTomoTiltMovieIndex", "_rlnTomoTiltMovieIndexX", 1))
+    assert "acquisition_order" not in read_relion_tilt_series(path).columns
+    ts.write_text(
+        ts.read_text()
+        .replace("_rlnTomoTiltMovieIndexX", "_rlnTomoTiltMovieIndex")
+        .replace(".mrc 1 ", ".mrc 0 ")
+    )
+    with pytest.raises(FormatError, match=r"rlnTomoTiltMovieIndex: expected whole numbers >= 1, found 0"):
+        read_relion_tilt_series(path)
+    ts.write_text(ts.read_text().replace(".mrc 0 ", ".mrc 1 ").replace(" 0.500 85.000 ", " 1e308 85.000 "))
+    with pytest.raises(
+        FormatError, match=r"'rotation_y' \(degrees\) must be within \[-360, 360\], found 1e\+308"
+    ):
+        read_relion_tilt_series(path)
+
+
+def test_tilt_image_size_from_a_stack_and_inside_root(tmp_path: Path, relion5_project: Any) -> None:
+    import mrcfile
+
+    path = relion5_project(tmp_path / "project", "TS_01", size=(400, 400, 300), image=(40, 30), px=1.35)
+    ts = tmp_path / "project" / "tilt_series" / "TS_01.star"
+    with mrcfile.new(tmp_path / "project" / "TS_01.mrcs") as mrc:
+        mrc.set_data(np.zeros((6, 21, 33), dtype=np.int8))
+    text = ts.read_text()
+    for i in range(6):
+        text = text.replace(f"frames/TS_01_{i:03d}.mrc", f"{i + 1}@TS_01.mrcs")
+    ts.write_text(text)
+    model = read_relion_tilt_series(path)
+    assert model[["image_size_x", "image_size_y"]].values[0].tolist() == [33, 21]
+    assert model[["tilt_image_center_x", "tilt_image_center_y"]].values[0].tolist() == [16.0, 10.0]
+    # a stack outside the allowed root is refused, not read
+    (tmp_path / "project" / "TS_01.mrcs").rename(tmp_path / "TS_01.mrcs")
+    ts.write_text(text.replace("@TS_01.mrcs", "@../TS_01.mrcs"))
+    with pytest.raises(FormatError, match="outside the allowed root"):
+        read_relion_tilt_series(path, root=tmp_path / "project")
+    # a tilt image that is not MRC, or not there: no size, nothing invented
+    ts.write_text(text.replace("@TS_01.mrcs", "@TS_01.tif"))
+    assert "image_size_x" not in read_relion_tilt_series(path).columns

@@ -164,7 +164,8 @@ def test_missing_experiment_is_named(poses: xr.Dataset) -> None:
 
 def test_mapping_without_entry_is_named(poses: xr.Dataset, tilt_model: pd.DataFrame) -> None:
     with pytest.raises(
-        InvalidValueError, match="tomogram_dimensions is a mapping without an entry for experiment 'TS_01'"
+        InvalidValueError,
+        match="experiment 'TS_01' has no tomogram size: the tomogram_dimensions mapping has no entry",
     ):
         project(poses, tilt_model, tomogram_dimensions={"x": DIMS}, tilt_image_center=CENTRE)
 

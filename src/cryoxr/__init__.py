@@ -30,6 +30,7 @@ from cryoxr.errors import CryoxrError
 
 if TYPE_CHECKING:  # what the lazy table below resolves to, for type checkers and IDEs
     from cryoxr import io
+    from cryoxr.defocus import particle_defocus
     from cryoxr.extraction import extract_subtilts
     from cryoxr.field_of_view import count_in_field_of_view, in_field_of_view
     from cryoxr.image import Image, Micrograph, Tomogram, bin_image, validate_image
@@ -57,6 +58,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it (``io`` is the subpackage itself)
 _LAZY: dict[str, str] = {
     "io": "cryoxr.io",
+    "particle_defocus": "cryoxr.defocus",
     "extract_subtilts": "cryoxr.extraction",
     "count_in_field_of_view": "cryoxr.field_of_view",
     "in_field_of_view": "cryoxr.field_of_view",
@@ -108,6 +110,7 @@ __all__ = [
     "make_poseset",
     "make_projection_model",
     "open_image",
+    "particle_defocus",
     "project",
     "project_into",
     "projection_model_to_projection_matrices",

@@ -251,43 +251,85 @@ def _cmd_project(args: argparse.Namespace) -> int:
     import numpy as np
     import xarray as xr
 
+    from cryoxr.errors import FileExistsNoOverwriteError, InvalidValueError
     from cryoxr.field_of_view import in_field_of_view
     from cryoxr.io import read_alignment, read_poses
     from cryoxr.io._atomic import atomic_path
+    from cryoxr.poseset import experiment_ids
     from cryoxr.projection import project
+    from cryoxr.projection_model import PMDL, PTC
 
+    if args.out.exists() and not args.overwrite:  # before any reading: say it at once
+        raise FileExistsNoOverwriteError(
+            f"{args.out}: exists; pass --overwrite to replace it (nothing was written)"
+        )
     model = read_alignment(args.alignment)
     # a RELION 5 tomograms.star holds the sizes RELION 5 particle files need
-    tomograms = args.alignment if args.alignment.suffix.lower() == ".star" else None
+    star = args.alignment.suffix.lower() == ".star" and args.poses.suffix.lower() == ".star"
+    tomograms = args.alignment if star else None  # only RELION particle files take it
     poses = read_poses(args.poses, tomograms=tomograms) if tomograms else read_poses(args.poses)
-    sizes = model.attrs.get("tomogram_dimensions")
-    if args.tomogram_size is not None:
-        dims: Any = tuple(args.tomogram_size)
-    elif sizes is not None:
-        dims = sizes
-    else:
-        raise CryoxrError(f"{args.alignment}: holds no tomogram size; pass --tomogram-size X Y Z")
-    centre: Any = model.attrs.get("tilt_image_center")
-    if args.tilt_image_center is not None:
-        centre = tuple(args.tilt_image_center)
-    elif centre is None and args.image_size is not None:
-        centre = (args.image_size[0] // 2, args.image_size[1] // 2)
-    if centre is None:
-        raise CryoxrError(
-            f"{args.alignment}: holds no tilt-image centre; pass --image-size X Y or --tilt-image-center X Y"
-        )
-    projected = project(
-        poses,
-        model,
-        tomogram_dimensions=dims,
-        tilt_image_center=centre,
-        specimen_center=model.attrs.get("specimen_center"),
-        chunks=args.chunks,
+    experiments = experiment_ids(poses)
+    eids = model[PMDL.EXPERIMENT_ID].astype(str)
+    # geometry a reader keeps only in attrs becomes columns (model pixels, as the columns are)
+    for key, columns in (
+        ("tomogram_dimensions", PTC.TOMOGRAM_SIZE),
+        ("tilt_image_center", PTC.TILT_IMAGE_CENTER),
+    ):
+        value = model.attrs.get(key)
+        if value is None or all(c in model.columns for c in columns):
+            continue
+        per = value if isinstance(value, dict) else dict.fromkeys(experiments, value)
+        rows = np.array([per.get(e, [np.nan] * len(columns)) for e in eids], dtype=np.float64)
+        model = model.assign(**{c: rows[:, i] for i, c in enumerate(columns)})
+    # an explicit centre (IMOD's (N - 1) / 2) in model pixels -> pixels of the poses
+    specimen: dict[str, Any] | None = None
+    centres = model.attrs.get("specimen_center")
+    if args.tomogram_size is None and centres is not None:
+        per = centres if isinstance(centres, dict) else dict.fromkeys(experiments, centres)
+        spacing = model.groupby(eids, sort=False)[PMDL.PIXEL_SPACING].first()
+        ratio = {
+            e: float(poses.attrs["pixel_spacing"]) / float(spacing[e]) for e in experiments if e in spacing
+        }
+        specimen = {
+            e: np.asarray(per[e], dtype=np.float64) / ratio[e] for e in experiments if e in per and e in ratio
+        }
+    dims = tuple(args.tomogram_size) if args.tomogram_size is not None else None
+    centre: Any = tuple(args.tilt_image_center) if args.tilt_image_center is not None else None
+    has_centres = all(c in model.columns for c in PTC.TILT_IMAGE_CENTER) and bool(
+        np.isfinite(model[PTC.TILT_IMAGE_CENTER].to_numpy(dtype=np.float64)).all()
     )
-    variables = {"projected": projected}
+    if centre is None and not has_centres and args.image_size is not None:
+        centre = (args.image_size[0] // 2, args.image_size[1] // 2)  # cryoxr's default rule (RELION's)
+    try:
+        projected = project(
+            poses,
+            model,
+            tomogram_dimensions=dims,
+            tilt_image_center=centre,
+            specimen_center=specimen or None,
+            chunks=args.chunks,
+        )
+    except InvalidValueError as err:
+        message = str(err)
+        for python, flag in (
+            ("pass tomogram_dimensions=(x, y, z) in pixels of the poses (or specimen_center=)",
+             "pass --tomogram-size X Y Z (pixels of the poses)"),
+            ("pass tilt_image_center=(x, y) in tilt-image pixels", "pass --tilt-image-center X Y or --image-size X Y"),
+        ):  # fmt: skip
+            message = message.replace(python, flag)
+        raise InvalidValueError(f"{args.alignment}: {message}") from None
+    image_shape: tuple[int, int] | None = None
     if args.image_size is not None:
-        nx, ny = args.image_size
-        variables["in_field_of_view"] = in_field_of_view(projected, image_shape=(ny, nx), margin=args.margin)
+        image_shape = (args.image_size[1], args.image_size[0])
+    elif all(c in model.columns for c in PTC.IMAGE_SIZE):
+        sizes = model.loc[eids.isin(experiments), [PTC.IMAGE_SIZE_Y, PTC.IMAGE_SIZE_X]].to_numpy(np.float64)
+        if np.isfinite(sizes).all() and (sizes == sizes[0]).all():
+            image_shape = (int(sizes[0, 0]), int(sizes[0, 1]))  # the tilt-image size the alignment holds
+    variables = {"projected": projected}
+    if image_shape is not None:
+        variables["in_field_of_view"] = in_field_of_view(
+            projected, image_shape=image_shape, margin=args.margin
+        )
     out = xr.Dataset(variables)
     out.attrs.update(poses=str(args.poses), alignment=str(args.alignment))
     for name in ("experiment_ids",):

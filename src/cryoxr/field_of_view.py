@@ -34,6 +34,7 @@ from cryoxr.projection import (
     _operator,
     _particle_chunks,
 )
+from cryoxr.projection_model import PMDL, PTC
 
 __all__ = ["count_in_field_of_view", "in_field_of_view"]
 
@@ -51,6 +52,26 @@ def _image_half_extent(
     centre = np.array([(nx - 1) / 2.0, (ny - 1) / 2.0])
     half = centre - float(margin)
     return centre, half
+
+
+def _model_image_shape(model: pd.DataFrame, experiments: list[str], where: str) -> tuple[int, int]:
+    """``(ny, nx)`` from the model's ``image_size_y/_x`` columns: one size for all ``experiments``."""
+    columns = [PTC.IMAGE_SIZE_Y, PTC.IMAGE_SIZE_X]
+    rows = model[model[PMDL.EXPERIMENT_ID].astype(str).isin(experiments)]
+    if all(c in rows.columns for c in columns):
+        sizes = rows[columns].to_numpy(dtype=np.float64, na_value=np.nan)
+        if np.isfinite(sizes).all() and (sizes == sizes[0]).all():
+            return int(sizes[0, 0]), int(sizes[0, 1])
+        if np.isfinite(sizes).all():
+            raise InvalidValueError(
+                f"{where}: the tilt images of experiments {experiments} differ in size "
+                f"({np.unique(sizes, axis=0).astype(int).tolist()} as (ny, nx)): count one size at a time, "
+                "or pass image_shape=(ny, nx)"
+            )
+    raise InvalidValueError(
+        f"{where}: the projection model lacks column(s) {columns} (or holds NaN there); "
+        "pass image_shape=(ny, nx)"
+    )
 
 
 def _fov_block(xy: np.ndarray, centre: np.ndarray, half: np.ndarray) -> np.ndarray:
@@ -153,9 +174,9 @@ def count_in_field_of_view(
     poses: xr.Dataset,
     projection_model: pd.DataFrame,
     *,
-    tomogram_dimensions: PerExperiment,
-    tilt_image_center: PerExperiment,
-    image_shape: Sequence[int],
+    tomogram_dimensions: PerExperiment | None = None,
+    tilt_image_center: PerExperiment | None = None,
+    image_shape: Sequence[int] | None = None,
     margin: float = 0.0,
     specimen_center: PerExperiment | None = None,
     chunks: int | None = None,
@@ -166,7 +187,9 @@ def count_in_field_of_view(
     Equal to ``in_field_of_view(project(...), ...).sum("particle")`` but fused into one
     kernel per chunk (project, test, count), so 10^7 particles x 61 tilts run at GEMM
     speed with memory bounded by one chunk per worker. Arguments as :func:`project`
-    and :func:`in_field_of_view`.
+    and :func:`in_field_of_view`; tomogram size and tilt-image centre default to the
+    model's columns (:mod:`cryoxr.geometry`), ``image_shape`` to its ``image_size_y`` and
+    ``image_size_x`` columns when they hold one size for every experiment counted.
 
     Returns
     -------
@@ -185,6 +208,8 @@ def count_in_field_of_view(
     experiments, weights, bias, _ = _checked_operators(
         poses, projection_model, tomogram_dimensions, tilt_image_center, specimen_center
     )
+    if image_shape is None:
+        image_shape = _model_image_shape(projection_model, experiments, "count_in_field_of_view")
     centre, half = _image_half_extent(image_shape, margin, "count_in_field_of_view")
     dtype = np.dtype(dtype)
     t_max = weights.shape[2] // 2

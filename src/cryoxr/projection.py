@@ -28,8 +28,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import dask.array as da
 import numpy as np
@@ -37,108 +36,26 @@ import pandas as pd
 import xarray as xr
 
 from cryoxr.errors import InvalidValueError
+from cryoxr.geometry import PerExperiment, projection_operators
 from cryoxr.image import ArraySource
-from cryoxr.poseset import DEFAULT_PARTICLE_CHUNK, experiment_ids, validate_poseset
-from cryoxr.projection_model import PMDL, projection_model_to_projection_matrices, validate_projection_model
+from cryoxr.poseset import DEFAULT_PARTICLE_CHUNK, validate_poseset
 
 __all__ = [
+    "PerExperiment",
     "project",
     "project_into",
     "projection_operators",
 ]
 
-Vector = Sequence[float] | np.ndarray
-PerExperiment = Vector | Mapping[str, Vector]
-
-
-def _for_experiment(value: PerExperiment | None, eid: str, name: str) -> Vector | None:
-    if value is None or not isinstance(value, Mapping):
-        return value
-    if eid not in value:
-        raise InvalidValueError(
-            f"project: {name} is a mapping without an entry for experiment {eid!r} "
-            f"(keys: {sorted(map(str, value))})"
-        )
-    return value[eid]
-
-
-def projection_operators(
-    poses: xr.Dataset,
-    projection_model: pd.DataFrame,
-    *,
-    tomogram_dimensions: PerExperiment,
-    tilt_image_center: PerExperiment,
-    specimen_center: PerExperiment | None = None,
-) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The per-experiment linear operators that :func:`project` applies.
-
-    Positions (pixels of ``poses``) map to tilt-image pixels as
-    ``xy[n, t, :] = (p[n] @ weights[e]).reshape(T, 2)[t] + bias[e].reshape(T, 2)[t]``,
-    with the pixel-size ratio folded into ``weights``.
-
-    Returns
-    -------
-    experiments : list of str
-        Experiment ids, in the order of the operators.
-    weights : numpy.ndarray
-        (E, 3, 2 * T_max) float64; NaN where an experiment has fewer tilts.
-    bias : numpy.ndarray
-        (E, 2 * T_max) float64.
-    n_tilts : numpy.ndarray
-        (E,) tilts per experiment.
-    pixel_spacing : numpy.ndarray
-        (E,) Å per tilt-image pixel.
-    """
-    validate_projection_model(projection_model)
-    wanted = experiment_ids(poses)
-    model_ids = pd.unique(projection_model[PMDL.EXPERIMENT_ID].astype(str))
-    missing = [e for e in wanted if e not in set(model_ids)]
-    if missing:
-        raise InvalidValueError(
-            f"project: experiment(s) {missing} of the poses are absent from the projection "
-            f"model, which holds {list(model_ids)}"
-        )
-    groups = {str(k): g for k, g in projection_model.groupby(PMDL.EXPERIMENT_ID, sort=False)}
-    t_max = max(len(groups[e]) for e in wanted)
-    ps_poses = float(poses.attrs["pixel_spacing"])
-    weights = np.full((len(wanted), 3, 2 * t_max), np.nan)
-    bias = np.full((len(wanted), 2 * t_max), np.nan)
-    n_tilts = np.zeros(len(wanted), dtype=np.int64)
-    spacing = np.zeros(len(wanted))
-    for k, eid in enumerate(wanted):
-        df = groups[eid]
-        ps_model = float(df[PMDL.PIXEL_SPACING].iloc[0])
-        ratio = ps_poses / ps_model
-        dims = _for_experiment(tomogram_dimensions, eid, "tomogram_dimensions")
-        centre_xy = _for_experiment(tilt_image_center, eid, "tilt_image_center")
-        explicit = _for_experiment(specimen_center, eid, "specimen_center")
-        if explicit is None:
-            dims_arr = np.asarray(dims)
-            if dims_arr.shape != (3,):
-                raise InvalidValueError(f"project: tomogram_dimensions must be (x, y, z), found {dims!r}")
-            centre = (dims_arr // 2).astype(np.float64)
-        else:
-            centre = np.asarray(explicit, dtype=np.float64)
-        # everything on the tomogram side is in pixels of the poses: rescale to tilt pixels
-        matrices = projection_model_to_projection_matrices(
-            df, np.asarray(centre_xy, dtype=np.float64), (0, 0, 0), specimen_center=centre * ratio
-        )
-        t = len(df)
-        # (T, 2, 4) -> weights (3, 2T) with column 2t + a, bias (2T,)
-        rows = matrices[:, :2, :]
-        weights[k, :, : 2 * t] = rows[:, :, :3].reshape(2 * t, 3).T * ratio
-        bias[k, : 2 * t] = rows[:, :, 3].reshape(2 * t)
-        n_tilts[k] = t
-        spacing[k] = ps_model
-    return list(wanted), weights, bias, n_tilts, spacing
-
 
 def _checked_operators(
     poses: xr.Dataset,
     projection_model: pd.DataFrame,
-    tomogram_dimensions: PerExperiment,
-    tilt_image_center: PerExperiment,
+    tomogram_dimensions: PerExperiment | None,
+    tilt_image_center: PerExperiment | None,
     specimen_center: PerExperiment | None,
+    *,
+    depth: bool = False,
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Check the poses' structure and build their operators, as every projection kernel needs.
 
@@ -151,6 +68,7 @@ def _checked_operators(
         tomogram_dimensions=tomogram_dimensions,
         tilt_image_center=tilt_image_center,
         specimen_center=specimen_center,
+        depth=depth,
     )
     return experiments, weights, bias, spacing
 
@@ -182,11 +100,13 @@ def _project_block(
     bias: np.ndarray,
     dtype: Any,
     out: np.ndarray | None = None,
+    k: int = 2,
 ) -> np.ndarray:
-    """One chunk: (n, 3) positions -> (n, T, 2) tilt-image xy, one GEMM per experiment.
+    """One chunk: (n, 3) positions -> (n, T, k) outputs per tilt, one GEMM per experiment.
 
-    ``(n, 4) @ (4, 2T)`` writes the output once; adding the bias afterwards would read
-    and write the whole (n, 2T) output a second time.
+    ``(n, 4) @ (4, kT)`` writes the output once; adding the bias afterwards would read
+    and write the whole (n, kT) output a second time. ``k`` is 2 (tilt-image x, y) or 3
+    (and the depth).
     """
     points = _homogeneous(position, shift, dtype)
     n = points.shape[0]
@@ -201,7 +121,7 @@ def _project_block(
         else:
             rows = codes == code
             out[rows] = points[rows] @ operator
-    return out.reshape(n, width // 2, 2)
+    return out.reshape(n, width // k, k)
 
 
 def _particle_codes(poses: xr.Dataset, experiments: list[str]) -> np.ndarray | None:
@@ -281,16 +201,45 @@ def _particle_chunks(poses: xr.Dataset, chunks: int | None) -> tuple[int, ...]:
     return (size,) * full + ((rest,) if rest or n == 0 else ())
 
 
+@overload
 def project(
     poses: xr.Dataset,
     projection_model: pd.DataFrame,
     *,
-    tomogram_dimensions: PerExperiment,
-    tilt_image_center: PerExperiment,
+    tomogram_dimensions: PerExperiment | None = ...,
+    tilt_image_center: PerExperiment | None = ...,
+    specimen_center: PerExperiment | None = ...,
+    chunks: int | None = ...,
+    dtype: Any = ...,
+    return_depth: Literal[False] = ...,
+) -> xr.DataArray: ...
+
+
+@overload
+def project(
+    poses: xr.Dataset,
+    projection_model: pd.DataFrame,
+    *,
+    tomogram_dimensions: PerExperiment | None = ...,
+    tilt_image_center: PerExperiment | None = ...,
+    specimen_center: PerExperiment | None = ...,
+    chunks: int | None = ...,
+    dtype: Any = ...,
+    return_depth: Literal[True],
+) -> xr.Dataset: ...
+
+
+def project(
+    poses: xr.Dataset,
+    projection_model: pd.DataFrame,
+    *,
+    tomogram_dimensions: PerExperiment | None = None,
+    tilt_image_center: PerExperiment | None = None,
     specimen_center: PerExperiment | None = None,
     chunks: int | None = None,
     dtype: Any = np.float64,
-) -> xr.DataArray:
+    return_depth: bool = False,
+) -> xr.DataArray | xr.Dataset:
     """Project every particle into every tilt image of its experiment, lazily.
 
     Parameters
@@ -302,8 +251,10 @@ def project(
     tomogram_dimensions
         Tomogram size (x, y, z) in pixels **of the poses**; a mapping experiment_id ->
         size for multi-tomogram sets. The specimen centre is ``dims // 2`` (cryotypes).
+        Default: the model's ``tomogram_size_x/_y/_z`` columns (pixels of the model).
     tilt_image_center
         Rotation centre in the tilt images (x, y), tilt-image pixels; or a mapping.
+        Default: the model's ``tilt_image_center_x/_y`` columns.
     specimen_center
         Explicit xyz centre in pixels of the poses (e.g. IMOD's ``(N - 1) / 2``); or a
         mapping. Overrides the ``dims // 2`` rule.
@@ -312,14 +263,26 @@ def project(
         when a ``distributed.Client`` or the processes scheduler is active).
     dtype
         Output dtype, float64 (default) or float32.
+    return_depth
+        Also return the depth of each particle along the beam in every tilt: the third
+        row of the projection, ``(R (p - specimen_center))_z`` in pixels of the model
+        (positive towards the viewer, +z of the rotated specimen); computed in the same
+        GEMM as x and y.
 
     Returns
     -------
-    xarray.DataArray
+    xarray.DataArray or xarray.Dataset
         Lazy, dims ``("particle", "image", "axis")``, axis coords ``["x", "y"]``,
         tilt-image pixels; ``image`` has the largest tilt count; tilts an experiment
         lacks are NaN. attrs ``pixel_spacing`` (Å per tilt-image pixel, when all
-        experiments share one).
+        experiments share one). With ``return_depth``: a Dataset of that array
+        (``projected``) and ``depth`` (dims ``("particle", "image")``, model pixels).
+
+    Raises
+    ------
+    InvalidValueError
+        An experiment without tomogram size or tilt-image centre (neither argument nor
+        column: the message names both), or absent from the model.
 
     Notes
     -----
@@ -328,7 +291,7 @@ def project(
     ``ratio = poses.pixel_spacing / model.pixel_spacing`` before projection. Worked
     example: a particle at (100, 100, 50) in a 4x binned tomogram (5.4 Å/px) of size
     (1024, 1024, 256) projects at a 0-degree tilt (1.35 Å/px, centre (2048, 2048)) to
-    ``(100 - 512) * 4 + 2048 = 400`` in x and y.
+    ``(100 - 512) * 4 + 2048 = 400`` in x and y. :mod:`cryoxr.geometry` gives the rules.
 
     Examples
     --------
@@ -339,22 +302,35 @@ def project(
     >>> project(poses, model, tomogram_dimensions=(1024, 1024, 256),
     ...         tilt_image_center=(2048, 2048)).values.tolist()
     [[[400.0, 400.0]]]
+
+    The same geometry from the model's columns, with the depth (bin-1 pixels):
+
+    >>> model = model.assign(tomogram_size_x=4096, tomogram_size_y=4096, tomogram_size_z=1024,
+    ...                      tilt_image_center_x=2048.0, tilt_image_center_y=2048.0)
+    >>> out = project(poses, model, return_depth=True)
+    >>> out.projected.values.tolist(), out.depth.values.tolist()
+    ([[[400.0, 400.0]]], [[-312.0]])
     """
     experiments, weights, bias, spacing = _checked_operators(
-        poses, projection_model, tomogram_dimensions, tilt_image_center, specimen_center
+        poses, projection_model, tomogram_dimensions, tilt_image_center, specimen_center, depth=return_depth
     )
     dtype = np.dtype(dtype)
     _check_float(dtype, "project: dtype")
     pchunks = _particle_chunks(poses, chunks)
-    t_max = weights.shape[2] // 2
+    k = 3 if return_depth else 2
+    t_max = weights.shape[2] // k
     out = da.blockwise(
         _project_block,
         "pta",
         *_kernel_inputs(poses, experiments, weights, bias, dtype, pchunks),
         dtype,
         None,
+        None,
+        None,
+        k,
+        None,
         concatenate=True,
-        new_axes={"t": t_max, "a": 2},
+        new_axes={"t": t_max, "a": k},
         meta=np.empty((0, 0, 0), dtype=dtype),
     )
     coords: dict[str, Any] = {"image": np.arange(t_max), "axis": ["x", "y"]}
@@ -363,7 +339,14 @@ def project(
     attrs: dict[str, Any] = {"units": "pixel", "experiment_ids": experiments}
     if len(set(spacing.tolist())) == 1:
         attrs["pixel_spacing"] = float(spacing[0])
-    return xr.DataArray(out, dims=("particle", "image", "axis"), coords=coords, attrs=attrs, name="projected")
+    dims = ("particle", "image", "axis")
+    if not return_depth:
+        return xr.DataArray(out, dims=dims, coords=coords, attrs=attrs, name="projected")
+    projected = xr.DataArray(out[:, :, :2], dims=dims, coords=coords, attrs=attrs, name="projected")
+    depth_coords = {k: v for k, v in coords.items() if k != "axis"}
+    depth_attrs = {"units": "pixel", "experiment_ids": experiments, "long_name": "depth along the beam"}
+    depth = xr.DataArray(out[:, :, 2], dims=dims[:2], coords=depth_coords, attrs=depth_attrs, name="depth")
+    return xr.Dataset({"projected": projected, "depth": depth})
 
 
 class _Target:
@@ -440,8 +423,8 @@ def project_into(
     poses: xr.Dataset,
     projection_model: pd.DataFrame,
     *,
-    tomogram_dimensions: PerExperiment,
-    tilt_image_center: PerExperiment,
+    tomogram_dimensions: PerExperiment | None = None,
+    tilt_image_center: PerExperiment | None = None,
     specimen_center: PerExperiment | None = None,
     chunks: int | None = None,
     compute: bool = True,

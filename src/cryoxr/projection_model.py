@@ -4,7 +4,42 @@ One row per tilt image; columns exactly as cryotypes: ``rotation_x``, ``rotation
 ``rotation_z`` (degrees; extrinsic rotation of the specimen about x, then y, then z),
 ``dx``, ``dy`` (pixels; shift in the tilt image after projection along z),
 ``experiment_id``, ``pixel_spacing`` (Å) and ``source``. Several experiments may share
-one frame; extra columns (tilt index, dose, excluded flag, ...) are kept.
+one frame; extra columns (tilt index, a file's own labels, ...) are kept.
+
+Per-tilt columns
+----------------
+What a file knows about a tilt beyond cryotypes' seven columns lives in ordinary columns
+with fixed names and units (:class:`PerTiltColumns`, :data:`PER_TILT_COLUMNS`), never only
+in ``DataFrame.attrs`` (which ``pd.concat``, filters and parquet drop). All are optional;
+per-experiment constants (voltage, tomogram size) repeat on each row of their experiment;
+a value a file lacks is absent or NaN, never guessed.
+
+=============================  ==============  ==========================================
+column                         unit            meaning
+=============================  ==============  ==========================================
+``tomogram_size_x/_y/_z``      px (model)      reconstructed volume size, in pixels of the
+                                               row's ``pixel_spacing`` (RELION: bin-1)
+``image_size_x/_y``            px              tilt-image size
+``tilt_image_center_x/_y``     px              rotation centre in the tilt image, in the
+                                               convention of the tool that wrote it:
+                                               RELION ``nx // 2``, IMOD ``(nx - 1) / 2``
+``defocus_u``, ``defocus_v``   Å               per-tilt defocus, underfocus positive
+``defocus_angle``              degree          astigmatism angle
+``phase_shift``                degree          phase-plate shift
+``voltage``                    kV              acceleration voltage (60 .. 1000)
+``spherical_aberration``       mm              Cs
+``amplitude_contrast``         fraction        0 .. 1
+``ctf_scale``                  1               CTF scale factor (>= 0)
+``ctf_bfactor``                Å²              CTF B-factor
+``pre_exposure``               e/Å²            cumulative dose before this tilt (>= 0)
+``acquisition_order``          index           0-based order in which the tilt was recorded
+``excluded``                   bool            tilt not to be used
+``defocus_handedness``         +1 / -1         sign of the depth term in per-particle defocus
+=============================  ==============  ==========================================
+
+:func:`validate_projection_model` checks the ones present (numbers, ranges, units: a
+defocus of 3.5 is reported as probably µm); :func:`cryoxr.project` takes tomogram size
+and tilt-image centre from them when no argument is given.
 
 The projection matrix of a tilt (cryotypes 0.2.0, left-multiplying xyzw column vectors)::
 
@@ -17,9 +52,10 @@ Examples
 --------
 >>> from cryoxr import make_projection_model, projection_model_to_projection_matrices
 >>> df = make_projection_model(rotation_y=[-30.0, 0.0, 30.0], experiment_id="TS_01",
-...                            pixel_spacing=1.35)
->>> list(df.columns)[:5]
-['rotation_x', 'rotation_y', 'rotation_z', 'dx', 'dy']
+...                            pixel_spacing=1.35, defocus_u=[25000.0, 25100.0, 25200.0])
+>>> list(df.columns)
+['rotation_x', 'rotation_y', 'rotation_z', 'dx', 'dy', 'experiment_id', 'pixel_spacing', \
+'source', 'defocus_u']
 >>> projection_model_to_projection_matrices(df, (2048, 2048), (4096, 4096, 1000)).shape
 (3, 4, 4)
 """
@@ -34,10 +70,20 @@ import numpy as np
 import pandas as pd
 
 from cryoxr.errors import InvalidValueError, SchemaError
+from cryoxr.per_tilt import (
+    COLUMN_RULES,
+    PER_TILT_COLUMNS,
+    PTC,
+    ColumnRule,
+    PerTiltColumns,
+    check_per_tilt_columns,
+)
 
 __all__ = [
+    "COLUMN_RULES",
     "PER_TILT_COLUMNS",
     "PTC",
+    "ColumnRule",
     "PerTiltColumns",
     "ProjectionModel",
     "ProjectionModelDataLabels",
@@ -79,67 +125,6 @@ class ProjectionModelDataLabels:
 PMDL = ProjectionModelDataLabels
 
 
-class PerTiltColumns:
-    """Optional per-tilt columns beyond cryotypes' seven: what a file knows about a tilt.
-
-    They are ordinary columns (``DataFrame.attrs`` is lost by ``pd.concat``, filters and
-    parquet); per-experiment constants (voltage, tomogram size) repeat on each row of
-    their experiment. Units are fixed; :data:`PER_TILT_COLUMNS` lists them. Readers fill
-    what their file holds and nothing else: a value a file lacks is absent (or NaN).
-    """
-
-    TOMOGRAM_SIZE_X = "tomogram_size_x"
-    TOMOGRAM_SIZE_Y = "tomogram_size_y"
-    TOMOGRAM_SIZE_Z = "tomogram_size_z"
-    TOMOGRAM_SIZE: ClassVar[list[str]] = [TOMOGRAM_SIZE_X, TOMOGRAM_SIZE_Y, TOMOGRAM_SIZE_Z]
-    IMAGE_SIZE_X = "image_size_x"
-    IMAGE_SIZE_Y = "image_size_y"
-    IMAGE_SIZE: ClassVar[list[str]] = [IMAGE_SIZE_X, IMAGE_SIZE_Y]
-    TILT_IMAGE_CENTER_X = "tilt_image_center_x"
-    TILT_IMAGE_CENTER_Y = "tilt_image_center_y"
-    TILT_IMAGE_CENTER: ClassVar[list[str]] = [TILT_IMAGE_CENTER_X, TILT_IMAGE_CENTER_Y]
-    DEFOCUS_U = "defocus_u"
-    DEFOCUS_V = "defocus_v"
-    DEFOCUS_ANGLE = "defocus_angle"
-    PHASE_SHIFT = "phase_shift"
-    VOLTAGE = "voltage"
-    SPHERICAL_ABERRATION = "spherical_aberration"
-    AMPLITUDE_CONTRAST = "amplitude_contrast"
-    CTF_SCALE = "ctf_scale"
-    CTF_BFACTOR = "ctf_bfactor"
-    PRE_EXPOSURE = "pre_exposure"
-    ACQUISITION_ORDER = "acquisition_order"
-    EXCLUDED = "excluded"
-    DEFOCUS_HANDEDNESS = "defocus_handedness"
-
-
-PTC = PerTiltColumns
-
-#: column -> (unit, meaning); the units are fixed, readers convert to them
-PER_TILT_COLUMNS: dict[str, tuple[str, str]] = {
-    PTC.TOMOGRAM_SIZE_X: ("px", "reconstructed volume size along x, in pixels of the row's pixel_spacing"),
-    PTC.TOMOGRAM_SIZE_Y: ("px", "reconstructed volume size along y"),
-    PTC.TOMOGRAM_SIZE_Z: ("px", "reconstructed volume size along z"),
-    PTC.IMAGE_SIZE_X: ("px", "tilt-image width"),
-    PTC.IMAGE_SIZE_Y: ("px", "tilt-image height"),
-    PTC.TILT_IMAGE_CENTER_X: ("px", "rotation centre in the tilt image, x"),
-    PTC.TILT_IMAGE_CENTER_Y: ("px", "rotation centre in the tilt image, y"),
-    PTC.DEFOCUS_U: ("Å", "defocus along the major axis, underfocus positive"),
-    PTC.DEFOCUS_V: ("Å", "defocus along the minor axis, underfocus positive"),
-    PTC.DEFOCUS_ANGLE: ("degree", "astigmatism angle"),
-    PTC.PHASE_SHIFT: ("degree", "phase-plate shift"),
-    PTC.VOLTAGE: ("kV", "acceleration voltage"),
-    PTC.SPHERICAL_ABERRATION: ("mm", "spherical aberration Cs"),
-    PTC.AMPLITUDE_CONTRAST: ("fraction", "amplitude contrast, 0..1"),
-    PTC.CTF_SCALE: ("1", "CTF scale factor"),
-    PTC.CTF_BFACTOR: ("Å²", "CTF B-factor"),
-    PTC.PRE_EXPOSURE: ("e/Å²", "cumulative dose before this tilt"),
-    PTC.ACQUISITION_ORDER: ("index", "0-based order in which the tilt was recorded"),
-    PTC.EXCLUDED: ("bool", "tilt not to be used"),
-    PTC.DEFOCUS_HANDEDNESS: ("+1/-1", "sign of the depth term in per-particle defocus"),
-}
-
-
 def make_projection_model(
     *,
     rotation_x: Sequence[float] | np.ndarray | float = 0.0,
@@ -151,10 +136,11 @@ def make_projection_model(
     pixel_spacing: float | Sequence[float],
     source: str | Path = "",
     extra: Mapping[str, Any] | None = None,
+    **per_tilt: Any,
 ) -> pd.DataFrame:
     """Build a validated ProjectionModel DataFrame.
 
-    Scalars broadcast to the number of tilts given by the longest sequence argument.
+    Scalars broadcast to the number of tilts given by the sequence arguments.
 
     Parameters
     ----------
@@ -170,17 +156,37 @@ def make_projection_model(
         Where the alignment came from.
     extra
         Further columns (name -> per-tilt values), kept after the model's columns.
+    **per_tilt
+        Per-tilt columns of :data:`PER_TILT_COLUMNS` by name (``defocus_u=``,
+        ``voltage=``, ``tomogram_size_x=`` ...): one value, or one per tilt. They follow
+        the seven cryotypes columns in the order of :data:`PER_TILT_COLUMNS`.
 
     Returns
     -------
     pandas.DataFrame
+
+    Raises
+    ------
+    InvalidValueError
+        Lengths that disagree, an unknown keyword, values :func:`validate_projection_model`
+        refuses.
 
     Examples
     --------
     >>> make_projection_model(rotation_y=[0, 3], rotation_z=85, experiment_id="a",
     ...                       pixel_spacing=1.0).rotation_z.tolist()
     [85.0, 85.0]
+    >>> make_projection_model(rotation_y=[0, 3], experiment_id="a", pixel_spacing=1.0,
+    ...                       voltage=300.0, excluded=[False, True])[["voltage", "excluded"]].values.tolist()
+    [[300.0, False], [300.0, True]]
     """
+    unknown = [k for k in per_tilt if k not in PER_TILT_COLUMNS]
+    if unknown:
+        raise InvalidValueError(
+            f"make_projection_model: unknown per-tilt column(s) {unknown}; known: {list(PER_TILT_COLUMNS)} "
+            "(pass other columns as extra=)"
+        )
+    per_tilt = {k: per_tilt[k] for k in PER_TILT_COLUMNS if k in per_tilt}
     columns: dict[str, Any] = {
         PMDL.ROTATION_X: rotation_x,
         PMDL.ROTATION_Y: rotation_y,
@@ -188,7 +194,7 @@ def make_projection_model(
         PMDL.SHIFT_X: dx,
         PMDL.SHIFT_Y: dy,
     }
-    lengths = {k: len(v) for k, v in columns.items() if np.ndim(v) == 1}
+    lengths = {k: len(v) for k, v in {**columns, **per_tilt}.items() if np.ndim(v) == 1}
     if not isinstance(experiment_id, str):
         lengths[PMDL.EXPERIMENT_ID] = len(experiment_id)
     if np.ndim(pixel_spacing) == 1:
@@ -208,6 +214,12 @@ def make_projection_model(
     frame[PMDL.EXPERIMENT_ID] = [experiment_id] * n if isinstance(experiment_id, str) else list(experiment_id)
     frame[PMDL.PIXEL_SPACING] = np.broadcast_to(np.asarray(pixel_spacing, dtype=np.float64), (n,)).copy()
     frame[PMDL.SOURCE] = [str(source)] * n
+    for key, value in per_tilt.items():
+        if np.ndim(value) > 1:
+            raise InvalidValueError(
+                f"make_projection_model: {key} must be one value or one per tilt, found {value!r}"
+            )
+        frame[key] = np.broadcast_to(np.asarray(value), (n,)).copy()
     for key, value in (extra or {}).items():
         if key in frame:
             raise InvalidValueError(f"make_projection_model: extra column {key!r} clashes with the model")
@@ -218,7 +230,12 @@ def make_projection_model(
 
 
 def validate_projection_model(df: pd.DataFrame, *, name: str = "ProjectionModel") -> pd.DataFrame:
-    """Check columns, dtypes, finiteness and one pixel spacing per experiment.
+    """Check columns, dtypes, finiteness, ranges and one pixel spacing per experiment.
+
+    The seven cryotypes columns are required: rotations finite with ``|angle| <= 360``,
+    shifts finite, pixel spacing > 0 and one per experiment, experiment ids non-empty.
+    The per-tilt columns present (:data:`PER_TILT_COLUMNS`) are checked against
+    :data:`COLUMN_RULES` (numbers in their unit's plausible range, NaN = not known).
 
     Parameters
     ----------
@@ -237,7 +254,9 @@ def validate_projection_model(df: pd.DataFrame, *, name: str = "ProjectionModel"
     SchemaError
         A missing column or a non-numeric one.
     InvalidValueError
-        NaN/inf, non-positive or inconsistent pixel spacing, empty experiment ids.
+        NaN/inf, angles beyond 360 degrees, non-positive or inconsistent pixel spacing,
+        empty experiment ids, per-tilt values out of range (the message names the likely
+        unit mistake: a defocus of 3.5 is µm, a voltage of 300000 is volts).
 
     Examples
     --------
@@ -264,6 +283,11 @@ def validate_projection_model(df: pd.DataFrame, *, name: str = "ProjectionModel"
             raise InvalidValueError(
                 f"{name}: column {col!r} must be finite, found {values[bad][0]} at row {int(np.argmax(bad))}"
             )
+        if col in PMDL.ROTATION and (np.abs(values) > 360.0).any():
+            row = int(np.argmax(np.abs(values) > 360.0))
+            raise InvalidValueError(
+                f"{name}: column {col!r} (degrees) must be within [-360, 360], found {values[row]} at row {row}"
+            )
     spacing = df[PMDL.PIXEL_SPACING].to_numpy(dtype=np.float64)
     if (spacing <= 0).any():
         raise InvalidValueError(
@@ -282,6 +306,7 @@ def validate_projection_model(df: pd.DataFrame, *, name: str = "ProjectionModel"
             f"{name}: experiment {eid!r} must have one pixel_spacing, found "
             f"{sorted(df.loc[df[PMDL.EXPERIMENT_ID] == eid, PMDL.PIXEL_SPACING].unique().tolist())}"
         )
+    check_per_tilt_columns(df, name)
     return df
 
 

@@ -238,13 +238,28 @@ def _ranges(table: pd.DataFrame, columns: dict[str, str]) -> dict[str, list[floa
 
 
 #: per-tilt columns of a ProjectionModel that ``cryoxr info`` shows as ranges when present
+#: (cryoxr.projection_model.PER_TILT_COLUMNS: per-tilt values as ``*_range``, per-experiment
+#: constants under their own name; ``excluded`` is bool, not a range)
 MODEL_RANGES = {
+    "tomogram_size_x": "tomogram_size_x",
+    "tomogram_size_y": "tomogram_size_y",
+    "tomogram_size_z": "tomogram_size_z",
+    "image_size_x": "image_size_x",
+    "image_size_y": "image_size_y",
+    "tilt_image_center_x": "tilt_image_center_x",
+    "tilt_image_center_y": "tilt_image_center_y",
     "defocus_u": "defocus_u_range",
     "defocus_v": "defocus_v_range",
-    "pre_exposure": "pre_exposure_range",
+    "defocus_angle": "defocus_angle_range",
+    "phase_shift": "phase_shift_range",
     "voltage": "voltage",
     "spherical_aberration": "spherical_aberration",
     "amplitude_contrast": "amplitude_contrast",
+    "ctf_scale": "ctf_scale_range",
+    "ctf_bfactor": "ctf_bfactor_range",
+    "pre_exposure": "pre_exposure_range",
+    "acquisition_order": "acquisition_order_range",
+    "defocus_handedness": "defocus_handedness",
 }
 
 

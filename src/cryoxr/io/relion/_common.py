@@ -136,8 +136,9 @@ def relion_tomograms_table(tomograms: TomogramsInput) -> pd.DataFrame:
     ----------
     tomograms
         A ``tomograms.star`` path, a table with ``rlnTomoName`` and ``rlnTomoSizeX/Y/Z``,
-        a ProjectionModel read by :func:`~cryoxr.io.relion.read_relion_tilt_series`, or a mapping
-        ``{tomo_name: (X, Y, Z)}`` of bin-1 sizes.
+        a ProjectionModel with ``tomogram_size_x/_y/_z`` columns (as
+        :func:`~cryoxr.io.relion.read_relion_tilt_series` returns, also after ``pd.concat``
+        or parquet), or a mapping ``{tomo_name: (X, Y, Z)}`` of bin-1 sizes.
 
     Returns
     -------
@@ -150,18 +151,45 @@ def relion_tomograms_table(tomograms: TomogramsInput) -> pd.DataFrame:
     {'rlnTomoName': ['TS_01'], 'rlnTomoSizeX': [4096], 'rlnTomoSizeY': [4096], 'rlnTomoSizeZ': [1000]}
     """
     if isinstance(tomograms, pd.DataFrame):
+        if "rlnTomoName" in tomograms.columns:
+            return tomograms
         relion = tomograms.attrs.get("relion")
-        if "rlnTomoName" not in tomograms.columns and relion is not None:
-            return pd.DataFrame(dict(relion["tomograms"]))
-        return tomograms
+        table = pd.DataFrame(dict(relion["tomograms"])) if relion is not None else None
+        sizes = _model_sizes(tomograms)
+        if table is None:
+            return tomograms if sizes is None else sizes
+        if sizes is not None:  # the columns are the model's own, current values
+            merged = table.merge(sizes, on="rlnTomoName", how="left", suffixes=("_read", ""))
+            for label in TOMOGRAM_SIZE_LABELS:
+                if f"{label}_read" in merged.columns:
+                    merged[label] = merged[label].fillna(merged.pop(f"{label}_read"))
+            table = merged[[*table.columns, *(c for c in TOMOGRAM_SIZE_LABELS if c not in table.columns)]]
+        return table
     if isinstance(tomograms, Mapping):
         names = [str(k) for k in tomograms]
-        sizes = np.asarray([list(v) for v in tomograms.values()], dtype=np.int64).reshape(-1, 3)
+        given = np.asarray([list(v) for v in tomograms.values()], dtype=np.int64).reshape(-1, 3)
         return pd.DataFrame(
-            {"rlnTomoName": names, **{label: sizes[:, i] for i, label in enumerate(TOMOGRAM_SIZE_LABELS)}}
+            {"rlnTomoName": names, **{label: given[:, i] for i, label in enumerate(TOMOGRAM_SIZE_LABELS)}}
         )
     path = Path(tomograms)
     return _tomograms_block(path, read_star(path)).table
+
+
+def _model_sizes(model: pd.DataFrame) -> pd.DataFrame | None:
+    """``rlnTomoName`` and sizes from a ProjectionModel's ``tomogram_size_x/_y/_z`` columns, or None."""
+    columns = ["tomogram_size_x", "tomogram_size_y", "tomogram_size_z"]
+    if not {"experiment_id", *columns} <= set(model.columns):
+        return None
+    first = model.groupby(model["experiment_id"].astype(str), sort=False)[columns].first().dropna()
+    return pd.DataFrame(
+        {
+            "rlnTomoName": first.index.astype(str),
+            **{
+                label: first[c].to_numpy().astype(np.int64)
+                for label, c in zip(TOMOGRAM_SIZE_LABELS, columns, strict=True)
+            },
+        }
+    )
 
 
 def _tomograms_block(path: Path, blocks: Mapping[str, StarBlock]) -> StarBlock:

@@ -1,4 +1,4 @@
-"""RELION particle STAR files (3.1, 4 and 5) <-> PoseSet.
+"""RELION particle STAR files (3.0, 3.1, 4 and 5) <-> PoseSet.
 
 Particles -> PoseSet (CONVENTIONS.md sections 3 and 7)
 ------------------------------------------------------
@@ -13,6 +13,11 @@ Particles -> PoseSet (CONVENTIONS.md sections 3 and 7)
   half pixel for odd sizes: ``N / 2.0``, not ``N // 2``).
 - ``px`` is ``rlnTomoTiltSeriesPixelSize`` of the particle's optics group (else
   ``rlnMicrographPixelSize``, else ``rlnImagePixelSize``); the PoseSet's ``pixel_spacing``.
+  RELION 3.0 files have no optics block: ``pixel_spacing=`` gives it, and their
+  ``rlnOriginX/Y/Z`` (pixels of the particle images) are converted as RELION's own
+  3.0 -> 3.1 conversion does (``read_relion_particles`` says how).
+- RELION 5 sizes come from ``tomograms=``, else from the ``tomograms.star`` beside the
+  particle file (a RELION 5 project's layout).
 - ``experiment_id`` per particle from ``rlnTomoName`` (``rlnMicrographName`` for 2D sets).
 
 Every other column (scores, classes, CTF, ``rlnImageName``, the subtomogram angles, ...)
@@ -32,7 +37,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +48,6 @@ from scipy.spatial.transform import Rotation
 from cryoxr.errors import FormatError, InvalidValueError
 from cryoxr.io._atomic import atomic_path
 from cryoxr.io.relion._common import (
-    TOMOGRAM_SIZE_LABELS,
     VERSIONS,
     TomogramsInput,
     _block_from_json,
@@ -55,7 +58,21 @@ from cryoxr.io.relion._common import (
     _relion_euler,
     _relion_quaternions,
     _rotation_from_relion,
-    relion_tomograms_table,
+)
+from cryoxr.io.relion._particle_layout import (
+    ANGLE_LABELS,
+    EXPERIMENT_LABELS,
+    ORIGIN_LABELS,
+    PARTICLE_LAYOUTS,
+    PIXEL_ORIGIN_LABELS,
+    SUBTOMOGRAM_ANGLE_LABELS,
+    CoordinateLayout,
+    _image_pixel_size,
+    _particles_block,
+    _pixel_size,
+    _sizes_by_code,
+    _sizes_per_particle,
+    _tomogram_sizes,
 )
 from cryoxr.io.star import WRITE_CHUNK_ROWS, StarBlock, format_block_header, read_star, write_star_blocks
 from cryoxr.io.star._write import _format_rows_buffer
@@ -64,110 +81,14 @@ from cryoxr.poseset import make_poseset, validate_poseset
 __all__ = ["PARTICLE_LAYOUTS", "read_relion_particles", "write_relion_particles"]
 
 
-@dataclass(frozen=True)
-class CoordinateLayout:
-    """How particle positions are written in one RELION flavour."""
-
-    labels: tuple[str, ...]  #: x, y(, z) labels
-    unit: str  #: "pixel" (bin-1 tilt-series pixels) or "angstrom"
-    centred: bool  #: relative to the tomogram centre ``size / 2.0`` (RELION 5)
-
-
-#: the coordinate layouts, by name
-PARTICLE_LAYOUTS: dict[str, CoordinateLayout] = {
-    "pixel": CoordinateLayout(("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"), "pixel", False),
-    "centred": CoordinateLayout(
-        ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"),
-        "angstrom",
-        True,
-    ),
-}
-
-ORIGIN_LABELS = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
-ANGLE_LABELS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
-SUBTOMOGRAM_ANGLE_LABELS = ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")
-#: dimensionality -> labels that may hold the experiment id, in order of preference
-EXPERIMENT_LABELS = {3: ("rlnTomoName", "rlnMicrographName"), 2: ("rlnMicrographName", "rlnTomoName")}
-#: optics labels that may hold the pixel size of coordinates, in order of preference
-PIXEL_SIZE_LABELS = ("rlnTomoTiltSeriesPixelSize", "rlnMicrographPixelSize", "rlnImagePixelSize")
-
-
-def _tomogram_sizes(tomograms: TomogramsInput, where: str) -> dict[str, np.ndarray]:
-    table = relion_tomograms_table(tomograms)
-    missing = [label for label in ("rlnTomoName", *TOMOGRAM_SIZE_LABELS) if label not in table.columns]
-    if missing:
-        raise InvalidValueError(f"{where}: the tomogram table lacks {missing}; found {list(table.columns)}")
-    sizes = table[list(TOMOGRAM_SIZE_LABELS)].to_numpy(dtype=np.float64)
-    return {str(name): sizes[i] for i, name in enumerate(table["rlnTomoName"].astype(str))}
-
-
-def _sizes_per_particle(sizes: Mapping[str, np.ndarray], ids: np.ndarray, where: str) -> np.ndarray:
-    codes, names = pd.factorize(np.asarray(ids).reshape(-1))
-    return _sizes_by_code(sizes, codes, np.asarray(names), where)
-
-
-def _sizes_by_code(
-    sizes: Mapping[str, np.ndarray], codes: np.ndarray, names: np.ndarray, where: str
-) -> np.ndarray:
-    """(n, 3) tomogram sizes of particles given as codes into the tomogram ``names``."""
-    absent = [str(n) for n in names if str(n) not in sizes]
-    if absent:
-        raise InvalidValueError(
-            f"{where}: no tomogram size for {absent[:5]} (tomograms known: {sorted(sizes)[:10]})"
-        )
-    if len(names) == 0:  # an empty set
-        return np.zeros((0, 3))
-    return np.stack([np.asarray(sizes[str(n)], dtype=np.float64) for n in names])[codes]
-
-
-# ----------------------------------------------------------------------------- particles
-
-
-def _particles_block(path: Path, blocks: Mapping[str, StarBlock]) -> StarBlock:
-    if "particles" in blocks:
-        return blocks["particles"]
-    loops = [b for b in blocks.values() if b.loop and b.name not in ("optics", "general")]
-    if len(loops) != 1:
-        raise FormatError(
-            f"{path}: expected one data_particles loop block, found blocks {[b.name for b in blocks.values()]}"
-        )
-    return loops[0]
-
-
-def _pixel_size(path: Path, blocks: Mapping[str, StarBlock], table: pd.DataFrame) -> tuple[float, str]:
-    optics = blocks.get("optics")
-    if optics is None:
-        raise FormatError(
-            f"{path}: expected a data_optics block with one of {list(PIXEL_SIZE_LABELS)} (RELION >= 3.1), found "
-            f"blocks {list(blocks)}"
-        )
-    label = next((lab for lab in PIXEL_SIZE_LABELS if lab in optics.table.columns), None)
-    if label is None:
-        raise FormatError(
-            f"{path}, data_optics: expected a column {' or '.join(PIXEL_SIZE_LABELS)}, "
-            f"found {list(optics.table.columns)}"
-        )
-    values = _finite(path, "optics", optics.table, [label])[:, 0]
-    if len(table) and "rlnOpticsGroup" in table.columns and "rlnOpticsGroup" in optics.table.columns:
-        # only the optics groups particles use (an empty set keeps them all)
-        used = set(pd.unique(table["rlnOpticsGroup"]).tolist())
-        values = values[optics.table["rlnOpticsGroup"].isin(used).to_numpy()]
-    distinct = np.unique(values)
-    if distinct.size != 1 or distinct[0] <= 0:
-        raise InvalidValueError(
-            f"{path}, data_optics, column {label}: expected one positive pixel size for all particles, "
-            f"found {distinct.tolist()} (split the set by optics group)"
-        )
-    return float(distinct[0]), label
-
-
 def read_relion_particles(
     path: str | os.PathLike[str],
     *,
     tomograms: TomogramsInput | None = None,
     chunks: int | None = None,
+    pixel_spacing: float | None = None,
 ) -> xr.Dataset:
-    """Read a RELION 3.1, 4 or 5 particle STAR file into a PoseSet.
+    """Read a RELION 3.0, 3.1, 4 or 5 particle STAR file into a PoseSet.
 
     Parameters
     ----------
@@ -178,8 +99,15 @@ def read_relion_particles(
         The tomogram sizes, needed for RELION 5 centred coordinates
         (``rlnCenteredCoordinateX/Y/ZAngst``): a ``tomograms.star`` path, its table, a
         model from :func:`read_relion_tilt_series` or ``{tomo_name: (X, Y, Z)}``.
+        Default: the ``tomograms.star`` beside ``path``, as RELION 5 lays out a project.
     chunks
         Particles per chunk: return a dask-backed PoseSet chunked along ``particle``.
+    pixel_spacing
+        Å per pixel of the coordinates, overriding the optics block; required for RELION
+        3.0 files, which have none. Their ``rlnOriginX/Y/Z`` are in pixels of the
+        particle images: ``1e4 * rlnDetectorPixelSize / rlnMagnification`` Å when both
+        columns are present (RELION's own 3.0 -> 3.1 conversion, ``star_converter.cpp``),
+        else ``pixel_spacing``.
 
     Returns
     -------
@@ -193,7 +121,8 @@ def read_relion_particles(
         A malformed file, missing coordinate/optics columns, NaN angles or coordinates
         (the message names file, row and column).
     InvalidValueError
-        RELION 5 coordinates without ``tomograms``, unknown tomograms, several pixel sizes.
+        RELION 5 coordinates without ``tomograms`` (and no ``tomograms.star`` beside the
+        file), unknown tomograms, several pixel sizes, an empty tomogram name.
 
     Examples
     --------
@@ -214,7 +143,7 @@ def read_relion_particles(
     blocks = read_star(path)
     block = _particles_block(path, blocks)
     table = block.table
-    px, px_label = _pixel_size(path, blocks, table)
+    px, px_label = _pixel_size(path, blocks, table, pixel_spacing)
     columns = set(table.columns)
     layout_name = next(
         (name for name, lay in PARTICLE_LAYOUTS.items() if lay.centred and set(lay.labels) <= columns), None
@@ -243,22 +172,34 @@ def read_relion_particles(
     if experiment_label is not None:
         codes, uniques = pd.factorize(table[experiment_label])
         names = np.asarray([str(u) for u in uniques], dtype=str)
+        blank = [i for i, name in enumerate(names) if not name.strip()]
+        if blank:
+            row = int(np.argmax(codes == blank[0]))
+            raise FormatError(
+                f"{path}, data_{block.name}, row {row + 1}, column {experiment_label}: expected a tomogram name, "
+                f"found {names[blank[0]]!r}"
+            )
         ids: np.ndarray | str = names[codes] if n else np.zeros(0, dtype=str)
     else:
         codes, names = np.zeros(n, dtype=np.intp), np.asarray([path.stem])
         ids = path.stem
     attrs_sizes: dict[str, list[float]] | None = None
     if layout.centred:
+        sibling = path.with_name("tomograms.star")
+        if tomograms is None and sibling.is_file():
+            tomograms = sibling  # a RELION 5 project keeps the sizes beside the particles
         if tomograms is None:
             raise InvalidValueError(
-                f"{path}: RELION 5 centred coordinates ({layout.labels[0]}, ...) need the tomogram sizes: "
-                "pass tomograms= (tomograms.star, its table or {name: (X, Y, Z)})"
+                f"{path}: RELION 5 centred coordinates ({layout.labels[0]}, ...) need the tomogram sizes, and there "
+                "is no tomograms.star beside the file: pass tomograms= (tomograms.star, its table or "
+                "{name: (X, Y, Z)})"
             )
         sizes = _tomogram_sizes(tomograms, str(path))
         used_names = names if n else names[:0]
         per_particle = _sizes_by_code(sizes, codes, used_names, str(path))
         position = (
-            _in_pixels(path, block.name, coordinate_labels, coordinates, px, px_label) + per_particle / 2.0
+            _in_pixels(path, block.name, coordinate_labels, coordinates, px, px_label or "pixel_spacing")
+            + per_particle / 2.0
         )
         used = set(used_names.tolist())
         attrs_sizes = {k: [float(x) for x in v] for k, v in sizes.items() if k in used}
@@ -269,6 +210,12 @@ def read_relion_particles(
         origin[:, [ORIGIN_LABELS.index(lab) for lab in origin_labels]] = _finite(
             path, block.name, table, origin_labels
         )
+    pixel_origin_labels = [label for label in PIXEL_ORIGIN_LABELS[:ndim] if label in columns]
+    if pixel_origin_labels and not origin_labels:  # RELION 3.0: origins in pixels of the images
+        origin[:, [PIXEL_ORIGIN_LABELS.index(lab) for lab in pixel_origin_labels]] = _finite(
+            path, block.name, table, pixel_origin_labels
+        ) * _image_pixel_size(path, block.name, table, px)
+        origin_labels = pixel_origin_labels
     if ndim == 2:
         position = np.column_stack([position, np.zeros(n)])
         origin = np.column_stack([origin, np.zeros(n)])
@@ -280,7 +227,9 @@ def read_relion_particles(
         pre = _rotation_from_relion(_finite(path, block.name, table, SUBTOMOGRAM_ANGLE_LABELS))
         quaternions = np.asarray((pre * Rotation.from_quat(quaternions)).as_quat()).reshape(n, 4)
         origin = pre.apply(origin).reshape(n, 3)
-    shift = -_in_pixels(path, block.name, ORIGIN_LABELS, origin, px, px_label) + 0.0  # no -0.0
+    shift = (
+        -_in_pixels(path, block.name, ORIGIN_LABELS, origin, px, px_label or "pixel_spacing") + 0.0
+    )  # no -0.0
     modelled = {*coordinate_labels, *origin_labels, *angle_labels}
     if experiment_label is not None:
         modelled.add(experiment_label)
@@ -291,6 +240,7 @@ def read_relion_particles(
         "columns": [str(c) for c in table.columns],
         "ndim": ndim,
         "pixel_size_label": px_label,
+        "layout": layout_name,
         "experiment_label": experiment_label,
         "blocks": [_block_to_json(b) if b is not block else None for b in blocks.values()],
     }
@@ -333,6 +283,7 @@ def _particle_columns(
         for lay in PARTICLE_LAYOUTS.values()
         for old, new in zip(lay.labels, coordinate_labels, strict=False)
     }
+    replace.update(zip(PIXEL_ORIGIN_LABELS[:ndim], ORIGIN_LABELS[:ndim], strict=True))  # RELION 3.0
     columns: list[str] = []
     for label in relion.get("columns", []):
         label = str(label)
@@ -353,7 +304,7 @@ def write_relion_particles(
     poses: xr.Dataset,
     path: str | os.PathLike[str],
     *,
-    version: int = 5,
+    version: int | None = None,
     tomograms: TomogramsInput | None = None,
     overwrite: bool = False,
 ) -> None:
@@ -368,7 +319,9 @@ def write_relion_particles(
     version
         5 (``rlnCenteredCoordinateX/Y/ZAngst``, ``# version 50001``), or 4 / 3
         (``rlnCoordinateX/Y/Z``, ``# version 30001``). 2D sets always use
-        ``rlnCoordinateX/Y``.
+        ``rlnCoordinateX/Y``. Default: the coordinates and ``# version`` line of the file
+        the set was read from (so a RELION 4 or 5 set read and written back gives the same
+        table; a RELION 3.0 set is written as 3.1, with an optics block), else 5.
     tomograms
         Tomogram sizes for version 5 (as for the reader); default: the sizes the set was
         read with.
@@ -395,14 +348,18 @@ def write_relion_particles(
     --------
     See the module docstring and :func:`read_relion_particles`.
     """
-    if version not in VERSIONS:
+    relion: Mapping[str, Any] = poses.attrs.get("relion") or {}
+    if version is None and relion.get("layout") in PARTICLE_LAYOUTS:
+        layout_name = str(relion["layout"])
+        version_line = int(relion.get("version") or VERSIONS[4][0])  # 3.0 files have none: written as 3.1
+    elif version in VERSIONS or version is None:
+        version_line, layout_name = VERSIONS[5 if version is None else version]
+    else:
         raise InvalidValueError(
             f"write_relion_particles: version must be one of {sorted(VERSIONS)}, found {version!r}"
         )
     validate_poseset(poses, check_values=False)
-    relion: Mapping[str, Any] = poses.attrs.get("relion") or {}
     ndim = int(relion.get("ndim", 3))
-    version_line, layout_name = VERSIONS[version]
     layout = PARTICLE_LAYOUTS[layout_name if ndim == 3 else "pixel"]
     coordinate_labels = layout.labels[:ndim]
     experiment_label = str(relion.get("experiment_label") or EXPERIMENT_LABELS[ndim][0])
@@ -420,13 +377,14 @@ def write_relion_particles(
             )
     columns = _particle_columns(poses, relion, coordinate_labels, ndim, experiment_label)
     blocks_json = relion.get("blocks")
+    others: list[StarBlock | None] = [None]
     if blocks_json:
         others = [None if b is None else _block_from_json(b, version_line) for b in blocks_json]
         px_label = relion.get("pixel_size_label")
         for block in others:
             if block is not None and block.name == "optics" and px_label in block.table.columns:
                 block.table[px_label] = px  # positions are written in pixels of this size
-    else:
+    if not any(block is not None and block.name == "optics" for block in others):  # new, or RELION 3.0
         optics = pd.DataFrame(
             {
                 "rlnOpticsGroup": [1],
@@ -434,10 +392,10 @@ def write_relion_particles(
                 ("rlnTomoTiltSeriesPixelSize" if ndim == 3 else "rlnMicrographPixelSize"): [px],
             }
         )
-        others = [StarBlock("optics", optics, True, version_line), None]
+        others.insert(others.index(None), StarBlock("optics", optics, True, version_line))
         if "rlnOpticsGroup" not in columns:
             columns.append("rlnOpticsGroup")
-    name = str(relion.get("block", "particles"))
+    name = str(relion.get("block") or "particles")  # RELION 3.0 files name it data_
     header = StarBlock(name, pd.DataFrame(columns=columns), True, version_line)
     has_subtomo = all(label in poses.data_vars for label in SUBTOMOGRAM_ANGLE_LABELS)
     n = poses.sizes["particle"]

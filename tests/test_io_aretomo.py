@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ import cryoxr
 from cryoxr.errors import CryoxrError, FileExistsNoOverwriteError, FormatError, InvalidValueError
 from cryoxr.io.aretomo import read_aretomo_alignment, write_aretomo_alignment
 from cryoxr.io.imod import write_imod_alignment
+
+#: the reader with a pixel size (AreTomo files store none: the tests of that are below)
+read_aln = functools.partial(read_aretomo_alignment, pixel_spacing=1.0)
 
 WORKED_XF = [0.0871557, 0.9961947, -0.9961947, 0.0871557, 9.526, 5.853]
 
@@ -46,7 +50,7 @@ def _write(path: Path, text: str | bytes) -> Path:
 
 
 def test_read_sample(tmp_path: Path) -> None:
-    df = read_aretomo_alignment(_write(tmp_path / "TS_01.aln", SAMPLE), pixel_spacing=1.35)
+    df = read_aln(_write(tmp_path / "TS_01.aln", SAMPLE), pixel_spacing=1.35)
     assert df.rotation_z.tolist() == [84.4445, 85.0, 84.9]
     assert df.rotation_y.tolist() == [-27.71, 30.0, 33.0]
     assert df.dx.tolist() == [13.382, 5.0, -3.5]
@@ -71,9 +75,12 @@ def test_read_sample(tmp_path: Path) -> None:
 
 def test_aretomo_to_xf_worked_numbers(tmp_path: Path) -> None:
     """CONVENTIONS 5: ROT 85, TX 5, TY -10 gives the worked xf line, as AreTomo2's CSaveXF computes it."""
-    df = read_aretomo_alignment(_write(tmp_path / "a.aln", SAMPLE))
+    df = read_aln(_write(tmp_path / "a.aln", SAMPLE))
     one = df.iloc[[1]]
-    write_imod_alignment(one, tmp_path / "a.xf", tmp_path / "a.tlt")
+    with pytest.warns(
+        UserWarning, match=r"a\.xf \(IMOD \.xf/\.tlt\) cannot store column\(s\) \['sec', 'gmag'"
+    ):
+        write_imod_alignment(one, tmp_path / "a.xf", tmp_path / "a.tlt")
     values = np.array([float(v) for v in (tmp_path / "a.xf").read_text().split()])
     np.testing.assert_allclose(values[:4], WORKED_XF[:4], atol=5e-8)
     np.testing.assert_allclose(values[4:], WORKED_XF[4:], atol=5e-4)
@@ -101,22 +108,22 @@ def test_cryoet_alignment_oracle(tmp_path: Path, rng: np.random.Generator) -> No
     write_aretomo_alignment(model, tmp_path / "ts.aln", image_size=(1000, 900))
     parsed = AreTomo3ALN.from_file(tmp_path / "ts.aln")  # their parser reads our file
     params = Alignment.from_aretomo3(parsed).per_section_alignment_parameters
-    ours = read_aretomo_alignment(tmp_path / "ts.aln")
+    ours = read_aln(tmp_path / "ts.aln")
     np.testing.assert_allclose(ours.rotation_z, [p.tilt_axis_rotation for p in params], atol=1e-9)
     np.testing.assert_allclose(ours.dx, [p.x_offset for p in params], atol=1e-12)
     np.testing.assert_allclose(ours.dy, [p.y_offset for p in params], atol=1e-12)
     np.testing.assert_allclose(ours.rotation_y, [p.tilt_angle for p in params], atol=1e-12)
     # and the sample with dark frames and local rows
     sample = AreTomo3ALN.from_file(_write(tmp_path / "s.aln", SAMPLE))
-    ours = read_aretomo_alignment(tmp_path / "s.aln")
+    ours = read_aln(tmp_path / "s.aln")
     assert [g.rot for g in sample.GlobalAlignments] == ours.rotation_z.tolist()
     assert len(sample.LocalAlignments or []) == len(ours.attrs["aretomo"]["local_alignment"]["x"])
 
 
 def test_roundtrip_keeps_header_dark_frames_and_local_rows(tmp_path: Path) -> None:
-    df = read_aretomo_alignment(_write(tmp_path / "a.aln", SAMPLE))
+    df = read_aln(_write(tmp_path / "a.aln", SAMPLE))
     write_aretomo_alignment(df, tmp_path / "b.aln")
-    back = read_aretomo_alignment(tmp_path / "b.aln", experiment_id="a")
+    back = read_aln(tmp_path / "b.aln", experiment_id="a")
     for col in df.columns:
         if col != "source":
             assert back[col].tolist() == df[col].tolist(), col
@@ -168,7 +175,7 @@ def test_roundtrip_hypothesis(
         extra={"gmag": gmag},
     )
     write_aretomo_alignment(model, folder / "t.aln", image_size=(512, 511))
-    back = read_aretomo_alignment(folder / "t.aln", experiment_id=name, pixel_spacing=2.0)
+    back = read_aln(folder / "t.aln", experiment_id=name, pixel_spacing=2.0)
     for col in (
         "rotation_x",
         "rotation_y",
@@ -213,12 +220,15 @@ BAD_ALN = [
 @pytest.mark.parametrize(("content", "message"), BAD_ALN)
 def test_bad_aln(tmp_path: Path, content: str | bytes, message: str) -> None:
     with pytest.raises(FormatError, match=message) as info:
-        read_aretomo_alignment(_write(tmp_path / "bad.aln", content))
+        read_aln(_write(tmp_path / "bad.aln", content))
     assert "bad.aln" in str(info.value)
     assert isinstance(info.value, CryoxrError)
 
 
 def test_bad_local_rows(tmp_path: Path) -> None:
     text = SAMPLE.replace("   2   1  1537.16  -1363.14      1.93      6.22   1.0\n", "")
-    with pytest.raises(FormatError, match="tilts x NumPatches = 6 local alignment rows, found 5"):
-        read_aretomo_alignment(_write(tmp_path / "a.aln", text))
+    with pytest.raises(
+        FormatError,
+        match=r"tilts x NumPatches = 3 x 2 = 6 local alignment rows \(a '# Local Alignment' section\), found 5",
+    ):
+        read_aln(_write(tmp_path / "a.aln", text))

@@ -18,6 +18,11 @@ The module also holds the small text-parsing helpers the plain-text readers shar
 turn every broken file into a :class:`~cryoxr.errors.FormatError` naming the file, the
 line, the column and what was expected, never a bare numpy or pandas traceback.
 
+**Pixel size.** IMOD and AreTomo files (and Dynamo tables without an ``apix`` column)
+store no pixel size: their readers need ``pixel_spacing=`` (Å per pixel), and
+:func:`read_alignment` / :func:`read_poses` pass it on. A format that stores its own
+pixel size (RELION) refuses the argument rather than ignore it.
+
 Examples
 --------
 >>> import tempfile, pathlib
@@ -25,15 +30,19 @@ Examples
 >>> folder = pathlib.Path(tempfile.mkdtemp())
 >>> _ = (folder / "TS_01.xf").write_text("0.0871557 0.9961947 -0.9961947 0.0871557 9.526 5.853\\n")
 >>> _ = (folder / "TS_01.tlt").write_text("30.0\\n")
->>> read_alignment(folder / "TS_01.xf")[["rotation_y", "rotation_z"]].round(4).values.tolist()
-[[30.0, 85.0]]
+>>> model = read_alignment(folder / "TS_01.xf", pixel_spacing=1.35)
+>>> model[["rotation_y", "rotation_z", "pixel_spacing"]].round(4).values.tolist()
+[[30.0, 85.0, 1.35]]
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 import os
+import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,9 +51,18 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cryoxr.errors import CryoxrFileNotFoundError, FormatError, UnknownFormatError
+from cryoxr.errors import CryoxrFileNotFoundError, FormatError, InvalidValueError, UnknownFormatError
+from cryoxr.projection_model import PMDL
 
-__all__ = ["KNOWN_ALIGNMENT_FORMATS", "KNOWN_POSE_FORMATS", "read_alignment", "read_poses"]
+__all__ = [
+    "ALIGNMENT_SIBLINGS",
+    "KNOWN_ALIGNMENT_FORMATS",
+    "KNOWN_POSE_FORMATS",
+    "MAX_IMAGINARY_PART",
+    "PIXEL_SPACING_ADVICE",
+    "read_alignment",
+    "read_poses",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -183,6 +201,38 @@ def parse_numeric_rows(
     return np.asarray(rows, dtype=np.float64)
 
 
+_NUMBER = r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+#: a MATLAB complex cell as ``num2str`` writes it: ``0+1.2074e-06i``, ``-3.5-2e-07i``, ``1e-06i``
+_COMPLEX = re.compile(rf"(?<!\S)(?:([+-]?{_NUMBER})([+-]{_NUMBER})|([+-]?{_NUMBER}))[ij](?!\S)")
+#: largest imaginary part read as rounding noise: MATLAB's ``acos`` of a cosine a few ulp
+#: above 1 gives ``1.2074e-06i`` degrees (sqrt(2 eps) rad), which ``dwrite`` then writes
+MAX_IMAGINARY_PART = 1e-3
+
+
+def _real_parts(path: Path, lines: list[str], what: str) -> list[str]:
+    """``lines`` with MATLAB complex cells replaced by their real part (imaginary part <= 1e-3)."""
+
+    def real(match: re.Match[str], line_no: int, text: str) -> str:
+        if match.group(1) is not None:
+            real_part, imaginary = match.group(1), match.group(2)
+        else:
+            real_part, imaginary = "0", match.group(3)
+        if abs(float(imaginary)) > MAX_IMAGINARY_PART:
+            column = len(text[: match.start()].split()) + 1
+            raise FormatError(
+                f"{path}, line {line_no}, column {column}: expected a real number ({what}; a complex "
+                f"cell's imaginary part up to {MAX_IMAGINARY_PART:g} is MATLAB rounding noise), found "
+                f"{match.group(0)!r}"
+            )
+        return real_part
+
+    out = list(lines)
+    for k, text in enumerate(lines):
+        if "i" in text or "j" in text:
+            out[k] = _COMPLEX.sub(lambda m, k=k, text=text: real(m, k + 1, text), text)
+    return out
+
+
 def read_numeric_table(
     path: PathLike,
     *,
@@ -191,14 +241,28 @@ def read_numeric_table(
     min_columns: int | None = None,
     what: str,
     allow_empty: bool = False,
+    complex_cells: bool = False,
 ) -> tuple[Path, np.ndarray]:
     """Read a whole-file numeric table: a fast pandas pass, and a checking pass on trouble.
 
     Returns the path and a (rows, columns) float64 array; any defect raises the
     :class:`~cryoxr.errors.FormatError` of :func:`parse_numeric_rows`. With
-    ``allow_empty``, a file of blank lines is a table of 0 rows (shape ``(0, 0)``).
+    ``allow_empty``, a file of blank lines is a table of 0 rows (shape ``(0, 0)``). With
+    ``complex_cells``, MATLAB complex cells (``0+1.2074e-06i``) read as their real part
+    when the imaginary part is at most :data:`MAX_IMAGINARY_PART` (rounding noise), and
+    are refused otherwise.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.tbl"
+    >>> _ = p.write_text("1 0+1.2074e-06i 3\\n")
+    >>> read_numeric_table(p, names=["a", "b", "c"], what="table", complex_cells=True)[1].tolist()
+    [[1.0, 0.0, 3.0]]
     """
     p, lines = read_text_lines(path, what=what, allow_empty=allow_empty)
+    if complex_cells:
+        lines = _real_parts(p, lines, what)
     if allow_empty and not any(line.strip() for line in lines):
         return p, np.zeros((0, 0))
     text = "\n".join(lines)
@@ -270,6 +334,14 @@ def _sniff(path: Path) -> str | None:
     return None
 
 
+#: alignment reader -> {keyword: sibling suffixes tried in order}; a sibling that exists is
+#: passed unless the caller gave the keyword (None switches it off)
+ALIGNMENT_SIBLINGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "read_imod_alignment": {"tlt": (".tlt", ".rawtlt"), "xtilt": (".xtilt",), "defocus": (".defocus",)},
+    "read_aretomo_alignment": {"ctf": ("_CTF.txt",), "tilts": ("_TLT.txt",)},
+}
+
+
 def _reader(path: PathLike, table: dict[str, tuple[str, str]], kind: str) -> tuple[Path, Callable[..., Any]]:
     import importlib
 
@@ -296,7 +368,21 @@ def _reader(path: PathLike, table: dict[str, tuple[str, str]], kind: str) -> tup
     return p, getattr(module, function_name)
 
 
-def read_poses(path: PathLike, **kwargs: Any) -> xr.Dataset:
+def _with_pixel_spacing(
+    path: Path, reader: Callable[..., Any], kwargs: dict[str, Any], pixel_spacing: float | None
+) -> dict[str, Any]:
+    """``kwargs`` plus ``pixel_spacing`` when given; refused by readers of formats that store it."""
+    if pixel_spacing is None:
+        return kwargs
+    if "pixel_spacing" not in inspect.signature(reader).parameters:
+        raise InvalidValueError(
+            f"{path}: this file stores its own pixel size ({reader.__name__}); pixel_spacing= is only "
+            "for files that store none (IMOD .xf, AreTomo .aln, Dynamo .tbl without apix)"
+        )
+    return {**kwargs, "pixel_spacing": pixel_spacing}
+
+
+def read_poses(path: PathLike, *, pixel_spacing: float | None = None, **kwargs: Any) -> xr.Dataset:
     """Read particle poses from any known format into a PoseSet.
 
     Parameters
@@ -305,6 +391,9 @@ def read_poses(path: PathLike, **kwargs: Any) -> xr.Dataset:
         A RELION ``.star`` particle file or a Dynamo ``.tbl``; other suffixes are
         recognised by content. A RELION 5 file (centred coordinates) takes the tomogram
         sizes from ``tomograms=`` or, when not given, from a ``tomograms.star`` beside it.
+    pixel_spacing
+        Å per pixel, for files that store none (a Dynamo table without ``apix``);
+        refused for formats that store their own.
     **kwargs
         Passed on to the format's reader (e.g. ``tomogram_map=`` for Dynamo).
 
@@ -323,10 +412,11 @@ def read_poses(path: PathLike, **kwargs: Any) -> xr.Dataset:
     >>> import tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> _ = (folder / "p.tbl").write_text(" ".join(["1"] * 35) + "\\n")
-    >>> read_poses(folder / "p.tbl").sizes["particle"]
+    >>> read_poses(folder / "p.tbl", pixel_spacing=1.35).sizes["particle"]
     1
     """
     p, reader = _reader(path, KNOWN_POSE_FORMATS, "pose")
+    kwargs = _with_pixel_spacing(p, reader, kwargs, pixel_spacing)
     if reader.__name__ == "read_relion_particles" and kwargs.get("tomograms") is None:
         sibling = p.with_name("tomograms.star")
         if _needs_tomogram_sizes(p) and sibling.is_file():
@@ -342,14 +432,29 @@ def _needs_tomogram_sizes(path: Path) -> bool:
         return b"_rlnCenteredCoordinateXAngst" in handle.read(1 << 16)
 
 
-def read_alignment(path: PathLike, **kwargs: Any) -> pd.DataFrame:
+def _sibling(path: Path, suffixes: Sequence[str]) -> Path | None:
+    """The first ``<stem><suffix>`` beside ``path`` that is a file."""
+    for suffix in suffixes:
+        candidate = path.with_name(path.stem + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_alignment(path: PathLike, *, pixel_spacing: float | None = None, **kwargs: Any) -> pd.DataFrame:
     """Read a tilt-series alignment from any known format into a ProjectionModel.
 
     Parameters
     ----------
     path
-        An IMOD ``.xf`` (its sibling ``.tlt`` is read too, and ``.xtilt`` if present and
-        no ``xtilt=`` is given), an AreTomo ``.aln``, or a RELION ``tomograms.star``.
+        An IMOD ``.xf``, an AreTomo ``.aln``, or a RELION ``tomograms.star``. Files that
+        belong to the same tilt series and lie beside it are read too unless the keyword
+        is given (:data:`ALIGNMENT_SIBLINGS`): IMOD's ``.tlt`` (else ``.rawtlt``, the
+        nominal angles), ``.xtilt`` and ctfplotter's ``.defocus``; AreTomo3's
+        ``_CTF.txt`` and ``_TLT.txt``. Pass ``xtilt=None`` (etc.) to leave one out.
+    pixel_spacing
+        Å per pixel of the tilt images, required for IMOD and AreTomo files (they
+        store none); refused for RELION files, which store it.
     **kwargs
         Passed on to the format's reader.
 
@@ -363,19 +468,98 @@ def read_alignment(path: PathLike, **kwargs: Any) -> pd.DataFrame:
     UnknownFormatError
         The format is not recognised; the message lists the known ones.
     CryoxrFileNotFoundError
-        An IMOD ``.xf`` without its sibling ``.tlt``.
+        An IMOD ``.xf`` with neither ``.tlt`` nor ``.rawtlt`` beside it.
+    InvalidValueError
+        An IMOD or AreTomo file without ``pixel_spacing=``, or a RELION file with it.
     """
     p, reader = _reader(path, KNOWN_ALIGNMENT_FORMATS, "alignment")
+    kwargs = _with_pixel_spacing(p, reader, kwargs, pixel_spacing)
+    for keyword, suffixes in ALIGNMENT_SIBLINGS.get(reader.__name__, {}).items():
+        if keyword not in kwargs:
+            found = _sibling(p, suffixes)
+            if found is not None:
+                kwargs[keyword] = found
     if reader.__name__ == "read_imod_alignment":
-        tlt = p.with_suffix(".tlt")
-        if not tlt.is_file():
+        tlt = kwargs.pop("tlt", None)
+        if tlt is None:
+            names = " or ".join(p.stem + s for s in ALIGNMENT_SIBLINGS[reader.__name__]["tlt"])
             raise CryoxrFileNotFoundError(
-                f"{p}: an IMOD .xf needs its tilt angles; expected the sibling {tlt.name}, found none"
+                f"{p}: an IMOD .xf needs its tilt angles; expected the sibling {names}, found neither"
             )
-        xtilt = p.with_suffix(".xtilt")
-        if "xtilt" not in kwargs and xtilt.is_file():
-            kwargs["xtilt"] = xtilt
         result: pd.DataFrame = reader(p, tlt, **kwargs)
         return result
     result = reader(p, **kwargs)
     return result
+
+
+#: the pixel-size advice of the readers of files that store none (``{of}``: of what)
+PIXEL_SPACING_ADVICE = "pass pixel_spacing= (Å per pixel of {of})"
+
+
+def require_pixel_spacing(
+    pixel_spacing: float | None, path: PathLike, what: str, *, of: str = "the tilt images"
+) -> float:
+    """``pixel_spacing`` as a float, or the InvalidValueError of a file that stores none.
+
+    ``what`` names the format (``"IMOD .xf"``), ``of`` what the pixels are of.
+
+    Examples
+    --------
+    >>> require_pixel_spacing(1.35, "a.xf", "IMOD .xf")
+    1.35
+    >>> require_pixel_spacing(None, "a.xf", "IMOD .xf")
+    Traceback (most recent call last):
+    ...
+    cryoxr.errors.InvalidValueError: a.xf: IMOD .xf files store no pixel size; pass pixel_spacing= \
+(Å per pixel of the tilt images)
+    """
+    if pixel_spacing is None:
+        advice = PIXEL_SPACING_ADVICE.format(of=of)
+        raise InvalidValueError(f"{path}: {what} files store no pixel size; {advice}")
+    try:
+        value = float(pixel_spacing)
+    except (TypeError, ValueError):
+        raise InvalidValueError(
+            f"{path}: pixel_spacing must be a number of Å, found {pixel_spacing!r}"
+        ) from None
+    if not (np.isfinite(value) and value > 0):
+        raise InvalidValueError(
+            f"{path}: pixel_spacing must be a finite number of Å > 0, found {pixel_spacing!r}"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# writers: what a format cannot store
+# --------------------------------------------------------------------------------------
+def warn_unstored_columns(
+    model: pd.DataFrame, stored: Iterable[str], where: str, *, stacklevel: int = 2
+) -> list[str]:
+    """Warn, naming them, about ``model``'s columns a writer cannot store; returns them.
+
+    Parameters
+    ----------
+    model
+        The table being written.
+    stored
+        Columns the format keeps (cryotypes' seven need not be listed).
+    where
+        The output and format, for the message (``"ts.xf (IMOD .xf/.tlt)"``).
+
+    Examples
+    --------
+    >>> import warnings, pandas as pd
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_unstored_columns(pd.DataFrame({"dx": [0.0], "dose": [3.0]}), ["dx"], "a.xf")
+    ['dose']
+    >>> print(caught[0].message)
+    a.xf cannot store column(s) ['dose']: they are not written
+    """
+    keep = {*PMDL.ALL, *stored}
+    lost = [str(c) for c in model.columns if c not in keep]
+    if lost:
+        warnings.warn(
+            f"{where} cannot store column(s) {lost}: they are not written", stacklevel=stacklevel + 1
+        )
+    return lost

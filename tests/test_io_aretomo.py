@@ -232,3 +232,148 @@ def test_bad_local_rows(tmp_path: Path) -> None:
         match=r"tilts x NumPatches = 3 x 2 = 6 local alignment rows \(a '# Local Alignment' section\), found 5",
     ):
         read_aln(_write(tmp_path / "a.aln", text))
+
+
+# --------------------------------------------------------------------------------------
+# pixel size, per-tilt columns, side files (issue 15) and header refusals (issue 22)
+# --------------------------------------------------------------------------------------
+def test_pixel_spacing_is_required_never_invented(tmp_path: Path) -> None:
+    aln = _write(tmp_path / "TS_01.aln", SAMPLE)
+    with pytest.raises(
+        InvalidValueError,
+        match=r"TS_01\.aln: AreTomo \.aln files store no pixel size; pass pixel_spacing= \(Å per pixel of the tilt images\)",
+    ):
+        read_aretomo_alignment(aln)
+    assert read_aretomo_alignment(aln, pixel_spacing=1.35).pixel_spacing.unique().tolist() == [1.35]
+
+
+def test_per_tilt_columns_from_the_header(tmp_path: Path) -> None:
+    df = read_aln(_write(tmp_path / "TS_01.aln", SAMPLE))
+    assert df.image_size_x.tolist() == [4096] * 3
+    assert df.image_size_y.tolist() == [4096] * 3
+    assert df.tilt_image_center_x.tolist() == [2047.5] * 3  # AreTomo: (n - 1) / 2
+    assert df.excluded.tolist() == [False] * 3  # the dark frame has no row
+
+
+SIDE_CTF = """# Columns: #1 micrograph number; #2 - defocus 1 [A]; #3 - defocus 2; #4 - azimuth of astigmatism; #5 - additional phase shift [radian]; #6 - cross correlation; #7 - spacing (in Angstroms) up to which CTF rings were fit successfully
+   1   40000.00  39000.00     10.00      0.00    0.0100   20.0000
+   2   35000.00  34000.00     40.00      0.52    0.0312    8.2000
+   3   35100.00  34100.00     41.00      0.00    0.0300    8.5000
+   4   35200.00  34200.00     42.00      0.00    0.0290    8.6000
+"""
+#: the sample's 4 sections: tilt, acquisition index (1-based), dose of the image
+SIDE_TLT = "-68.00  4  3.0\n-27.71  2  3.0\n30.00  1  2.0\n33.00  3  3.5\n"
+
+
+def test_aretomo3_ctf_and_tilt_files(tmp_path: Path) -> None:
+    aln = _write(tmp_path / "TS_01.aln", SAMPLE)
+    ctf = _write(tmp_path / "TS_01_CTF.txt", SIDE_CTF)
+    tlt = _write(tmp_path / "TS_01_TLT.txt", SIDE_TLT)
+    df = read_aln(aln, ctf=ctf, tilts=tlt)
+    # 4 CTF rows for 3 aligned tilts + 1 dark frame (index 0 in the tilt-sorted series): row 1 dropped
+    assert df.defocus_u.tolist() == [35000.0, 35100.0, 35200.0]
+    assert df.defocus_v.tolist() == [34000.0, 34100.0, 34200.0]
+    assert df.defocus_angle.tolist() == [40.0, 41.0, 42.0]
+    assert df.phase_shift.tolist() == pytest.approx([np.rad2deg(0.52), 0.0, 0.0])
+    assert df.aretomo_ctf_resolution.tolist() == [8.2, 8.5, 8.6]
+    # sections 1, 2, 3 were acquired 2nd, 1st, 3rd; doses 3, 2, 3.5 (section 0, the dark one, last)
+    assert df.acquisition_order.tolist() == [1, 0, 2]
+    assert df.pre_exposure.tolist() == [2.0, 0.0, 5.0]
+    assert df.aretomo_dose.tolist() == [3.0, 2.0, 3.5]
+    # a CTF file of the aligned tilts only matches them in order
+    lines = SIDE_CTF.splitlines(keepends=True)
+    renumbered = [lines[0], *(f"   {k}" + line[4:] for k, line in enumerate(lines[2:], 1))]
+    three = _write(tmp_path / "three_CTF.txt", "".join(renumbered))
+    assert read_aln(aln, ctf=three).defocus_u.tolist() == [35000.0, 35100.0, 35200.0]
+    two = _write(tmp_path / "two_CTF.txt", "".join(SIDE_CTF.splitlines(keepends=True)[:3]))
+    with pytest.raises(
+        FormatError,
+        match=r"two_CTF\.txt: expected a CTF row per aligned tilt .* \(3\) or per tilt \(4\), found 2",
+    ):
+        read_aln(aln, ctf=two)
+    with pytest.raises(FormatError, match=r"expected each of 1\.\.4 once"):
+        read_aln(aln, tilts=_write(tmp_path / "bad_TLT.txt", SIDE_TLT.replace("  4  3.0", "  2  3.0")))
+    with pytest.raises(FormatError, match=r"expected a row per section .* \(4\), found 3"):
+        read_aln(aln, tilts=_write(tmp_path / "short_TLT.txt", "0 1 1\n0 2 1\n0 3 1\n"))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "RawSize = 4096 4096 4",
+            "RawSize = -64 4096 4",
+            r"line 2, header RawSize value 1: expected an integer in \[1, 2\.14748e\+09\], found '-64'",
+        ),
+        (
+            "RawSize = 4096 4096 4",
+            "RawSize = 0 4096 4",
+            r"header RawSize value 1: expected an integer in \[1, .*found '0'",
+        ),
+        (
+            "RawSize = 4096 4096 4",
+            "RawSize = 1e20 4096 4",
+            r"header RawSize value 1: expected an integer .*found '1e20'",
+        ),
+        ("# Local Alignment\n", "", r"expected tilts x NumPatches = 3 x 2 = 6 local alignment rows"),
+        (
+            "NumPatches = 2",
+            "NumPatches = 0",
+            r"expected tilts x NumPatches = 3 x 0 = 0 local alignment rows .*found 6",
+        ),
+        (
+            "DarkFrame =     0    0",
+            "DarkFrame =     0    2",
+            r"expected the SEC values and DarkFrame sections to be distinct",
+        ),
+        (
+            "\n    3    84.9000",
+            "\n    9    84.9000",
+            r"sections of the input stack \(0\.\.3\), found SEC \[1, 2, 9\]",
+        ),
+        (
+            "  33.00\n",
+            "  1e308\n",
+            r"line 11, column 10 \(TILT\): expected an angle within ±360 deg, found 1e\+308",
+        ),
+    ],
+)
+def test_nonsense_headers_are_refused(tmp_path: Path, old: str, new: str, message: str) -> None:
+    assert old in SAMPLE
+    # NumPatches = 2 but no local section at all: cut the file before it
+    text = SAMPLE.split(old)[0] if old == "# Local Alignment\n" else SAMPLE.replace(old, new)
+    with pytest.raises(FormatError, match=message) as info:
+        read_aln(_write(tmp_path / "bad.aln", text))
+    assert "bad.aln" in str(info.value)
+
+
+def test_excluded_rows_become_dark_frames(tmp_path: Path) -> None:
+    model = cryoxr.make_projection_model(
+        rotation_y=[-3.0, 0.0, 3.0, 6.0],
+        rotation_z=85.0,
+        experiment_id="a",
+        pixel_spacing=1.0,
+        extra={"excluded": [False, True, False, False], "image_size_x": 100, "image_size_y": 80},
+    )
+    write_aretomo_alignment(model, tmp_path / "a.aln")  # RawSize from the size columns
+    text = (tmp_path / "a.aln").read_text()
+    assert "# RawSize = 100 80 4\n" in text
+    assert "# DarkFrame = 1 1 0.0\n" in text  # frame 1 in tilt order, section 1, tilt 0
+    back = read_aln(tmp_path / "a.aln")
+    assert back.rotation_y.tolist() == [-3.0, 3.0, 6.0]
+    assert back.sec.tolist() == [0, 2, 3]
+    assert back.attrs["aretomo"]["dark_frames"] == [[1, 1, 0.0]]
+
+
+def test_writer_warns_about_columns_an_aln_cannot_hold(tmp_path: Path) -> None:
+    df = read_aln(_write(tmp_path / "TS_01.aln", SAMPLE), ctf=_write(tmp_path / "TS_01_CTF.txt", SIDE_CTF))
+    with pytest.warns(
+        UserWarning, match=r"b\.aln \(AreTomo \.aln\) cannot store column\(s\) \['defocus_u', 'defocus_v'"
+    ):
+        write_aretomo_alignment(df, tmp_path / "b.aln")
+    fewer = df.iloc[:2]
+    with pytest.warns(UserWarning, match=r"local alignment rows do not fit its 2 tilts x 2 patches"):
+        write_aretomo_alignment(
+            fewer.drop(columns=[c for c in df.columns if "ctf" in c or "defocus" in c or c == "phase_shift"]),
+            tmp_path / "c.aln",
+        )

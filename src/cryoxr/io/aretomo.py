@@ -61,8 +61,14 @@ import pandas as pd
 from cryoxr.errors import FormatError, InvalidValueError
 from cryoxr.io._atomic import atomic_path
 from cryoxr.io.aretomo_ctf import side_file_columns
-from cryoxr.io.tables import parse_numeric_rows, read_text_lines, require_pixel_spacing, warn_unstored_columns
-from cryoxr.projection_model import PMDL, PTC, make_projection_model, validate_projection_model
+from cryoxr.io.plaintext import (
+    file_model,
+    parse_numeric_rows,
+    read_text_lines,
+    require_pixel_spacing,
+    warn_unstored_columns,
+)
+from cryoxr.projection_model import PMDL, PTC, validate_projection_model
 
 __all__ = [
     "GLOBAL_COLUMNS",
@@ -348,27 +354,25 @@ def read_aretomo_alignment(
         }
     )
     extra.update(side_file_columns(path, header, by_field["sec"].astype(np.int64), ctf, tilts))
-    df = make_projection_model(
-        rotation_x=0.0,
-        rotation_y=by_field[PMDL.ROTATION_Y],
-        rotation_z=by_field[PMDL.ROTATION_Z],
-        dx=by_field[PMDL.SHIFT_X],
-        dy=by_field[PMDL.SHIFT_Y],
-        experiment_id=experiment_id if experiment_id is not None else path.stem,
-        pixel_spacing=spacing,
-        source=str(path),
-        extra=extra,
-    )
-    df.attrs.update(
+    return file_model(
+        path,
         {
+            PMDL.ROTATION_Y: by_field[PMDL.ROTATION_Y],
+            PMDL.ROTATION_Z: by_field[PMDL.ROTATION_Z],
+            PMDL.SHIFT_X: by_field[PMDL.SHIFT_X],
+            PMDL.SHIFT_Y: by_field[PMDL.SHIFT_Y],
+        },
+        experiment_id=experiment_id,
+        pixel_spacing=spacing,
+        extra=extra,
+        attrs={
             "format": "aretomo",
             "center_rule": "(n - 1) / 2 for tilt images; specimen centre not settled",
             "tilt_image_center": center,
             "specimen_center": None,
             "aretomo": {**header, "other_header": other, "local_alignment": local},
-        }
+        },
     )
-    return df
 
 
 def _fmt(value: float, dtype: type) -> str:

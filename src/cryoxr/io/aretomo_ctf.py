@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from cryoxr.errors import FormatError
-from cryoxr.io.tables import parse_numeric_rows, read_text_lines
+from cryoxr.io.plaintext import parse_numeric_rows, read_text_lines
 from cryoxr.projection_model import PTC
 
 __all__ = [

@@ -49,7 +49,7 @@ from cryoxr.errors import CryoxrFileNotFoundError, UnknownFormatError
 from cryoxr.image import Image
 from cryoxr.io.images import IMAGE_READERS, open_image
 from cryoxr.io.star import read_star
-from cryoxr.io.tables import _sniff, read_alignment, read_numeric_table, read_poses
+from cryoxr.io.tables import _sniff, read_alignment, read_numeric_table, read_poses, takes_pixel_spacing
 from cryoxr.poseset import experiment_ids
 from cryoxr.projection_model import PMDL
 
@@ -212,7 +212,9 @@ def _describe_image(path: Path, **_: Any) -> dict[str, Any]:
 def _describe_poses(
     path: Path, *, tomograms: PathLike | None = None, pixel_spacing: float | None = None
 ) -> dict[str, Any]:
-    poses: xr.Dataset = read_poses(path, pixel_spacing=pixel_spacing, **tomograms_option(tomograms))
+    # a pixel size for the files that store none (a RELION file keeps its own)
+    spacing = pixel_spacing if pixel_spacing is not None and takes_pixel_spacing(path, "poses") else None
+    poses: xr.Dataset = read_poses(path, pixel_spacing=spacing, **tomograms_option(tomograms))
     ids = experiment_ids(poses)
     modelled = {"position", "shift", "orientation"}
     chunks = poses["position"].chunksizes.get("particle") if poses["position"].chunks else None
@@ -251,7 +253,8 @@ MODEL_RANGES = {
 
 
 def _describe_alignment(path: Path, *, pixel_spacing: float | None = None, **_: Any) -> dict[str, Any]:
-    model: pd.DataFrame = read_alignment(path, pixel_spacing=pixel_spacing)
+    spacing = pixel_spacing if pixel_spacing is not None and takes_pixel_spacing(path, "alignment") else None
+    model: pd.DataFrame = read_alignment(path, pixel_spacing=spacing)
     per = model.groupby(PMDL.EXPERIMENT_ID, sort=False).size()
     return {
         "kind": "alignment",
@@ -363,7 +366,7 @@ def describe(
         (by default the one beside it is used).
     pixel_spacing
         Å per pixel of a pose or alignment file that stores none (IMOD, AreTomo, Dynamo
-        without apix).
+        without apix); files that store their own (RELION, images) keep it.
 
     Returns
     -------

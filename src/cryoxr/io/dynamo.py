@@ -49,7 +49,7 @@ from scipy.spatial.transform import Rotation
 
 from cryoxr.errors import FormatError, InvalidValueError
 from cryoxr.io._atomic import atomic_path, atomic_paths
-from cryoxr.io.tables import PIXEL_SPACING_ADVICE, data_row_line, read_numeric_table, read_text_lines
+from cryoxr.io.plaintext import PIXEL_SPACING_ADVICE, data_row_line, read_numeric_table, read_text_lines
 from cryoxr.poseset import experiment_ids, make_poseset, rotation, validate_poseset
 
 __all__ = [

@@ -80,8 +80,14 @@ import pandas as pd
 from cryoxr.errors import FormatError, InvalidValueError
 from cryoxr.io._atomic import atomic_paths
 from cryoxr.io.imod_defocus import DEFOCUS_COLUMNS, defocus_file_lines, read_imod_defocus
-from cryoxr.io.tables import data_row_line, read_numeric_table, require_pixel_spacing, warn_unstored_columns
-from cryoxr.projection_model import PMDL, PTC, make_projection_model, validate_projection_model
+from cryoxr.io.plaintext import (
+    data_row_line,
+    file_model,
+    read_numeric_table,
+    require_pixel_spacing,
+    warn_unstored_columns,
+)
+from cryoxr.projection_model import PMDL, PTC, validate_projection_model
 
 __all__ = [
     "IMOD_CENTER_RULE",
@@ -116,6 +122,8 @@ IMOD_CENTER_RULE = "(n - 1) / 2"
 MAX_ANGLE = 360.0
 #: column that keeps a per-view magnification of the ``.xf`` (1 = none)
 MAGNIFICATION_COLUMN = "imod_magnification"
+#: largest magnification (and 1 / smallest) an ``.xf`` may hold: tiltalign's are near 1
+MAX_MAGNIFICATION = 1000.0
 #: ``|m - 1|`` (and the departure of ``A / m`` from a rotation) below which an ``.xf`` is a
 #: pure rotation: files hold 7 significant digits
 XF_TOLERANCE = 1e-5
@@ -181,10 +189,13 @@ def _read_angles(path: PathLike, what: str) -> tuple[Path, np.ndarray]:
 
 def _rotation_and_magnification(path: Path, a: np.ndarray) -> np.ndarray:
     """Per-view magnification ``m`` of ``A = m R``; refuses singular, mirrored, stretched ``A``."""
-    with np.errstate(over="ignore", invalid="ignore"):  # 1e308 entries: det is inf, not a warning
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # 1e308 entries: no warning
         det = np.linalg.det(a)
-        magnification = np.sqrt(np.abs(det))
-        b = a / magnification[:, None, None]
+        scale = np.abs(a).max(axis=(1, 2))
+        unit = a / scale[:, None, None]  # det of the rescaled A cannot overflow
+        root = np.sqrt(np.abs(np.linalg.det(unit)))
+        magnification = scale * root
+        b = unit / root[:, None, None]
         off = np.abs(np.einsum("nji,njk->nik", b, b) - np.eye(2)).max(axis=(1, 2))
     checks = (
         (~(np.abs(det) > 1e-12), "an invertible A11 A12 A21 A22 matrix", "determinant {det:g}"),
@@ -195,14 +206,18 @@ def _rotation_and_magnification(path: Path, a: np.ndarray) -> np.ndarray:
             "cannot hold)",
             "A / sqrt|det| off a rotation by {off:.3g}",
         ),
+        (
+            ~((magnification >= 1 / MAX_MAGNIFICATION) & (magnification <= MAX_MAGNIFICATION)),
+            f"a magnification sqrt|det A| within {1 / MAX_MAGNIFICATION:g}..{MAX_MAGNIFICATION:g}",
+            "{mag:g}",
+        ),
     )
     for bad, expected, found in checks:
         if bad.any():
             row = int(np.argmax(bad))
             line = data_row_line(path, row)  # the file's line, blank lines counted
-            raise FormatError(
-                f"{path}, line {line}: expected {expected}, found " + found.format(det=det[row], off=off[row])
-            )
+            values = {"det": det[row], "off": off[row], "mag": magnification[row]}
+            raise FormatError(f"{path}, line {line}: expected {expected}, found " + found.format(**values))
     return magnification
 
 
@@ -354,19 +369,19 @@ def read_imod_alignment(
         )
     if defocus is not None:
         extra.update(_defocus_columns(defocus, n))
-    df = make_projection_model(
-        rotation_x=sign * (xtilts - float(x_axis_tilt)),
-        rotation_y=angles + float(angle_offset) - float(subtract_angle_offset),
-        rotation_z=np.rad2deg(np.arctan2(a[:, 0, 1], a[:, 0, 0])),
-        dx=shifts[:, 0],
-        dy=shifts[:, 1],
-        experiment_id=experiment_id if experiment_id is not None else xf_path.stem,
-        pixel_spacing=spacing,
-        source=str(xf_path),
-        extra=extra,
-    )
-    df.attrs.update(
+    return file_model(
+        xf_path,
         {
+            PMDL.ROTATION_X: sign * (xtilts - float(x_axis_tilt)),
+            PMDL.ROTATION_Y: angles + float(angle_offset) - float(subtract_angle_offset),
+            PMDL.ROTATION_Z: np.rad2deg(np.arctan2(a[:, 0, 1], a[:, 0, 0])),
+            PMDL.SHIFT_X: shifts[:, 0],
+            PMDL.SHIFT_Y: shifts[:, 1],
+        },
+        experiment_id=experiment_id,
+        pixel_spacing=spacing,
+        extra=extra,
+        attrs={
             "format": "imod",
             "center_rule": IMOD_CENTER_RULE,
             **centers,
@@ -375,9 +390,8 @@ def read_imod_alignment(
             "subtract_angle_offset": float(subtract_angle_offset),
             "x_axis_tilt": float(x_axis_tilt),
             "xtilt_convention": xtilt_convention,
-        }
+        },
     )
-    return df
 
 
 def _fmt(value: float) -> str:
@@ -424,8 +438,8 @@ def write_imod_alignment(
     angle_offset, subtract_angle_offset, x_axis_tilt, xtilt_convention
         As in :func:`read_imod_alignment`.
     overwrite
-        Replace existing files; otherwise raise
-        :class:`~cryoxr.errors.FileExistsNoOverwriteError` before writing anything.
+        Replace files that exist. Without it, an existing output raises
+        :class:`~cryoxr.errors.FileExistsNoOverwriteError` and no file is written.
 
     Examples
     --------

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from cryoxr.errors import FormatError, InvalidValueError
-from cryoxr.io.tables import parse_numeric_rows, read_text_lines
+from cryoxr.io.plaintext import parse_numeric_rows, read_text_lines
 from cryoxr.projection_model import PMDL, PTC
 
 __all__ = ["DEFOCUS_COLUMNS", "DEFOCUS_FLAGS", "defocus_file_lines", "read_imod_defocus"]

@@ -45,9 +45,10 @@ def test_read_alignment_imod_with_siblings(tmp_path: Path) -> None:
     (tmp_path / "TS.xtilt").write_text("2.0\n")
     assert read_alignment(tmp_path / "TS.xf", pixel_spacing=1.35).rotation_x.tolist() == [2.0]
     assert read_alignment(tmp_path / "TS.xf", pixel_spacing=1.35, xtilt=None).rotation_x.tolist() == [0.0]
-    (tmp_path / "TS.defocus").write_text("1 1 30 30 3500 2\n")  # ctfplotter's, beside the .xf
-    assert read_alignment(tmp_path / "TS.xf", pixel_spacing=1.35).defocus_u.tolist() == [35000.0]
-    assert "defocus_u" not in read_alignment(tmp_path / "TS.xf", pixel_spacing=1.35, defocus=None)
+    (tmp_path / "TS.defocus").write_text("1 1 30 30 3500 2\n")  # ctfplotter's: read when given
+    assert "defocus_u" not in read_alignment(tmp_path / "TS.xf", pixel_spacing=1.35)
+    given = read_alignment(tmp_path / "TS.xf", pixel_spacing=1.35, defocus=tmp_path / "TS.defocus")
+    assert given.defocus_u.tolist() == [35000.0]
 
 
 def test_read_alignment_imod_rawtlt_when_no_tlt(tmp_path: Path) -> None:

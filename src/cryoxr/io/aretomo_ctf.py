@@ -173,14 +173,15 @@ def side_file_columns(
         if len(table) != len(sections):
             raise FormatError(
                 f"{ctf}: expected a CTF row per aligned tilt of {path.name} ({len(sections)}) or per tilt "
-                f"({nz}), found {len(table)}"
+                f"({nz}), found {len(table)} (another run's file? pass ctf=None to leave it out)"
             )
         out.update({str(c): table[c].to_numpy() for c in table.columns if c != "micrograph"})
     if tilts is not None:
         table = read_aretomo_tilts(tilts)
         if len(table) != nz:
             raise FormatError(
-                f"{tilts}: expected a row per section of {path.name}'s stack ({nz}), found {len(table)}"
+                f"{tilts}: expected a row per section of {path.name}'s stack ({nz}), found {len(table)} "
+                "(another run's file? pass tilts=None to leave it out)"
             )
         if PTC.ACQUISITION_ORDER in table.columns:
             out[PTC.ACQUISITION_ORDER] = table[PTC.ACQUISITION_ORDER].to_numpy()[sections]

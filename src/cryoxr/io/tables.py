@@ -120,7 +120,7 @@ def _sniff(path: Path) -> str | None:
 #: alignment reader -> {keyword: sibling suffixes tried in order}; a sibling that exists is
 #: passed unless the caller gave the keyword (None switches it off)
 ALIGNMENT_SIBLINGS: dict[str, dict[str, tuple[str, ...]]] = {
-    "read_imod_alignment": {"tlt": (".tlt", ".rawtlt"), "xtilt": (".xtilt",), "defocus": (".defocus",)},
+    "read_imod_alignment": {"tlt": (".tlt", ".rawtlt"), "xtilt": (".xtilt",)},
     "read_aretomo_alignment": {"ctf": ("_CTF.txt",), "tilts": ("_TLT.txt",)},
 }
 
@@ -252,8 +252,9 @@ def read_alignment(path: PathLike, *, pixel_spacing: float | None = None, **kwar
         An IMOD ``.xf``, an AreTomo ``.aln``, or a RELION ``tomograms.star``. Files that
         belong to the same tilt series and lie beside it are read too unless the keyword
         is given (:data:`ALIGNMENT_SIBLINGS`): IMOD's ``.tlt`` (else ``.rawtlt``, the
-        nominal angles), ``.xtilt`` and ctfplotter's ``.defocus``; AreTomo3's
-        ``_CTF.txt`` and ``_TLT.txt``. Pass ``xtilt=None`` (etc.) to leave one out.
+        nominal angles) and ``.xtilt``; AreTomo3's ``_CTF.txt`` and ``_TLT.txt``. Pass
+        ``xtilt=None`` (etc.) to leave one out; ctfplotter's ``.defocus`` is read when
+        given (``defocus=``).
     pixel_spacing
         Å per pixel of the tilt images, required for IMOD and AreTomo files (they
         store none); refused for RELION files, which store it.

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import cryoxr
 from cryoxr.errors import CryoxrError, FileExistsNoOverwriteError, FormatError, InvalidValueError
 from cryoxr.io.aretomo import read_aretomo_alignment, write_aretomo_alignment
-from cryoxr.io.imod import write_imod_alignment
+from cryoxr.io.imod import read_imod_alignment, write_imod_alignment
 
 #: the reader with a pixel size (AreTomo files store none: the tests of that are below)
 read_aln = functools.partial(read_aretomo_alignment, pixel_spacing=1.0)
@@ -377,3 +377,14 @@ def test_writer_warns_about_columns_an_aln_cannot_hold(tmp_path: Path) -> None:
             fewer.drop(columns=[c for c in df.columns if "ctf" in c or "defocus" in c or c == "phase_shift"]),
             tmp_path / "c.aln",
         )
+
+
+def test_imod_views_become_sections(tmp_path: Path) -> None:
+    xf = _write(tmp_path / "a.xf", "1 0 0 1 0 0\n1 0 0 1 0 0\n1 0 0 1 0 0\n")
+    model = read_imod_alignment(xf, _write(tmp_path / "a.tlt", "-3\n0\n3\n"), pixel_spacing=1.0)
+    # tilt 0 left out (excluded): its view 1 becomes the dark section, views 0 and 2 the SEC values
+    model["excluded"] = [False, True, False]
+    write_aretomo_alignment(model, tmp_path / "a.aln", image_size=(64, 64))
+    back = read_aln(tmp_path / "a.aln")
+    assert back.sec.tolist() == [0, 2]
+    assert back.attrs["aretomo"]["dark_frames"] == [[1, 1, 0.0]]

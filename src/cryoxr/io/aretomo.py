@@ -417,8 +417,8 @@ def write_aretomo_alignment(
     columns) and the number of tilts, offsets 0 and ``NumPatches = 0``. Rows whose
     ``excluded`` column is True become ``DarkFrame`` lines (section from ``sec`` or the
     row order, frame = rank of the tilt angle). Columns :data:`GLOBAL_COLUMNS` come from
-    the model (extra columns when present, else AreTomo's constants; ``SEC`` from the
-    row order, skipping dark sections). Numbers are written at full precision. Columns an
+    the model (extra columns when present, else AreTomo's constants; ``SEC`` from ``sec``,
+    else IMOD's ``view``, else the row order skipping dark sections). Numbers are written at full precision. Columns an
     ``.aln`` cannot hold (defocus, dose, ...) are named in a warning.
 
     Parameters
@@ -474,11 +474,9 @@ def write_aretomo_alignment(
     )
     dark_sections = {int(d[1]) for d in dark}
     free = [s for s in range(len(model) + len(dark)) if s not in dark_sections]
-    sections = (
-        model["sec"].to_numpy(dtype=np.float64)
-        if "sec" in model.columns
-        else np.asarray(free[: len(model)], float)
-    )
+    # the input-stack section: AreTomo's SEC, else IMOD's view (the same 0-based index)
+    index = next((c for c in ("sec", "view") if c in model.columns), None)
+    sections = model[index].to_numpy(dtype=np.float64) if index else np.asarray(free[: len(model)], float)
     if excluded.any():
         tilts = np.concatenate([model[PMDL.ROTATION_Y].to_numpy(dtype=np.float64), [d[2] for d in dark]])
         rank = np.argsort(np.argsort(tilts, kind="stable"), kind="stable")
@@ -530,7 +528,7 @@ def write_aretomo_alignment(
         lines.append("# Local Alignment")
         for row in zip(*(local[c.name] for c in LOCAL_COLUMNS), strict=True):
             lines.append(" ".join(f"{_fmt(v, c.dtype):>9}" for v, c in zip(row, LOCAL_COLUMNS, strict=True)))
-    kept = [c.field for c in GLOBAL_COLUMNS] + [PTC.EXCLUDED, *PTC.IMAGE_SIZE]
+    kept = [c.field for c in GLOBAL_COLUMNS] + ["view", PTC.EXCLUDED, *PTC.IMAGE_SIZE]
     if all(c in model.columns for c in PTC.TILT_IMAGE_CENTER) and np.allclose(
         model[PTC.TILT_IMAGE_CENTER].to_numpy(dtype=np.float64), [(size[0] - 1) / 2, (size[1] - 1) / 2]
     ):

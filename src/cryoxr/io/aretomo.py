@@ -24,9 +24,10 @@ also fills the per-tilt columns ``image_size_x/y`` and ``tilt_image_center_x/y``
 AreTomo3's ``_CTF.txt`` and ``_TLT.txt`` (:mod:`cryoxr.io.aretomo_ctf`) add defocus,
 astigmatism, phase shift, acquisition order and pre-exposure. The file stores no pixel
 size: ``pixel_spacing=`` is required. Sizes out of 1..2**31-1, angles beyond ±360 and a
-``NumPatches`` without its local section are refused. The local-alignment rows (:data:`LOCAL_COLUMNS`: tilt index, patch,
-patch centre relative to the image centre, residual shift, good flag) are kept in
-``df.attrs["aretomo"]["local_alignment"]`` as lists, not used for geometry.
+``NumPatches`` without its local section are refused. The local-alignment rows
+(:data:`LOCAL_COLUMNS`: tilt index, patch, patch centre relative to the image centre,
+residual shift, good flag) are kept in ``df.attrs["aretomo"]["local_alignment"]`` as
+lists, not used for geometry.
 
 Centres: AreTomo2 rotates images about ``((nx - 1) / 2, (ny - 1) / 2)``
 (``Util/GShiftRotate2D.cu``); that is ``df.attrs["tilt_image_center"]`` (from

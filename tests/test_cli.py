@@ -38,7 +38,12 @@ def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_info_every_kind(demo_files: dict[str, Path]) -> None:
     paths = [demo_files[k] for k in ("tomogram", "particles", "tilt series", "imod")]
-    result = cryoxr_cmd("info", "--json", *map(str, paths))
+    refused = cryoxr_cmd("info", "--json", *map(str, paths))
+    assert refused.returncode == 2  # an .xf stores no pixel size: the flag, in the command's terms
+    assert "TS_01.xf: IMOD .xf files store no pixel size; pass --pixel-spacing Å" in refused.stderr
+    assert "pixel_spacing=" not in refused.stderr
+    # the pixel size goes to the files that store none; the RELION files keep their own
+    result = cryoxr_cmd("info", "--json", "--pixel-spacing", "5.4", *map(str, paths))
     assert result.returncode == 0, result.stderr
     reports = json.loads(result.stdout)
     by_kind = {r["kind"]: r for r in reports}
@@ -49,6 +54,7 @@ def test_info_every_kind(demo_files: dict[str, Path]) -> None:
     assert by_kind["poses"]["experiment_ids"] == ["TS_01"]
     alignments = [r for r in reports if r["kind"] == "alignment"]
     assert [a["tilts"] for a in alignments] == [41, 41]
+    assert [a["pixel_spacing"] for a in alignments] == [[5.4], [5.4]]  # RELION's own, and the flag's
     assert all(r["size_on_disk"] > 0 for r in reports)
     text = cryoxr_cmd("info", str(demo_files["particles"]))
     assert "particles" in text.stdout
@@ -73,28 +79,24 @@ def test_convert_images_poses_alignments_and_refuse_overwrite(
     )
 
     aln = tmp_path / "TS_01.aln"
-    needs_size = cryoxr_cmd("convert", str(demo_files["imod"]), str(aln))
+    needs_spacing = cryoxr_cmd("convert", str(demo_files["imod"]), str(aln), "--image-size", "1024", "1024")
+    assert needs_spacing.returncode == 2
+    assert "pass --pixel-spacing Å (Å per pixel of the tilt images)" in needs_spacing.stderr
+    needs_size = cryoxr_cmd("convert", str(demo_files["imod"]), str(aln), "--pixel-spacing", "5.4")
     assert needs_size.returncode == 2
     assert "pass --image-size X Y" in needs_size.stderr  # CLI terms, not Python's image_size=
     assert "image_size=" not in needs_size.stderr
-    assert (
-        cryoxr_cmd("convert", str(demo_files["imod"]), str(aln), "--image-size", "1024", "1024").returncode
-        == 0
-    )
-    assert cryoxr.io.read_alignment(aln).shape[0] == 41
-    again = cryoxr_cmd("convert", str(demo_files["imod"]), str(aln), "--image-size", "1024", "1024")
+    size = ("--image-size", "1024", "1024", "--pixel-spacing", "5.4")
+    assert cryoxr_cmd("convert", str(demo_files["imod"]), str(aln), *size).returncode == 0
+    assert cryoxr.io.read_alignment(aln, pixel_spacing=5.4).shape[0] == 41
+    again = cryoxr_cmd("convert", str(demo_files["imod"]), str(aln), *size)
     assert again.returncode == 2
     assert again.stderr.startswith("cryoxr: error: ")
     assert "exists" in again.stderr
     assert "--overwrite" in again.stderr
     assert "overwrite=True" not in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
-    assert (
-        cryoxr_cmd(
-            "convert", str(demo_files["imod"]), str(aln), "--overwrite", "--image-size", "1024", "1024"
-        ).returncode
-        == 0
-    )
+    assert cryoxr_cmd("convert", str(demo_files["imod"]), str(aln), "--overwrite", *size).returncode == 0
 
 
 def test_project_writes_positions_and_mask(demo_files: dict[str, Path], tmp_path: Path) -> None:
@@ -217,6 +219,8 @@ def test_in_process_commands(
                 str(demo_files["particles"]),
                 "--alignment",
                 str(demo_files["imod"]),
+                "--pixel-spacing",
+                "5.4",
                 "--out",
                 str(tmp_path / "q.zarr"),
                 "--no-progress",
@@ -224,7 +228,16 @@ def test_in_process_commands(
         )
         == 2
     )
-    assert "tomogram size" in capsys.readouterr().err
+    assert "tomogram size" in capsys.readouterr().err  # the pixel size passed, the sizes missing
+    # a flag for files that store no pixel size, refused for one that does, in the command's terms
+    star = str(demo_files["tilt series"])
+    assert main(["convert", star, str(tmp_path / "b.xf"), "--pixel-spacing", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "stores its own pixel size" in err
+    assert "--pixel-spacing is only for files that store none" in err
+    with pytest.raises(SystemExit):
+        main(["info", star, "--pixel-spacing", "-1"])
+    assert "expected a pixel size > 0 Å" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "missing.star")]) == 2
     assert "missing.star" in capsys.readouterr().err
 
@@ -241,13 +254,12 @@ def test_convert_reports_every_file_it_writes(demo_files: dict[str, Path], tmp_p
 def test_convert_takes_tomograms_from_the_command_line(demo_files: dict[str, Path], tmp_path: Path) -> None:
     # a RELION 5 tilt-series STAR needs tomogram sizes that an IMOD .xf does not hold
     star = tmp_path / "ts.star"
-    refused = cryoxr_cmd("convert", str(demo_files["imod"]), str(star), "--no-progress")
+    imod = (str(demo_files["imod"]), str(star), "--pixel-spacing", "5.4")
+    refused = cryoxr_cmd("convert", *imod, "--no-progress")
     assert refused.returncode == 2
     assert "--tomograms" in refused.stderr
     assert "tomograms=" not in refused.stderr
-    done = cryoxr_cmd(
-        "convert", str(demo_files["imod"]), str(star), "--tomograms", str(demo_files["tilt series"])
-    )
+    done = cryoxr_cmd("convert", *imod, "--tomograms", str(demo_files["tilt series"]))
     assert done.returncode == 0, done.stderr
     back = cryoxr.io.read_alignment(star)
     assert len(back) == 41

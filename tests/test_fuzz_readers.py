@@ -52,7 +52,7 @@ from cryoxr.io import aretomo, dynamo, imod, mrc, ome_zarr, relion
 from cryoxr.io.describe import describe, file_kind
 from cryoxr.io.images import open_image
 from cryoxr.io.star import read_star
-from cryoxr.io.tables import read_alignment, read_poses
+from cryoxr.io.tables import read_alignment, read_poses, takes_pixel_spacing
 from cryoxr.poseset import validate_poseset
 from cryoxr.projection_model import validate_projection_model
 
@@ -700,9 +700,10 @@ def test_fuzz_imod(seeds: dict[str, Any], which: str, ops: list[Any], door: bool
     xf, tlt, xtilt = (folder / f"a{s}" for s in (".xf", ".tlt", ".xtilt"))
     names = [xf.name, tlt.name, xtilt.name]
     if door:
-        check_reader("imod", lambda: imod.read_imod_alignment(xf, tlt, xtilt=xtilt), _check_model, names)
+        read = lambda: imod.read_imod_alignment(xf, tlt, xtilt=xtilt, pixel_spacing=1.0)  # noqa: E731
+        check_reader("imod", read, _check_model, names)
     else:  # the dispatcher finds the siblings itself
-        check_reader("imod", lambda: read_alignment(xf), _check_model, names)
+        check_reader("imod", lambda: read_alignment(xf, pixel_spacing=1.0), _check_model, names)
     done(folder)
 
 
@@ -713,7 +714,8 @@ def test_fuzz_aretomo(seeds: dict[str, Any], seed: int, ops: list[Any]) -> None:
     folder = fresh_dir(seeds, "aretomo")
     path = folder / "a.aln"
     path.write_bytes(mutate_text(seeds["aretomo"][seed], ops))
-    check_reader("aretomo", lambda: aretomo.read_aretomo_alignment(path), _check_model, [path.name])
+    read = lambda: aretomo.read_aretomo_alignment(path, pixel_spacing=1.0)  # noqa: E731
+    check_reader("aretomo", read, _check_model, [path.name])
     done(folder)
 
 
@@ -772,9 +774,12 @@ def test_fuzz_dispatch(seeds: dict[str, Any], seed: str, ops: list[Any], suffix:
     (folder / "thing.tlt").write_bytes(seeds["imod"][".tlt"])
     names = [path.name, "thing.tlt"]
     check_reader("file_kind", lambda: file_kind(path), lambda k: None, names)
-    check_reader("describe", lambda: describe(path), _check_describe, names)
-    check_reader("read_poses", lambda: read_poses(path), _check_poses, names)
-    check_reader("read_alignment", lambda: read_alignment(path), _check_model, names)
+    # a pixel size for the formats that store none (IMOD, AreTomo, Dynamo without apix)
+    check_reader("describe", lambda: describe(path, pixel_spacing=1.0), _check_describe, names)
+    check_reader("read_poses", lambda: read_poses(path, **_spacing(path, "poses")), _check_poses, names)
+    check_reader(
+        "read_alignment", lambda: read_alignment(path, **_spacing(path, "alignment")), _check_model, names
+    )
     done(folder)
 
 
@@ -880,7 +885,7 @@ def test_pinned_text_escapes(seeds: dict[str, Any]) -> None:
     text = seeds["aretomo"][1].decode().replace("   0   1 -15.16", "   1e308   1 -15.16")
     aln.write_text(text)
     with pytest.raises(CryoxrError, match=r"a\.aln, line \d+, column 1 \(tilt\)"):
-        aretomo.read_aretomo_alignment(aln)
+        aretomo.read_aretomo_alignment(aln, pixel_spacing=1.0)
     tbl = folder / "d.tbl"
     rows = seeds["dynamo"][".tbl"].decode().splitlines()
     tokens = rows[0].split()
@@ -949,6 +954,14 @@ def test_pinned_relion_tiny_pixel_size(seeds: dict[str, Any], seed: int) -> None
         relion.read_relion_particles(path, tomograms=sizes)
 
 
+def _spacing(path: Path, kind: str) -> dict[str, float]:
+    """``pixel_spacing=1.0`` when the format of ``path`` takes one (its refusals are the reader's)."""
+    try:
+        return {"pixel_spacing": 1.0} if takes_pixel_spacing(path, kind) else {}
+    except CryoxrError:
+        return {}
+
+
 def test_pinned_imod_overflowing_shift(seeds: dict[str, Any]) -> None:
     """A = 0.1 I, D = 1e308: the shift -A^-1 D overflows to inf, an InvalidValueError naming no file;
     A of 1e308 entries: det overflows with a RuntimeWarning."""
@@ -956,6 +969,9 @@ def test_pinned_imod_overflowing_shift(seeds: dict[str, Any]) -> None:
     (folder / "a.tlt").write_text("0.0\n")
     (folder / "a.xf").write_text("0.1 0 0 0.1 1e308 1e308\n")
     with pytest.raises(CryoxrError, match=r"a\.xf, line 1"):
-        imod.read_imod_alignment(folder / "a.xf", folder / "a.tlt")
-    (folder / "a.xf").write_text("1e308 1e308 -1e308 1e308 1 1\n")
-    _check_model(imod.read_imod_alignment(folder / "a.xf", folder / "a.tlt"))
+        imod.read_imod_alignment(folder / "a.xf", folder / "a.tlt", pixel_spacing=1.0)
+    (folder / "a.xf").write_text("1e308 1e308 -1e308 1e308 1 1\n")  # a rotation, magnified 1.4e308 times
+    with pytest.raises(
+        CryoxrError, match=r"a\.xf, line 1: expected a magnification .* within 0\.001\.\.1000"
+    ):
+        imod.read_imod_alignment(folder / "a.xf", folder / "a.tlt", pixel_spacing=1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,10 @@ from hypothesis import strategies as st
 import cryoxr
 from cryoxr.errors import CryoxrError, FileExistsNoOverwriteError, FormatError, InvalidValueError
 from cryoxr.io.aretomo import read_aretomo_alignment, write_aretomo_alignment
-from cryoxr.io.imod import write_imod_alignment
+from cryoxr.io.imod import read_imod_alignment, write_imod_alignment
+
+#: the reader with a pixel size (AreTomo files store none: the tests of that are below)
+read_aln = functools.partial(read_aretomo_alignment, pixel_spacing=1.0)
 
 WORKED_XF = [0.0871557, 0.9961947, -0.9961947, 0.0871557, 9.526, 5.853]
 
@@ -46,7 +50,7 @@ def _write(path: Path, text: str | bytes) -> Path:
 
 
 def test_read_sample(tmp_path: Path) -> None:
-    df = read_aretomo_alignment(_write(tmp_path / "TS_01.aln", SAMPLE), pixel_spacing=1.35)
+    df = read_aln(_write(tmp_path / "TS_01.aln", SAMPLE), pixel_spacing=1.35)
     assert df.rotation_z.tolist() == [84.4445, 85.0, 84.9]
     assert df.rotation_y.tolist() == [-27.71, 30.0, 33.0]
     assert df.dx.tolist() == [13.382, 5.0, -3.5]
@@ -71,9 +75,12 @@ def test_read_sample(tmp_path: Path) -> None:
 
 def test_aretomo_to_xf_worked_numbers(tmp_path: Path) -> None:
     """CONVENTIONS 5: ROT 85, TX 5, TY -10 gives the worked xf line, as AreTomo2's CSaveXF computes it."""
-    df = read_aretomo_alignment(_write(tmp_path / "a.aln", SAMPLE))
+    df = read_aln(_write(tmp_path / "a.aln", SAMPLE))
     one = df.iloc[[1]]
-    write_imod_alignment(one, tmp_path / "a.xf", tmp_path / "a.tlt")
+    with pytest.warns(
+        UserWarning, match=r"a\.xf \(IMOD \.xf/\.tlt\) cannot store column\(s\) \['sec', 'gmag'"
+    ):
+        write_imod_alignment(one, tmp_path / "a.xf", tmp_path / "a.tlt")
     values = np.array([float(v) for v in (tmp_path / "a.xf").read_text().split()])
     np.testing.assert_allclose(values[:4], WORKED_XF[:4], atol=5e-8)
     np.testing.assert_allclose(values[4:], WORKED_XF[4:], atol=5e-4)
@@ -101,22 +108,22 @@ def test_cryoet_alignment_oracle(tmp_path: Path, rng: np.random.Generator) -> No
     write_aretomo_alignment(model, tmp_path / "ts.aln", image_size=(1000, 900))
     parsed = AreTomo3ALN.from_file(tmp_path / "ts.aln")  # their parser reads our file
     params = Alignment.from_aretomo3(parsed).per_section_alignment_parameters
-    ours = read_aretomo_alignment(tmp_path / "ts.aln")
+    ours = read_aln(tmp_path / "ts.aln")
     np.testing.assert_allclose(ours.rotation_z, [p.tilt_axis_rotation for p in params], atol=1e-9)
     np.testing.assert_allclose(ours.dx, [p.x_offset for p in params], atol=1e-12)
     np.testing.assert_allclose(ours.dy, [p.y_offset for p in params], atol=1e-12)
     np.testing.assert_allclose(ours.rotation_y, [p.tilt_angle for p in params], atol=1e-12)
     # and the sample with dark frames and local rows
     sample = AreTomo3ALN.from_file(_write(tmp_path / "s.aln", SAMPLE))
-    ours = read_aretomo_alignment(tmp_path / "s.aln")
+    ours = read_aln(tmp_path / "s.aln")
     assert [g.rot for g in sample.GlobalAlignments] == ours.rotation_z.tolist()
     assert len(sample.LocalAlignments or []) == len(ours.attrs["aretomo"]["local_alignment"]["x"])
 
 
 def test_roundtrip_keeps_header_dark_frames_and_local_rows(tmp_path: Path) -> None:
-    df = read_aretomo_alignment(_write(tmp_path / "a.aln", SAMPLE))
+    df = read_aln(_write(tmp_path / "a.aln", SAMPLE))
     write_aretomo_alignment(df, tmp_path / "b.aln")
-    back = read_aretomo_alignment(tmp_path / "b.aln", experiment_id="a")
+    back = read_aln(tmp_path / "b.aln", experiment_id="a")
     for col in df.columns:
         if col != "source":
             assert back[col].tolist() == df[col].tolist(), col
@@ -168,7 +175,7 @@ def test_roundtrip_hypothesis(
         extra={"gmag": gmag},
     )
     write_aretomo_alignment(model, folder / "t.aln", image_size=(512, 511))
-    back = read_aretomo_alignment(folder / "t.aln", experiment_id=name, pixel_spacing=2.0)
+    back = read_aln(folder / "t.aln", experiment_id=name, pixel_spacing=2.0)
     for col in (
         "rotation_x",
         "rotation_y",
@@ -213,12 +220,171 @@ BAD_ALN = [
 @pytest.mark.parametrize(("content", "message"), BAD_ALN)
 def test_bad_aln(tmp_path: Path, content: str | bytes, message: str) -> None:
     with pytest.raises(FormatError, match=message) as info:
-        read_aretomo_alignment(_write(tmp_path / "bad.aln", content))
+        read_aln(_write(tmp_path / "bad.aln", content))
     assert "bad.aln" in str(info.value)
     assert isinstance(info.value, CryoxrError)
 
 
 def test_bad_local_rows(tmp_path: Path) -> None:
     text = SAMPLE.replace("   2   1  1537.16  -1363.14      1.93      6.22   1.0\n", "")
-    with pytest.raises(FormatError, match="tilts x NumPatches = 6 local alignment rows, found 5"):
-        read_aretomo_alignment(_write(tmp_path / "a.aln", text))
+    with pytest.raises(
+        FormatError,
+        match=r"tilts x NumPatches = 3 x 2 = 6 local alignment rows \(a '# Local Alignment' section\), found 5",
+    ):
+        read_aln(_write(tmp_path / "a.aln", text))
+
+
+# --------------------------------------------------------------------------------------
+# pixel size, per-tilt columns, side files (issue 15) and header refusals (issue 22)
+# --------------------------------------------------------------------------------------
+def test_pixel_spacing_is_required_never_invented(tmp_path: Path) -> None:
+    aln = _write(tmp_path / "TS_01.aln", SAMPLE)
+    with pytest.raises(
+        InvalidValueError,
+        match=r"TS_01\.aln: AreTomo \.aln files store no pixel size; pass pixel_spacing= \(Å per pixel of the tilt images\)",
+    ):
+        read_aretomo_alignment(aln)
+    assert read_aretomo_alignment(aln, pixel_spacing=1.35).pixel_spacing.unique().tolist() == [1.35]
+
+
+def test_per_tilt_columns_from_the_header(tmp_path: Path) -> None:
+    df = read_aln(_write(tmp_path / "TS_01.aln", SAMPLE))
+    assert df.image_size_x.tolist() == [4096] * 3
+    assert df.image_size_y.tolist() == [4096] * 3
+    assert df.tilt_image_center_x.tolist() == [2047.5] * 3  # AreTomo: (n - 1) / 2
+    assert df.excluded.tolist() == [False] * 3  # the dark frame has no row
+
+
+SIDE_CTF = """# Columns: #1 micrograph number; #2 - defocus 1 [A]; #3 - defocus 2; #4 - azimuth of astigmatism; #5 - additional phase shift [radian]; #6 - cross correlation; #7 - spacing (in Angstroms) up to which CTF rings were fit successfully
+   1   40000.00  39000.00     10.00      0.00    0.0100   20.0000
+   2   35000.00  34000.00     40.00      0.52    0.0312    8.2000
+   3   35100.00  34100.00     41.00      0.00    0.0300    8.5000
+   4   35200.00  34200.00     42.00      0.00    0.0290    8.6000
+"""
+#: the sample's 4 sections: tilt, acquisition index (1-based), dose of the image
+SIDE_TLT = "-68.00  4  3.0\n-27.71  2  3.0\n30.00  1  2.0\n33.00  3  3.5\n"
+
+
+def test_aretomo3_ctf_and_tilt_files(tmp_path: Path) -> None:
+    aln = _write(tmp_path / "TS_01.aln", SAMPLE)
+    ctf = _write(tmp_path / "TS_01_CTF.txt", SIDE_CTF)
+    tlt = _write(tmp_path / "TS_01_TLT.txt", SIDE_TLT)
+    df = read_aln(aln, ctf=ctf, tilts=tlt)
+    # 4 CTF rows for 3 aligned tilts + 1 dark frame (index 0 in the tilt-sorted series): row 1 dropped
+    assert df.defocus_u.tolist() == [35000.0, 35100.0, 35200.0]
+    assert df.defocus_v.tolist() == [34000.0, 34100.0, 34200.0]
+    assert df.defocus_angle.tolist() == [40.0, 41.0, 42.0]
+    assert df.phase_shift.tolist() == pytest.approx([np.rad2deg(0.52), 0.0, 0.0])
+    assert df.aretomo_ctf_resolution.tolist() == [8.2, 8.5, 8.6]
+    # sections 1, 2, 3 were acquired 2nd, 1st, 3rd; doses 3, 2, 3.5 (section 0, the dark one, last)
+    assert df.acquisition_order.tolist() == [1, 0, 2]
+    assert df.pre_exposure.tolist() == [2.0, 0.0, 5.0]
+    assert df.aretomo_dose.tolist() == [3.0, 2.0, 3.5]
+    # a CTF file of the aligned tilts only matches them in order
+    lines = SIDE_CTF.splitlines(keepends=True)
+    renumbered = [lines[0], *(f"   {k}" + line[4:] for k, line in enumerate(lines[2:], 1))]
+    three = _write(tmp_path / "three_CTF.txt", "".join(renumbered))
+    assert read_aln(aln, ctf=three).defocus_u.tolist() == [35000.0, 35100.0, 35200.0]
+    two = _write(tmp_path / "two_CTF.txt", "".join(SIDE_CTF.splitlines(keepends=True)[:3]))
+    with pytest.raises(
+        FormatError,
+        match=r"two_CTF\.txt: expected a CTF row per aligned tilt .* \(3\) or per tilt \(4\), found 2",
+    ):
+        read_aln(aln, ctf=two)
+    with pytest.raises(FormatError, match=r"expected each of 1\.\.4 once"):
+        read_aln(aln, tilts=_write(tmp_path / "bad_TLT.txt", SIDE_TLT.replace("  4  3.0", "  2  3.0")))
+    with pytest.raises(FormatError, match=r"expected a row per section .* \(4\), found 3"):
+        read_aln(aln, tilts=_write(tmp_path / "short_TLT.txt", "0 1 1\n0 2 1\n0 3 1\n"))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "RawSize = 4096 4096 4",
+            "RawSize = -64 4096 4",
+            r"line 2, header RawSize value 1: expected an integer in \[1, 2\.14748e\+09\], found '-64'",
+        ),
+        (
+            "RawSize = 4096 4096 4",
+            "RawSize = 0 4096 4",
+            r"header RawSize value 1: expected an integer in \[1, .*found '0'",
+        ),
+        (
+            "RawSize = 4096 4096 4",
+            "RawSize = 1e20 4096 4",
+            r"header RawSize value 1: expected an integer .*found '1e20'",
+        ),
+        ("# Local Alignment\n", "", r"expected tilts x NumPatches = 3 x 2 = 6 local alignment rows"),
+        (
+            "NumPatches = 2",
+            "NumPatches = 0",
+            r"expected tilts x NumPatches = 3 x 0 = 0 local alignment rows .*found 6",
+        ),
+        (
+            "DarkFrame =     0    0",
+            "DarkFrame =     0    2",
+            r"expected the SEC values and DarkFrame sections to be distinct",
+        ),
+        (
+            "\n    3    84.9000",
+            "\n    9    84.9000",
+            r"sections of the input stack \(0\.\.3\), found SEC \[1, 2, 9\]",
+        ),
+        (
+            "  33.00\n",
+            "  1e308\n",
+            r"line 11, column 10 \(TILT\): expected an angle within ±360 deg, found 1e\+308",
+        ),
+    ],
+)
+def test_nonsense_headers_are_refused(tmp_path: Path, old: str, new: str, message: str) -> None:
+    assert old in SAMPLE
+    # NumPatches = 2 but no local section at all: cut the file before it
+    text = SAMPLE.split(old)[0] if old == "# Local Alignment\n" else SAMPLE.replace(old, new)
+    with pytest.raises(FormatError, match=message) as info:
+        read_aln(_write(tmp_path / "bad.aln", text))
+    assert "bad.aln" in str(info.value)
+
+
+def test_excluded_rows_become_dark_frames(tmp_path: Path) -> None:
+    model = cryoxr.make_projection_model(
+        rotation_y=[-3.0, 0.0, 3.0, 6.0],
+        rotation_z=85.0,
+        experiment_id="a",
+        pixel_spacing=1.0,
+        extra={"excluded": [False, True, False, False], "image_size_x": 100, "image_size_y": 80},
+    )
+    write_aretomo_alignment(model, tmp_path / "a.aln")  # RawSize from the size columns
+    text = (tmp_path / "a.aln").read_text()
+    assert "# RawSize = 100 80 4\n" in text
+    assert "# DarkFrame = 1 1 0.0\n" in text  # frame 1 in tilt order, section 1, tilt 0
+    back = read_aln(tmp_path / "a.aln")
+    assert back.rotation_y.tolist() == [-3.0, 3.0, 6.0]
+    assert back.sec.tolist() == [0, 2, 3]
+    assert back.attrs["aretomo"]["dark_frames"] == [[1, 1, 0.0]]
+
+
+def test_writer_warns_about_columns_an_aln_cannot_hold(tmp_path: Path) -> None:
+    df = read_aln(_write(tmp_path / "TS_01.aln", SAMPLE), ctf=_write(tmp_path / "TS_01_CTF.txt", SIDE_CTF))
+    with pytest.warns(
+        UserWarning, match=r"b\.aln \(AreTomo \.aln\) cannot store column\(s\) \['defocus_u', 'defocus_v'"
+    ):
+        write_aretomo_alignment(df, tmp_path / "b.aln")
+    fewer = df.iloc[:2]
+    with pytest.warns(UserWarning, match=r"local alignment rows do not fit its 2 tilts x 2 patches"):
+        write_aretomo_alignment(
+            fewer.drop(columns=[c for c in df.columns if "ctf" in c or "defocus" in c or c == "phase_shift"]),
+            tmp_path / "c.aln",
+        )
+
+
+def test_imod_views_become_sections(tmp_path: Path) -> None:
+    xf = _write(tmp_path / "a.xf", "1 0 0 1 0 0\n1 0 0 1 0 0\n1 0 0 1 0 0\n")
+    model = read_imod_alignment(xf, _write(tmp_path / "a.tlt", "-3\n0\n3\n"), pixel_spacing=1.0)
+    # tilt 0 left out (excluded): its view 1 becomes the dark section, views 0 and 2 the SEC values
+    model["excluded"] = [False, True, False]
+    write_aretomo_alignment(model, tmp_path / "a.aln", image_size=(64, 64))
+    back = read_aln(tmp_path / "a.aln")
+    assert back.sec.tolist() == [0, 2]
+    assert back.attrs["aretomo"]["dark_frames"] == [[1, 1, 0.0]]

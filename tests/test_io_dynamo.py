@@ -31,7 +31,8 @@ def _row(
     eulers: tuple[float, ...] = (0.0, 0.0, 0.0),
     tomo: int = 1,
     xyz: tuple[float, float, float] = (0.0, 0.0, 0.0),
-    n: int = 35,
+    n: int = 36,
+    apix: float = 1.0,
 ) -> list[float]:
     row = [0.0] * n
     row[0] = tag
@@ -39,7 +40,14 @@ def _row(
     row[6:9] = eulers
     row[19] = tomo
     row[23:26] = xyz
+    if n >= 36:
+        row[35] = apix
     return row
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def _write_rows(path: Path, rows: list[list[float]]) -> Path:
@@ -117,12 +125,14 @@ def test_defaults_when_writing_foreign_poses(tmp_path: Path) -> None:
     )
     write_dynamo_table(poses, tmp_path / "a.tbl")
     table = np.loadtxt(tmp_path / "a.tbl")
-    assert table.shape == (2, 36)
+    assert table.shape == (2, 43)  # Dynamo's 42, then the user's column (issue 22: kept, not dropped)
     assert table[:, 35].tolist() == [1.35, 1.35]  # apix carries the pixel size
     assert table[:, 0].tolist() == [1, 2]  # tag
     assert table[:, 1].tolist() == [1, 1]  # aligned
     assert table[:, 19].tolist() == [7, 7]  # tomo
     assert table[:, 35 - 1].tolist() == [0, 0]  # sref
+    assert table[:, 42].tolist() == [1, 2]  # rlnClassNumber
+    assert read_dynamo_table(tmp_path / "a.tbl")["col43"].values.tolist() == [1, 2]
 
 
 def test_tomogram_map(tmp_path: Path) -> None:
@@ -266,7 +276,12 @@ def test_empty_table_is_an_empty_set(tmp_path: Path) -> None:
     empty = cryoxr.make_poseset(np.zeros((0, 3)), experiment_id="TS_01", pixel_spacing=1.35)
     write_dynamo_table(empty, tmp_path / "e.tbl", tomogram_map=tmp_path / "e.doc")
     assert (tmp_path / "e.tbl").read_text().strip() == ""
-    back = read_dynamo_table(tmp_path / "e.tbl", tomogram_map=tmp_path / "e.doc")
+    with pytest.raises(
+        InvalidValueError,
+        match=r"e\.tbl: a Dynamo table with no rows holds no pixel size; pass pixel_spacing=",
+    ):
+        read_dynamo_table(tmp_path / "e.tbl", tomogram_map=tmp_path / "e.doc")
+    back = read_dynamo_table(tmp_path / "e.tbl", tomogram_map=tmp_path / "e.doc", pixel_spacing=1.35)
     assert back.sizes["particle"] == 0
     assert read_dynamo_table(tmp_path / "e.tbl", pixel_spacing=1.35).attrs["pixel_spacing"] == 1.35
 
@@ -284,3 +299,136 @@ def test_chunked_poses_and_chunked_read(tmp_path: Path, rng: np.random.Generator
     assert back.chunks["particle"] == (20, 20, 10)
     np.testing.assert_allclose(back.position.values, poses.position.values, atol=1e-12)
     np.testing.assert_array_equal(back["cc"].values, poses["cc"].values)
+
+
+# --------------------------------------------------------------------------------------
+# real tables (issue 15) and refusals (issue 22)
+# --------------------------------------------------------------------------------------
+#: rows 1, 2, 7 and 9 of test/data/t_complex.tbl (41 columns, MATLAB complex cells in column 28
+#: "daxis") and line 587 (tomogram 4), and the first lines of test/data/tmap_complex.doc, from
+#: the source distribution of dynamotable 0.3.0 (BSD-3-Clause, (c) 2020 CCP-EM); the full files
+#: read to the same values as dynamotable.read (checked by hand, all 42 and 35 columns)
+REAL_COMPLEX_TBL = """\
+2 1 1 -1.4197 0.57826 1.5785 -44.606 4.5303 -14.579 0.052575 0 0 0 0 0 0 0 0 0 1 0 0 0 1018.9 759.36 641.59 0 0 0 0 0 0 0 1 0 0 0 0 0 0 0
+4 1 1 -1.4208 0.58177 0.57748 -60.966 7.3549 61.67 0.050439 0 0 0 0 0 0 0 0 0 1 0 0 0 1006.9 751.05 641.53 0 0+1.2074e-06i 0 0 0 0 0 1 0 0 0 0 0 0 0
+14 1 1 -1.416 -0.42004 -0.58151 151.52 6.5871 -151.3 0.10674 0 0 0 0 0 0 0 0 0 1 0 0 0 1057.2 725.07 644.18 0 8.5377e-07 0 0 0 0 0 1 0 0 0 0 0 0 0
+18 1 1 -0.41975 0.13167 2.5774 136.93 3.4496 -136.09 0.076749 0 0 0 0 0 0 0 0 0 1 0 0 0 1055.5 753.69 645.33 0 0+1.2074e-06i 0 0 0 0 0 1 0 0 0 0 0 0 0
+1190 1 1 -1.4198 -0.41486 -0.65825 -46.936 83.851 160.51 0.086898 0 0 0 0 0 0 0 0 0 4 0 0 0 401.63 748.71 493.31 0 0+1.7075e-06i 0 0 0 0 0 1 0 0 0 0 0 0 0
+"""
+REAL_TMAP = "1\ttomo_ts01.mrc_15.00Apx.mrc\n2\ttomo_ts02.mrc_15.00Apx.mrc\n4\ttomo_ts04.mrc_15.00Apx.mrc\n"
+#: rows 1-3 of test/data/t_double.tbl of the same distribution (35 columns, no apix)
+REAL_DOUBLE_TBL = """\
+1 1 0 2.5178 -3.523 2.1043 175.66 90.681 -129.51 0.15858 0.30415 0 1 -60 60 0 0 0 0 1 1 9 0 141.28 114.71 163.08 0 0 0 0 0 0 0 0 5
+2 1 0 3.2463 1.4558 0.36336 -118.64 88.127 -86.353 0.15606 0.1739 0 1 -60 60 0 0 0 0 1 2 2 0 161.92 97.211 121.46 0 0 0 0 0 0 0 0 4
+3 1 0 -2.9841 -3.6606 2.5777 -87.195 157.87 -148.75 0.26147 0.39155 0 1 -60 60 0 0 0 0 1 3 2 0 22.251 289.97 35.935 0 0 0 0 0 0 0 0 4
+"""
+
+
+def test_real_dynamotable_files_read(tmp_path: Path) -> None:
+    tbl = _write(tmp_path / "t_complex.tbl", REAL_COMPLEX_TBL)
+    doc = _write(tmp_path / "tmap_complex.doc", REAL_TMAP)
+    with pytest.raises(InvalidValueError, match=r"t_complex\.tbl: a Dynamo table with apix values \[0\.0\]"):
+        read_dynamo_table(tbl, tomogram_map=doc)  # its apix column is 0: no pixel size to take
+    ds = read_dynamo_table(tbl, tomogram_map=doc, pixel_spacing=15.0)
+    assert ds.sizes["particle"] == 5
+    assert ds.attrs["n_columns"] == 41
+    # the complex cells read as their real part (0), the real 8.5377e-07 as itself
+    assert ds["daxis"].values.tolist() == [0.0, 0.0, 8.5377e-07, 0.0, 0.0]
+    assert ds["tag"].values.tolist() == [2, 4, 14, 18, 1190]
+    assert ds.position.values[1].tolist() == [1006.9, 751.05, 641.53]
+    assert ds["shift"].values[0].tolist() == [-1.4197, 0.57826, 1.5785]
+    assert ds.experiment_id.values.tolist() == ["tomo_ts01.mrc_15.00Apx.mrc"] * 4 + [
+        "tomo_ts04.mrc_15.00Apx.mrc"
+    ]
+    expected = Rotation.from_euler("zxz", [-44.606, 4.5303, -14.579], degrees=True).inv()
+    assert (ds.cryo.rotation[0] * expected.inv()).magnitude() < 1e-12
+    double = read_dynamo_table(_write(tmp_path / "t_double.tbl", REAL_DOUBLE_TBL), pixel_spacing=10.0)
+    assert double["class"].values.tolist() == [9, 2, 2]
+    assert double["sref"].values.tolist() == [5, 4, 4]
+
+
+@pytest.mark.parametrize(
+    ("cell", "value"),
+    [("0+1.2074e-06i", 0.0), ("-3.5-2e-07i", -3.5), ("2.5+1e-4j", 2.5), ("1e-06i", 0.0), ("+7-0.001i", 7.0)],
+)
+def test_complex_cells_read_as_real_part(tmp_path: Path, cell: str, value: float) -> None:
+    row = (
+        " ".join(map(repr, _row(xyz=(1, 2, 3))[:9]))
+        + f" {cell} "
+        + " ".join(map(repr, _row(xyz=(1, 2, 3))[10:]))
+    )
+    ds = read_dynamo_table(_write(tmp_path / "a.tbl", row + "\n"))
+    assert ds["cc"].values.tolist() == [value]
+
+
+def test_complex_cell_with_a_real_imaginary_part_is_refused(tmp_path: Path) -> None:
+    row = _row()
+    text = " ".join(map(repr, row[:27])) + " 1+0.5i " + " ".join(map(repr, row[28:]))
+    with pytest.raises(
+        FormatError, match=r"a\.tbl, line 1, column 28: expected a real number .* found '1\+0\.5i'"
+    ):
+        read_dynamo_table(_write(tmp_path / "a.tbl", text + "\n"))
+
+
+@pytest.mark.parametrize("tomo", [0, -3])
+def test_tomogram_numbers_below_one_are_refused(tmp_path: Path, tomo: int) -> None:
+    tbl = _write_rows(tmp_path / "a.tbl", [_row(tomo=1), _row(tomo=tomo)])
+    with pytest.raises(
+        FormatError, match=rf"a\.tbl, line 2, column 20 \(tomo\): expected an integer >= 1 .*{tomo}"
+    ):
+        read_dynamo_table(tbl)
+    with pytest.raises(
+        FormatError, match=r"t\.doc, line 1, column 1 \(tomogram number\): expected a number >= 1"
+    ):
+        read_tomogram_map(_write(tmp_path / "t.doc", f"{tomo} TS_00\n"))
+    with pytest.raises(InvalidValueError, match="numbers tomograms from 1"):
+        write_tomogram_map({tomo: "TS_00"}, tmp_path / "u.doc")
+    poses = cryoxr.make_poseset(
+        np.zeros((1, 3)), experiment_id=str(tomo), pixel_spacing=1.0, extra={"tomo": [tomo]}
+    )
+    with pytest.raises(InvalidValueError, match="tomo must hold integers >= 1"):
+        write_dynamo_table(poses, tmp_path / "b.tbl")
+    # an experiment id "0" is no Dynamo number: numbered 1 with the map, never written as 0
+    named = cryoxr.make_poseset(np.zeros((1, 3)), experiment_id=str(tomo), pixel_spacing=1.0)
+    with pytest.raises(InvalidValueError, match="pass tomogram_map="):
+        write_dynamo_table(named, tmp_path / "c.tbl")
+    write_dynamo_table(named, tmp_path / "c.tbl", tomogram_map=tmp_path / "c.doc")
+    back = read_dynamo_table(tmp_path / "c.tbl", tomogram_map=tmp_path / "c.doc")
+    assert back.tomo.values.tolist() == [1]
+    assert back.experiment_id.values.tolist() == [str(tomo)]
+
+
+def test_pixel_spacing_from_apix_or_required(tmp_path: Path) -> None:
+    assert read_dynamo_table(_write_rows(tmp_path / "a.tbl", [_row(apix=2.7)])).attrs["pixel_spacing"] == 2.7
+    for name, rows in (
+        ("none.tbl", [_row(n=35)]),
+        ("zero.tbl", [_row(apix=0)]),
+        ("mixed.tbl", [_row(apix=1), _row(apix=2)]),
+    ):
+        tbl = _write_rows(tmp_path / name, rows)
+        with pytest.raises(InvalidValueError, match=rf"{name}: a Dynamo table with .* pass pixel_spacing="):
+            read_dynamo_table(tbl)
+        assert read_dynamo_table(tbl, pixel_spacing=5.0).attrs["pixel_spacing"] == 5.0
+
+
+def test_user_columns_kept_after_dynamos_and_text_warned(tmp_path: Path) -> None:
+    poses = cryoxr.make_poseset(
+        np.zeros((2, 3)),
+        experiment_id="3",
+        pixel_spacing=2.0,
+        extra={
+            "score": [0.5, 0.25],
+            "col50": [7.0, 8.0],
+            "rlnMicrographName": ["a.mrc", "b.mrc"],
+            "eig1": [1.0, 2.0],
+        },
+    )
+    with pytest.warns(UserWarning, match=r"data variable\(s\) \['rlnMicrographName'\] are not written"):
+        write_dynamo_table(poses, tmp_path / "a.tbl")
+    table = np.loadtxt(tmp_path / "a.tbl")
+    assert table.shape == (2, 51)  # col50 stays in 50, the user's score after it
+    assert table[:, 40].tolist() == [1.0, 2.0]  # eig1 in its own column 41
+    assert table[:, 49].tolist() == [7.0, 8.0]
+    assert table[:, 50].tolist() == [0.5, 0.25]
+    back = read_dynamo_table(tmp_path / "a.tbl")
+    assert back["col51"].values.tolist() == [0.5, 0.25]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from cryoxr.errors import (
 )
 from cryoxr.io.imod import imod_centers, read_imod_alignment, write_imod_alignment
 
+#: the reader with a pixel size (IMOD files store none: the tests of that are below)
+read_imod = functools.partial(read_imod_alignment, pixel_spacing=1.0)
+
 WORKED_XF = "0.0871557 0.9961947 -0.9961947 0.0871557 9.526 5.853"
 
 
@@ -36,9 +40,7 @@ def _write(path: Path, text: str | bytes) -> Path:
 
 def test_worked_numbers_read(tmp_path: Path) -> None:
     # CONVENTIONS.md section 4: (0, 30, 85, dx=5, dy=-10) <=> this xf line and tlt 30
-    df = read_imod_alignment(
-        _write(tmp_path / "a.xf", WORKED_XF + "\n"), _write(tmp_path / "a.tlt", "30.0\n")
-    )
+    df = read_imod(_write(tmp_path / "a.xf", WORKED_XF + "\n"), _write(tmp_path / "a.tlt", "30.0\n"))
     row = df.iloc[0]
     assert row.rotation_x == 0.0
     assert row.rotation_y == 30.0
@@ -94,7 +96,7 @@ def test_imod_geometry_independent_numpy_check(
     a, d, tilts = _random_xf(rng, 7)
     xf, tlt = _write_xf(tmp_path, a, d, tilts)
     dims = (nx, ny, 301)
-    df = read_imod_alignment(xf, tlt, image_size=(nx, ny), tomogram_dimensions=dims)
+    df = read_imod(xf, tlt, image_size=(nx, ny), tomogram_dimensions=dims)
     points = rng.uniform(0, 1, (20, 3)) * np.asarray(dims)
     poses = cryoxr.make_poseset(points, experiment_id="ts", pixel_spacing=1.0)
     raw = cryoxr.project(
@@ -124,7 +126,7 @@ def test_cryoet_alignment_oracle(tmp_path: Path, rng: np.random.Generator) -> No
     a, d, tilts = _random_xf(rng, 15)
     xtilt = _write(tmp_path / "ts.xtilt", "\n".join(repr(float(v)) for v in rng.normal(0, 2, 15)) + "\n")
     xf, tlt = _write_xf(tmp_path, a, d, tilts)
-    ours = read_imod_alignment(xf, tlt, xtilt=xtilt)
+    ours = read_imod(xf, tlt, xtilt=xtilt)
     oracle = Alignment.from_imod(ImodAlignment.read(xf_path=xf, tlt_path=tlt, xtilt_path=xtilt))
     params = oracle.per_section_alignment_parameters
     np.testing.assert_allclose(ours.rotation_z, [p.tilt_axis_rotation for p in params], atol=1e-9)
@@ -138,17 +140,17 @@ def test_options_offsets_and_xtilt(tmp_path: Path) -> None:
     xf = _write(tmp_path / "a.xf", "1 0 0 1 0 0\n1 0 0 1 0 0\n")
     tlt = _write(tmp_path / "a.tlt", "-10\n20\n")
     xtilt = _write(tmp_path / "a.xtilt", "1.5\n2.5\n")
-    df = read_imod_alignment(
+    df = read_imod(
         xf, tlt, xtilt=xtilt, angle_offset=0.5, subtract_angle_offset=2.0, x_axis_tilt=1.0, pixel_spacing=2.7
     )
     assert df.rotation_y.tolist() == [-11.5, 18.5]
     assert df.rotation_x.tolist() == [0.5, 1.5]
     assert df.view.tolist() == [0, 1]
     assert df.pixel_spacing.tolist() == [2.7, 2.7]
-    flipped = read_imod_alignment(xf, tlt, xtilt=xtilt, x_axis_tilt=1.0, xtilt_convention="flipyz")
+    flipped = read_imod(xf, tlt, xtilt=xtilt, x_axis_tilt=1.0, xtilt_convention="flipyz")
     assert flipped.rotation_x.tolist() == [-0.5, -1.5]
     with pytest.raises(InvalidValueError, match="xtilt_convention"):
-        read_imod_alignment(xf, tlt, xtilt_convention="bad")  # type: ignore[arg-type]
+        read_imod(xf, tlt, xtilt_convention="bad")  # type: ignore[arg-type]
 
 
 def test_writer_needs_xtilt_for_rotation_x(tmp_path: Path) -> None:
@@ -222,7 +224,7 @@ def test_roundtrip_hypothesis(
     )
     options = {"x_axis_tilt": x_axis_tilt, "angle_offset": angle_offset, "xtilt_convention": convention}
     write_imod_alignment(model, folder / "t.xf", folder / "t.tlt", xtilt=folder / "t.xtilt", **options)  # type: ignore[arg-type]
-    back = read_imod_alignment(
+    back = read_imod(
         folder / "t.xf",
         folder / "t.tlt",
         xtilt=folder / "t.xtilt",
@@ -247,7 +249,15 @@ BAD_XF = [
     ("0 0 0 0 1 1\n", "line 1: expected an invertible"),
     # blank lines count: the message names the file's line, not the data row
     ("1 0 0 1 0 0\n\n  \n0 0 0 0 1 1\n", "line 4: expected an invertible"),
-    ("\n1 0 0 1 0 0\n\n1e-5 0 0 1 1e304 0\n", r"line 4: expected A11 A12 A21 A22 DX DY giving a finite"),
+    ("\n1 0 0 1 0 0\n\n0.01 0 0 0.01 1e308 0\n", r"line 4: expected A11 A12 A21 A22 DX DY giving a finite"),
+    (
+        "1 0 0 1 0 0\n1.1 0 0 0.9 0 0\n",
+        r"line 2: expected a rotation with at most a magnification .* off a rotation by",
+    ),
+    (
+        "0 1 1 0 0 0\n",
+        r"line 1: expected a rotation \(positive determinant\), not a mirror, found determinant -1",
+    ),
 ]
 
 
@@ -256,7 +266,7 @@ def test_bad_xf(tmp_path: Path, content: str | bytes, message: str) -> None:
     xf = _write(tmp_path / "bad.xf", content)
     tlt = _write(tmp_path / "bad.tlt", "0\n0\n")
     with pytest.raises(FormatError, match=message) as info:
-        read_imod_alignment(xf, tlt)
+        read_imod(xf, tlt)
     assert "bad.xf" in str(info.value)
     assert isinstance(info.value, CryoxrError)
 
@@ -266,22 +276,94 @@ def test_bad_tlt(tmp_path: Path) -> None:
     with pytest.raises(
         FormatError, match=r"a\.tlt: expected one tilt angle per view of a\.xf \(2\), found 3"
     ):
-        read_imod_alignment(xf, _write(tmp_path / "a.tlt", "0\n1\n2\n"))
+        read_imod(xf, _write(tmp_path / "a.tlt", "0\n1\n2\n"))
     with pytest.raises(
         FormatError, match=r"a\.tlt, line 2, column 1 \(angle\): expected a finite number, found 'NaN'"
     ):
-        read_imod_alignment(xf, _write(tmp_path / "a.tlt", "0\nNaN\n"))
+        read_imod(xf, _write(tmp_path / "a.tlt", "0\nNaN\n"))
     with pytest.raises(FormatError, match=r"a\.tlt, line 1: expected 1 columns"):
-        read_imod_alignment(xf, _write(tmp_path / "a.tlt", "0 1\n2 3\n"))
+        read_imod(xf, _write(tmp_path / "a.tlt", "0 1\n2 3\n"))
     with pytest.raises(FormatError, match=r"a\.xtilt: expected one x tilt per view"):
-        read_imod_alignment(
-            xf, _write(tmp_path / "a.tlt", "0\n1\n"), xtilt=_write(tmp_path / "a.xtilt", "0\n")
-        )
+        read_imod(xf, _write(tmp_path / "a.tlt", "0\n1\n"), xtilt=_write(tmp_path / "a.xtilt", "0\n"))
     with pytest.raises(CryoxrFileNotFoundError, match=r"missing\.tlt"):
-        read_imod_alignment(xf, tmp_path / "missing.tlt")
+        read_imod(xf, tmp_path / "missing.tlt")
 
 
 def test_crlf_and_trailing_blank_lines(tmp_path: Path) -> None:
     xf = _write(tmp_path / "a.xf", WORKED_XF + "\r\n" + WORKED_XF + "\r\n\r\n")
     tlt = _write(tmp_path / "a.tlt", "30\r\n-30\r\n")
-    assert read_imod_alignment(xf, tlt).rotation_y.tolist() == [30.0, -30.0]
+    assert read_imod(xf, tlt).rotation_y.tolist() == [30.0, -30.0]
+
+
+# --------------------------------------------------------------------------------------
+# pixel size, magnification, per-tilt columns (issues 15, 21, 22)
+# --------------------------------------------------------------------------------------
+def test_pixel_spacing_is_required_never_invented(tmp_path: Path) -> None:
+    xf, tlt = _write(tmp_path / "a.xf", WORKED_XF + "\n"), _write(tmp_path / "a.tlt", "30\n")
+    with pytest.raises(
+        InvalidValueError,
+        match=r"a\.xf: IMOD \.xf files store no pixel size; pass pixel_spacing= \(Å per pixel of the tilt images\)",
+    ):
+        read_imod_alignment(xf, tlt)
+    for bad in (0.0, -1.35, float("nan"), float("inf"), "abc"):
+        with pytest.raises(InvalidValueError, match=r"a\.xf: pixel_spacing must be"):
+            read_imod_alignment(xf, tlt, pixel_spacing=bad)  # type: ignore[arg-type]
+    assert read_imod_alignment(xf, tlt, pixel_spacing=2.7).pixel_spacing.tolist() == [2.7]
+
+
+def test_magnification_kept_as_a_column_warned_and_written_back(tmp_path: Path) -> None:
+    # A = 1.01 Rz2(-90): rotation_z = 90, m = 1.01; D = (2.02, 0) -> (dx, dy) = -A^-1 D = (0, -2)
+    xf = _write(tmp_path / "m.xf", "1 0 0 1 0 0\n0 1.01 -1.01 0 2.02 0\n")
+    tlt = _write(tmp_path / "m.tlt", "0\n30\n")
+    with pytest.warns(
+        UserWarning,
+        match=r"m\.xf: the \.xf holds magnifications 1\.\.1\.01; kept in column 'imod_magnification'",
+    ):
+        df = read_imod(xf, tlt)
+    assert df.imod_magnification.tolist() == pytest.approx([1.0, 1.01], abs=1e-15)
+    assert df.rotation_z.tolist() == pytest.approx([0.0, 90.0], abs=1e-12)
+    assert df[["dx", "dy"]].values.tolist()[1] == pytest.approx([0.0, -2.0], abs=1e-12)
+    write_imod_alignment(df, tmp_path / "b.xf", tmp_path / "b.tlt")
+    written = np.loadtxt(tmp_path / "b.xf")
+    np.testing.assert_allclose(written, [[1, 0, 0, 1, 0, 0], [0, 1.01, -1.01, 0, 2.02, 0]], atol=1e-12)
+    with pytest.raises(InvalidValueError, match="'imod_magnification' must be finite and > 0"):
+        write_imod_alignment(df.assign(imod_magnification=[1.0, 0.0]), tmp_path / "c.xf", tmp_path / "c.tlt")
+
+
+def test_sizes_and_centres_as_columns(tmp_path: Path) -> None:
+    xf, tlt = _write(tmp_path / "a.xf", WORKED_XF + "\n"), _write(tmp_path / "a.tlt", "30\n")
+    df = read_imod(xf, tlt, image_size=(4096, 4095), tomogram_dimensions=(4096, 4096, 1000))
+    row = df.iloc[0]
+    assert (row.image_size_x, row.image_size_y) == (4096, 4095)
+    assert (row.tilt_image_center_x, row.tilt_image_center_y) == (2047.5, 2047.0)  # IMOD: (n - 1) / 2
+    assert (row.tomogram_size_x, row.tomogram_size_y, row.tomogram_size_z) == (4096, 4096, 1000)
+    bare = read_imod(xf, tlt)
+    assert not {"image_size_x", "tilt_image_center_x", "tomogram_size_x"} & set(bare.columns)
+
+
+def test_tilt_angles_beyond_a_turn_are_refused(tmp_path: Path) -> None:
+    xf = _write(tmp_path / "a.xf", "1 0 0 1 0 0\n1 0 0 1 0 0\n")
+    with pytest.raises(
+        FormatError, match=r"a\.tlt, line 2: expected an angle within ±360 deg, found 1e\+308"
+    ):
+        read_imod(xf, _write(tmp_path / "a.tlt", "0\n1e308\n"))
+
+
+def test_writer_warns_about_columns_it_cannot_store(tmp_path: Path) -> None:
+    model = cryoxr.make_projection_model(
+        rotation_y=[0.0, 3.0],
+        experiment_id="a",
+        pixel_spacing=1.0,
+        extra={"pre_exposure": [0.0, 3.0], "defocus_u": [3e4, 3e4], "defocus_v": [3e4, 3e4], "view": [0, 1]},
+    )
+    with pytest.warns(
+        UserWarning, match=r"cannot store column\(s\) \['pre_exposure', 'defocus_u', 'defocus_v'\]"
+    ):
+        write_imod_alignment(model, tmp_path / "a.xf", tmp_path / "a.tlt")
+    # with a .defocus path the defocus goes there; only the dose is left over
+    with pytest.warns(
+        UserWarning, match=r"cannot store column\(s\) \['pre_exposure'\]: they are not written"
+    ):
+        write_imod_alignment(model, tmp_path / "b.xf", tmp_path / "b.tlt", defocus=tmp_path / "b.defocus")
+    back = read_imod(tmp_path / "b.xf", tmp_path / "b.tlt", defocus=tmp_path / "b.defocus")
+    assert back.defocus_u.tolist() == [3e4, 3e4]

@@ -102,7 +102,10 @@ POSE_PAIRS: dict[str, Any] = {
     ),
     "dynamo": (
         lambda ds, d: write_dynamo_table(ds, d / "p.tbl", tomogram_map=d / "p.doc"),
-        lambda ds, d: read_dynamo_table(d / "p.tbl", tomogram_map=d / "p.doc"),
+        # an empty table has no apix row to take the pixel size from: pass it
+        lambda ds, d: read_dynamo_table(
+            d / "p.tbl", tomogram_map=d / "p.doc", pixel_spacing=ds.attrs["pixel_spacing"]
+        ),
     ),
 }
 

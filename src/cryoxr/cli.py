@@ -41,7 +41,9 @@ CLI_TERMS: dict[str, str] = {
     "pass tomograms= or version=4": "pass --tomograms tomograms.star",
     "pass tomograms=": "pass --tomograms tomograms.star",
     "pass pixel_spacing= (Å)": "pass --pixel-spacing Å",
+    "pass pixel_spacing= (Å per pixel of the tilt images)": "pass --pixel-spacing Å (Å per pixel of the tilt images)",
     "pass pixel_spacing=": "pass --pixel-spacing Å",
+    "pixel_spacing= is only for": "--pixel-spacing is only for",
 }
 
 
@@ -73,6 +75,23 @@ def _add_vector(parser: argparse.ArgumentParser, flag: str, kind: type, help_tex
     """A flag taking X Y (sizes, centres) or X Y Z (``--tomogram-size``)."""
     metavar = ("X", "Y", "Z") if flag == "--tomogram-size" else ("X", "Y")
     parser.add_argument(flag, nargs=len(metavar), type=kind, metavar=metavar, help=help_text)
+
+
+def _angstrom(text: str) -> float:
+    """argparse type: a pixel size in Å, finite and > 0 (``--pixel-spacing``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of Å, found {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a pixel size > 0 Å, found {text!r}")
+    return value
+
+
+#: help of ``--pixel-spacing`` (info, convert, project)
+PIXEL_SPACING_HELP = (
+    "Å per pixel, for files that store none (IMOD .xf, AreTomo .aln, Dynamo .tbl without apix)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="RELION 5 tomograms.star for centred particle coordinates",
     )
+    info.add_argument("--pixel-spacing", type=_angstrom, metavar="Å", help=PIXEL_SPACING_HELP)
 
     convert = sub.add_parser("convert", help="convert images, poses or alignments between formats")
     convert.add_argument("src", type=Path)
@@ -125,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_vector(
         convert, "--image-size", int, "tilt-image size, for alignment formats that record it (AreTomo)"
     )
+    convert.add_argument("--pixel-spacing", type=_angstrom, metavar="Å", help=PIXEL_SPACING_HELP)
     convert.add_argument("--no-progress", action="store_true")
 
     proj = sub.add_parser("project", help="project particles into every tilt image, streaming to zarr")
@@ -142,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tilt-image-center",
         float,
         "rotation centre in the tilt images (default: from the alignment, else size // 2)",
+    )
+    proj.add_argument(
+        "--pixel-spacing", type=_angstrom, metavar="Å", help="Å per pixel of the tilt images (IMOD, AreTomo)"
     )
     proj.add_argument("--margin", type=float, default=0.0, help="field-of-view margin in pixels")
     proj.add_argument("--chunks", type=int, default=100_000, help="particles per chunk")
@@ -217,7 +241,9 @@ def _human(key: str, value: Any) -> str:
 def _cmd_info(args: argparse.Namespace) -> int:
     from cryoxr.io import describe
 
-    reports = [describe(path, tomograms=args.tomograms) for path in args.paths]
+    reports = [
+        describe(path, tomograms=args.tomograms, pixel_spacing=args.pixel_spacing) for path in args.paths
+    ]
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2, default=str))
     else:
@@ -242,6 +268,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             image_size=tuple(args.image_size) if args.image_size else None,
             tomograms=args.tomograms,
+            pixel_spacing=args.pixel_spacing,
         )
     print(f"wrote {', '.join(map(str, written))} in {time.perf_counter() - start:.1f} s")
     return 0
@@ -264,6 +291,8 @@ def _cmd_project(args: argparse.Namespace) -> int:
             f"{args.out}: exists; pass --overwrite to replace it (nothing was written)"
         )
     model = read_alignment(args.alignment)
+
+    model = read_alignment(args.alignment, pixel_spacing=args.pixel_spacing)
     # a RELION 5 tomograms.star holds the sizes RELION 5 particle files need
     star = args.alignment.suffix.lower() == ".star" and args.poses.suffix.lower() == ".star"
     tomograms = args.alignment if star else None  # only RELION particle files take it

@@ -392,7 +392,9 @@ def _write_inputs(data: dict[str, Any], out: Path, *, overwrite: bool, progress:
         write_ome_zarr(data["tomogram"], files["tomogram"], levels=3, overwrite=overwrite)
         write_relion_particles(poses, files["particles"], version=5, tomograms=sizes, overwrite=overwrite)
     write_relion_tilt_series(model, files["tilt series"], tomograms=sizes, overwrite=overwrite)
-    write_imod_alignment(model, files["imod"], out / f"{EXPERIMENT}.tlt", overwrite=overwrite)
+    # an .xf/.tlt holds no dose (the RELION files above keep it): leave it out, no warning
+    geometry = model.drop(columns=["pre_exposure"], errors="ignore")
+    write_imod_alignment(geometry, files["imod"], out / f"{EXPERIMENT}.tlt", overwrite=overwrite)
     return files
 
 

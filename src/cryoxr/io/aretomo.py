@@ -17,11 +17,17 @@ Layout (AreTomo2 ``CSaveAlnFile.cpp``; AreTomo3 adds ``Thickness``)::
 Conversion (as RELION 5, and consistent with AreTomo2's own ``.xf`` export, CONVENTIONS.md
 section 5): ``rotation_z = ROT``, ``rotation_y = TILT``, ``rotation_x = 0``,
 ``(dx, dy) = (TX, TY)`` in pixels of AreTomo's *input* stack. One row per aligned tilt
-(dark frames have no row); :data:`GLOBAL_COLUMNS` says where every column goes, and
-:data:`HEADER_FIELDS` where every header field goes (``df.attrs["aretomo"]``), so writing
-back loses nothing. The local-alignment rows (:data:`LOCAL_COLUMNS`: tilt index, patch,
-patch centre relative to the image centre, residual shift, good flag) are kept in
-``df.attrs["aretomo"]["local_alignment"]`` as lists, not used for geometry.
+(dark frames have no row; ``excluded`` rows written become ``DarkFrame`` lines);
+:data:`GLOBAL_COLUMNS` says where every column goes, and :data:`HEADER_FIELDS` where every
+header field goes (``df.attrs["aretomo"]``), so writing back loses nothing. ``RawSize``
+also fills the per-tilt columns ``image_size_x/y`` and ``tilt_image_center_x/y``;
+AreTomo3's ``_CTF.txt`` and ``_TLT.txt`` (:mod:`cryoxr.io.aretomo_ctf`) add defocus,
+astigmatism, phase shift, acquisition order and pre-exposure. The file stores no pixel
+size: ``pixel_spacing=`` is required. Sizes out of 1..2**31-1, angles beyond ±360 and a
+``NumPatches`` without its local section are refused. The local-alignment rows
+(:data:`LOCAL_COLUMNS`: tilt index, patch, patch centre relative to the image centre,
+residual shift, good flag) are kept in ``df.attrs["aretomo"]["local_alignment"]`` as
+lists, not used for geometry.
 
 Centres: AreTomo2 rotates images about ``((nx - 1) / 2, (ny - 1) / 2)``
 (``Util/GShiftRotate2D.cu``); that is ``df.attrs["tilt_image_center"]`` (from
@@ -45,6 +51,7 @@ Examples
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -54,8 +61,15 @@ import pandas as pd
 
 from cryoxr.errors import FormatError, InvalidValueError
 from cryoxr.io._atomic import atomic_path
-from cryoxr.io.tables import parse_numeric_rows, read_text_lines
-from cryoxr.projection_model import PMDL, make_projection_model, validate_projection_model
+from cryoxr.io.aretomo_ctf import side_file_columns
+from cryoxr.io.plaintext import (
+    file_model,
+    parse_numeric_rows,
+    read_text_lines,
+    require_pixel_spacing,
+    warn_unstored_columns,
+)
+from cryoxr.projection_model import PMDL, PTC, validate_projection_model
 
 __all__ = [
     "GLOBAL_COLUMNS",
@@ -69,6 +83,10 @@ __all__ = [
 
 PathLike = str | os.PathLike[str]
 MAGIC = "# AreTomo Alignment"
+#: largest image size and stack index accepted (MRC's int32 sizes)
+MAX_SIZE = 2**31 - 1
+#: largest angle (deg) accepted in a tilt, tilt axis or offset
+MAX_ANGLE = 360.0
 
 
 class AlnColumn(NamedTuple):
@@ -112,16 +130,20 @@ class AlnHeaderField(NamedTuple):
     attr: str  #: key in ``df.attrs["aretomo"]``
     types: tuple[type, ...]  #: type of each value
     repeated: bool  #: may occur many times (a list of tuples)
+    limits: tuple[tuple[float, float], ...]  #: inclusive range of each value
 
 
+_SIZE = (1.0, float(MAX_SIZE))
+_ANGLE = (-MAX_ANGLE, MAX_ANGLE)
+_INDEX = (0.0, float(MAX_SIZE))
 #: header lines, in the order AreTomo writes them
 HEADER_FIELDS: tuple[AlnHeaderField, ...] = (
-    AlnHeaderField("RawSize", "raw_size", (int, int, int), False),
-    AlnHeaderField("NumPatches", "num_patches", (int,), False),
-    AlnHeaderField("DarkFrame", "dark_frames", (int, int, float), True),
-    AlnHeaderField("AlphaOffset", "alpha_offset", (float,), False),
-    AlnHeaderField("BetaOffset", "beta_offset", (float,), False),
-    AlnHeaderField("Thickness", "thickness", (int,), False),
+    AlnHeaderField("RawSize", "raw_size", (int, int, int), False, (_SIZE, _SIZE, _SIZE)),
+    AlnHeaderField("NumPatches", "num_patches", (int,), False, (_INDEX,)),
+    AlnHeaderField("DarkFrame", "dark_frames", (int, int, float), True, (_INDEX, _INDEX, _ANGLE)),
+    AlnHeaderField("AlphaOffset", "alpha_offset", (float,), False, (_ANGLE,)),
+    AlnHeaderField("BetaOffset", "beta_offset", (float,), False, (_ANGLE,)),
+    AlnHeaderField("Thickness", "thickness", (int,), False, (_INDEX,)),
 )
 _HEADER = {f.key: f for f in HEADER_FIELDS}
 
@@ -134,15 +156,15 @@ def _header_values(path: Path, line_no: int, field: AlnHeaderField, text: str) -
             f"found {len(tokens)} ({text.strip()!r})"
         )
     values: list[Any] = []
-    for k, (token, kind) in enumerate(zip(tokens, field.types, strict=True)):
+    for k, (token, kind, (low, high)) in enumerate(zip(tokens, field.types, field.limits, strict=True)):
         try:
             number = float(token)
         except ValueError:
             raise FormatError(
                 f"{path}, line {line_no}, header {field.key} value {k + 1}: expected a number, found {token!r}"
             ) from None
-        if not np.isfinite(number) or (kind is int and number != round(number)):
-            expected = "an integer" if kind is int else "a finite number"
+        if not (low <= number <= high) or (kind is int and number != round(number)):
+            expected = f"{'an integer' if kind is int else 'a number'} in [{low:g}, {high:g}]"
             raise FormatError(
                 f"{path}, line {line_no}, header {field.key} value {k + 1}: expected {expected}, found {token!r}"
             )
@@ -150,60 +172,27 @@ def _header_values(path: Path, line_no: int, field: AlnHeaderField, text: str) -
     return values
 
 
-def read_aretomo_alignment(
-    aln: PathLike,
-    *,
-    experiment_id: str | None = None,
-    pixel_spacing: float = 1.0,
-) -> pd.DataFrame:
-    """Read an AreTomo ``.aln`` file as a ProjectionModel.
+def _numbers(path: Path, lines: list[tuple[int, str]], columns: Sequence[AlnColumn], what: str) -> np.ndarray:
+    """Rows of ``columns``, each field finite, integer columns integers int64 can hold."""
+    rows = parse_numeric_rows(path, lines, names=[c.name for c in columns], n_columns=len(columns), what=what)
+    line_of = [k for k, text in lines if text.split()]
+    for k, c in enumerate(columns):
+        numbers = rows[:, k]
+        bad = ~((numbers == np.round(numbers)) & (np.abs(numbers) < 2**53)) if c.dtype is int else None
+        if c.field in (PMDL.ROTATION_Y, PMDL.ROTATION_Z):
+            bad = np.abs(numbers) > MAX_ANGLE
+        if bad is not None and bad.any():
+            row = int(np.argmax(bad))
+            expected = "an integer" if c.dtype is int else f"an angle within ±{MAX_ANGLE:g} deg"
+            raise FormatError(
+                f"{path}, line {line_of[row]}, column {k + 1} ({c.name}): expected {expected}, "
+                f"found {float(rows[row, k])!r}"
+            )
+    return rows
 
-    Parameters
-    ----------
-    aln
-        The ``.aln`` file (AreTomo2 or AreTomo3).
-    experiment_id
-        Default: the file's stem.
-    pixel_spacing
-        Å per pixel of AreTomo's input stack (TX/TY are in those pixels whatever
-        ``-OutBin``/``-AtBin``). The file does not store it; the default 1.0 means
-        "in pixels".
 
-    Returns
-    -------
-    pandas.DataFrame
-        One row per aligned tilt, in file order, with extra columns ``sec``, ``gmag``,
-        ``smean``, ``sfit``, ``scale``, ``base``. ``df.attrs``: ``format`` ``"aretomo"``,
-        ``tilt_image_center`` ``((nx - 1) / 2, (ny - 1) / 2)``, ``specimen_center``
-        None, ``center_rule``, and ``aretomo``: a dict of every header field
-        (:data:`HEADER_FIELDS`; ``dark_frames`` as ``[frame, section, tilt]`` lists),
-        unknown header lines (``other_header``), and ``local_alignment`` (dict of
-        lists, :data:`LOCAL_COLUMNS`) or None.
-
-    Raises
-    ------
-    FormatError
-        No ``# AreTomo Alignment`` first line, no ``RawSize``, rows of the wrong width,
-        text or NaN where numbers belong, a row count other than ``RawSize[2]`` minus
-        the dark frames, a local section of other than tilts x patches rows, an empty or
-        non-UTF-8 file.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> aln = pathlib.Path(tempfile.mkdtemp()) / "TS_01.aln"
-    >>> _ = aln.write_text(
-    ...     "# AreTomo Alignment / Priims bprmMn\\n# RawSize = 4096 4096 2\\n# NumPatches = 0\\n"
-    ...     "# DarkFrame =     0    1   -68.00\\n"
-    ...     "# SEC ROT GMAG TX TY SMEAN SFIT SCALE BASE TILT\\n"
-    ...     "    0    85.0000    1.00000      5.000    -10.000     1.00     1.00     1.00     0.00    30.00\\n")
-    >>> df = read_aretomo_alignment(aln)
-    >>> df[["rotation_y", "rotation_z", "dx", "dy", "sec"]].values.tolist()
-    [[30.0, 85.0, 5.0, -10.0, 0.0]]
-    >>> df.attrs["aretomo"]["dark_frames"]
-    [[0, 1, -68.0]]
-    """
-    path, lines = read_text_lines(aln, what="AreTomo .aln")
+def _parse(path: Path, lines: list[str]) -> tuple[dict[str, Any], dict[str, str], list[Any], list[Any]]:
+    """Header values, unknown header lines, and the numbered global and local data lines."""
     if not lines[0].startswith(MAGIC):
         raise FormatError(f"{path}, line 1: expected {MAGIC!r}, found {lines[0][:60]!r}")
     header: dict[str, Any] = {f.attr: ([] if f.repeated else None) for f in HEADER_FIELDS}
@@ -243,74 +232,148 @@ def read_aretomo_alignment(
                 f"{path}, line {line_no}: expected a '# SEC ROT ...' column line first, found data"
             )
         section.append((line_no, text))
+    return header, other, global_lines, local_lines
+
+
+def _check_sections(path: Path, header: dict[str, Any], sections: np.ndarray) -> None:
+    """Dark frames and SEC values: sections of the input stack, each used once."""
+    nz = header["raw_size"][2]
+    dark = [int(d[1]) for d in header["dark_frames"]]
+    used = [*dark, *sections.astype(np.int64).tolist()]
+    if max(used, default=0) >= nz or len(set(used)) != len(used):
+        raise FormatError(
+            f"{path}: expected the SEC values and DarkFrame sections to be distinct sections of the "
+            f"input stack (0..{nz - 1}), found SEC {sections.astype(np.int64).tolist()[:10]} and dark {dark[:10]}"
+        )
+
+
+def read_aretomo_alignment(
+    aln: PathLike,
+    *,
+    pixel_spacing: float | None = None,
+    ctf: PathLike | None = None,
+    tilts: PathLike | None = None,
+    experiment_id: str | None = None,
+) -> pd.DataFrame:
+    """Read an AreTomo ``.aln`` file (and AreTomo3's ``_CTF.txt``, ``_TLT.txt``) as a ProjectionModel.
+
+    Parameters
+    ----------
+    aln
+        The ``.aln`` file (AreTomo2 or AreTomo3).
+    pixel_spacing
+        Å per pixel of AreTomo's input stack (TX/TY are in those pixels whatever
+        ``-OutBin``/``-AtBin``). Required: the file does not store it.
+    ctf
+        AreTomo3's ``_CTF.txt`` (:mod:`cryoxr.io.aretomo_ctf`): ``defocus_u/v``,
+        ``defocus_angle``, ``phase_shift`` and the fit's cross correlation and resolution.
+        Its rows are matched to the tilts in order, after dropping the dark frames (by
+        their index in the tilt-sorted series) when it has a row for each.
+    tilts
+        AreTomo3's ``_TLT.txt``: ``acquisition_order`` and, with its dose column,
+        ``pre_exposure`` (dose of the images acquired before, e/Å²) and ``aretomo_dose``
+        (of the image itself), matched through ``sec``.
+    experiment_id
+        Default: the file's stem.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per aligned tilt, in file order, with extra columns ``sec``, ``gmag``,
+        ``smean``, ``sfit``, ``scale``, ``base``, ``excluded`` (False: AreTomo's dark
+        frames have no row), ``image_size_x/y`` and ``tilt_image_center_x/y`` (from
+        ``RawSize``). ``df.attrs``: ``format`` ``"aretomo"``, ``tilt_image_center``
+        ``((nx - 1) / 2, (ny - 1) / 2)``, ``specimen_center`` None, ``center_rule``, and
+        ``aretomo``: a dict of every header field (:data:`HEADER_FIELDS`; ``dark_frames``
+        as ``[frame, section, tilt]`` lists), unknown header lines (``other_header``), and
+        ``local_alignment`` (dict of lists, :data:`LOCAL_COLUMNS`) or None.
+
+    Raises
+    ------
+    InvalidValueError
+        No ``pixel_spacing``.
+    FormatError
+        No ``# AreTomo Alignment`` first line, no ``RawSize`` or one out of range (sizes
+        1..2**31-1), rows of the wrong width, text or NaN where numbers belong, angles
+        beyond ±360, SEC values that are not distinct sections of the stack, a row count
+        other than ``RawSize[2]`` minus the dark frames, ``NumPatches`` > 0 without a local
+        section of tilts x patches rows (or a local section with ``NumPatches = 0``), an
+        empty or non-UTF-8 file; side files of the wrong length.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> aln = pathlib.Path(tempfile.mkdtemp()) / "TS_01.aln"
+    >>> _ = aln.write_text(
+    ...     "# AreTomo Alignment / Priims bprmMn\\n# RawSize = 4096 4096 2\\n# NumPatches = 0\\n"
+    ...     "# DarkFrame =     0    1   -68.00\\n"
+    ...     "# SEC ROT GMAG TX TY SMEAN SFIT SCALE BASE TILT\\n"
+    ...     "    0    85.0000    1.00000      5.000    -10.000     1.00     1.00     1.00     0.00    30.00\\n")
+    >>> df = read_aretomo_alignment(aln, pixel_spacing=1.35)
+    >>> df[["rotation_y", "rotation_z", "dx", "dy", "sec"]].values.tolist()
+    [[30.0, 85.0, 5.0, -10.0, 0.0]]
+    >>> df.attrs["aretomo"]["dark_frames"]
+    [[0, 1, -68.0]]
+    """
+    spacing = require_pixel_spacing(pixel_spacing, aln, "AreTomo .aln")
+    path, lines = read_text_lines(aln, what="AreTomo .aln")
+    header, other, global_lines, local_lines = _parse(path, lines)
     if header["raw_size"] is None:
         raise FormatError(f"{path}: expected a '# RawSize = nx ny nz' header line, found none")
     n_expected = header["raw_size"][2] - len(header["dark_frames"])
     if not global_lines:
         raise FormatError(f"{path}: expected {n_expected} global alignment rows, found none")
-    table = parse_numeric_rows(
-        path,
-        global_lines,
-        names=[c.name for c in GLOBAL_COLUMNS],
-        n_columns=len(GLOBAL_COLUMNS),
-        what="AreTomo global alignment",
-    )
+    table = _numbers(path, global_lines, GLOBAL_COLUMNS, "AreTomo global alignment")
     if table.shape[0] != n_expected:
         raise FormatError(
             f"{path}: expected RawSize[2] - dark frames = {n_expected} global alignment rows, found {table.shape[0]}"
         )
+    _check_sections(path, header, table[:, 0])
+    n_patches = int(header["num_patches"] or 0)
     local: dict[str, list[float]] | None = None
-    if local_lines:
-        rows = parse_numeric_rows(
-            path,
-            local_lines,
-            names=[c.name for c in LOCAL_COLUMNS],
-            n_columns=len(LOCAL_COLUMNS),
-            what="local",
-        )
-        n_local = n_expected * int(header["num_patches"] or 0)
+    if local_lines or n_patches:
+        n_local = n_expected * n_patches
+        rows = _numbers(path, local_lines, LOCAL_COLUMNS, "local") if local_lines else np.zeros((0, 0))
         if rows.shape[0] != n_local:
             raise FormatError(
-                f"{path}: expected tilts x NumPatches = {n_local} local alignment rows, found {rows.shape[0]}"
+                f"{path}: expected tilts x NumPatches = {n_expected} x {n_patches} = {n_local} local alignment "
+                f"rows (a '# Local Alignment' section), found {rows.shape[0]}"
             )
-        for k, c in enumerate(LOCAL_COLUMNS):
-            numbers = rows[:, k]
-            # integers as int64 can hold them exactly (no cast warning on 1e308)
-            bad = ~((numbers == np.round(numbers)) & (np.abs(numbers) < 2**53))
-            if c.dtype is int and bad.any():
-                row = int(np.argmax(bad))
-                raise FormatError(
-                    f"{path}, line {local_lines[row][0]}, column {k + 1} ({c.name}): expected an integer, "
-                    f"found {float(rows[row, k])!r}"
-                )
         local = {
             c.name: (rows[:, k].astype(np.int64) if c.dtype is int else rows[:, k]).tolist()
             for k, c in enumerate(LOCAL_COLUMNS)
         }
     by_field = {c.field: table[:, k] for k, c in enumerate(GLOBAL_COLUMNS)}
-    extra = {c.field: by_field[c.field] for c in GLOBAL_COLUMNS if c.field not in PMDL.ALL}
     nx, ny = header["raw_size"][:2]
-    df = make_projection_model(
-        rotation_x=0.0,
-        rotation_y=by_field[PMDL.ROTATION_Y],
-        rotation_z=by_field[PMDL.ROTATION_Z],
-        dx=by_field[PMDL.SHIFT_X],
-        dy=by_field[PMDL.SHIFT_Y],
-        experiment_id=experiment_id if experiment_id is not None else path.stem,
-        pixel_spacing=pixel_spacing,
-        source=str(path),
-        extra=extra,
-    )
-    df.attrs.update(
+    center = ((nx - 1) / 2.0, (ny - 1) / 2.0)
+    extra: dict[str, Any] = {c.field: by_field[c.field] for c in GLOBAL_COLUMNS if c.field not in PMDL.ALL}
+    extra.update(
         {
-            "format": "aretomo",
-            "center_rule": "(n - 1) / 2 for tilt images; specimen centre not settled",
-            "tilt_image_center": ((nx - 1) / 2.0, (ny - 1) / 2.0),
-            "specimen_center": None,
-            "aretomo": {**header, "other_header": other, "local_alignment": local},
+            PTC.EXCLUDED: False,
+            **dict(zip(PTC.IMAGE_SIZE, (nx, ny), strict=True)),
+            **dict(zip(PTC.TILT_IMAGE_CENTER, center, strict=True)),
         }
     )
-    return df
+    extra.update(side_file_columns(path, header, by_field["sec"].astype(np.int64), ctf, tilts))
+    return file_model(
+        path,
+        {
+            PMDL.ROTATION_Y: by_field[PMDL.ROTATION_Y],
+            PMDL.ROTATION_Z: by_field[PMDL.ROTATION_Z],
+            PMDL.SHIFT_X: by_field[PMDL.SHIFT_X],
+            PMDL.SHIFT_Y: by_field[PMDL.SHIFT_Y],
+        },
+        experiment_id=experiment_id,
+        pixel_spacing=spacing,
+        extra=extra,
+        attrs={
+            "format": "aretomo",
+            "center_rule": "(n - 1) / 2 for tilt images; specimen centre not settled",
+            "tilt_image_center": center,
+            "specimen_center": None,
+            "aretomo": {**header, "other_header": other, "local_alignment": local},
+        },
+    )
 
 
 def _fmt(value: float, dtype: type) -> str:
@@ -318,6 +381,26 @@ def _fmt(value: float, dtype: type) -> str:
         return str(round(float(value)))
     text = repr(float(value))
     return "0.0" if text == "-0.0" else text
+
+
+def _raw_size(
+    model: pd.DataFrame, header: dict[str, Any], image_size: Sequence[int] | None
+) -> list[int] | None:
+    """``(nx, ny)`` of the input stack: ``image_size``, else the model's RawSize, else its size columns."""
+    if image_size is not None:
+        size = [int(v) for v in image_size]
+        if len(size) != 2 or not all(1 <= v <= MAX_SIZE for v in size):
+            raise InvalidValueError(
+                f"write_aretomo_alignment: image_size must be (nx, ny) in 1..{MAX_SIZE}, found {image_size!r}"
+            )
+        return size
+    if header["raw_size"] is not None:
+        return [int(v) for v in header["raw_size"][:2]]
+    if all(c in model.columns for c in PTC.IMAGE_SIZE):
+        sizes = model[PTC.IMAGE_SIZE].drop_duplicates()
+        if len(sizes) == 1 and sizes.notna().all(axis=None):
+            return [int(v) for v in sizes.iloc[0]]
+    return None
 
 
 def write_aretomo_alignment(
@@ -331,10 +414,13 @@ def write_aretomo_alignment(
 
     Header fields come from ``model.attrs["aretomo"]`` when the model was read from an
     ``.aln`` (dark frames, offsets, thickness, local alignment and unknown lines are
-    written back); otherwise ``RawSize`` is ``image_size`` and the number of rows, no
-    dark frames, offsets 0 and ``NumPatches = 0``. Columns :data:`GLOBAL_COLUMNS` come
-    from the model (extra columns when present, else AreTomo's constants; ``SEC`` from
-    the row order, skipping dark sections). Numbers are written at full precision.
+    written back); otherwise ``RawSize`` is ``image_size`` (else the ``image_size_x/y``
+    columns) and the number of tilts, offsets 0 and ``NumPatches = 0``. Rows whose
+    ``excluded`` column is True become ``DarkFrame`` lines (section from ``sec`` or the
+    row order, frame = rank of the tilt angle). Columns :data:`GLOBAL_COLUMNS` come from
+    the model (extra columns when present, else AreTomo's constants; ``SEC`` from ``sec``,
+    else IMOD's ``view``, else the row order skipping dark sections). Numbers are written at full precision. Columns an
+    ``.aln`` cannot hold (defocus, dose, ...) are named in a warning.
 
     Parameters
     ----------
@@ -345,7 +431,7 @@ def write_aretomo_alignment(
         Output path.
     image_size
         ``(nx, ny)`` of AreTomo's input stack; needed when the model carries no
-        ``RawSize``, and overrides it when given.
+        ``RawSize`` or uniform size columns, and overrides them when given.
     overwrite
         Replace an existing file; otherwise raise
         :class:`~cryoxr.errors.FileExistsNoOverwriteError`.
@@ -373,7 +459,6 @@ def write_aretomo_alignment(
             f"write_aretomo_alignment: an .aln has no per-tilt x tilt; rotation_x must be 0, found up to "
             f"{float(np.max(np.abs(rx))):g} deg"
         )
-    n = len(model)
     stored = model.attrs.get("aretomo") if isinstance(model.attrs.get("aretomo"), dict) else None
     header: dict[str, Any] = {f.attr: ([] if f.repeated else None) for f in HEADER_FIELDS}
     other: dict[str, str] = {}
@@ -383,27 +468,39 @@ def write_aretomo_alignment(
         other = dict(stored.get("other_header") or {})
         local = stored.get("local_alignment")
     dark = [list(d) for d in header["dark_frames"] or []]
-    if image_size is not None:
-        size = [int(v) for v in image_size]
-        if len(size) != 2 or min(size) <= 0:
-            raise InvalidValueError(
-                f"write_aretomo_alignment: image_size must be (nx, ny) > 0, found {image_size!r}"
-            )
-        header["raw_size"] = [size[0], size[1], n + len(dark)]
-    if header["raw_size"] is None:
-        raise InvalidValueError(
-            "write_aretomo_alignment: the model carries no AreTomo RawSize; pass image_size=(nx, ny)"
-        )
-    if int(header["raw_size"][2]) != n + len(dark):
-        raise InvalidValueError(
-            f"write_aretomo_alignment: RawSize[2] ({header['raw_size'][2]}) must equal the rows ({n}) plus "
-            f"the dark frames ({len(dark)})"
-        )
-    if local is not None and len(local.get("tilt", [])) != n * int(header["num_patches"] or 0):
-        local = None  # rows were added or dropped: the stored patches no longer fit
-    header["num_patches"] = int(header["num_patches"] or 0) if local is not None else 0
+    excluded = (
+        model[PTC.EXCLUDED].to_numpy(dtype=bool)
+        if PTC.EXCLUDED in model.columns
+        else np.zeros(len(model), bool)
+    )
     dark_sections = {int(d[1]) for d in dark}
-    sections = [s for s in range(n + len(dark)) if s not in dark_sections][:n]
+    free = [s for s in range(len(model) + len(dark)) if s not in dark_sections]
+    # the input-stack section: AreTomo's SEC, else IMOD's view (the same 0-based index)
+    index = next((c for c in ("sec", "view") if c in model.columns), None)
+    sections = model[index].to_numpy(dtype=np.float64) if index else np.asarray(free[: len(model)], float)
+    if excluded.any():
+        tilts = np.concatenate([model[PMDL.ROTATION_Y].to_numpy(dtype=np.float64), [d[2] for d in dark]])
+        rank = np.argsort(np.argsort(tilts, kind="stable"), kind="stable")
+        dark.extend([int(rank[i]), int(sections[i]), float(tilts[i])] for i in np.flatnonzero(excluded))
+        model, sections = model[~excluded], sections[~excluded]
+    n = len(model)
+    if n == 0:
+        raise InvalidValueError("write_aretomo_alignment: every tilt is excluded; an .aln needs at least one")
+    size = _raw_size(model, header, image_size)
+    if size is None:
+        raise InvalidValueError(
+            "write_aretomo_alignment: the model carries no AreTomo RawSize or image_size_x/y; pass image_size=(nx, ny)"
+        )
+    header["raw_size"] = [size[0], size[1], n + len(dark)]
+    header["dark_frames"] = dark
+    if local is not None and len(local.get("tilt", [])) != n * int(header["num_patches"] or 0):
+        warnings.warn(
+            f"{aln}: the model's {len(local.get('tilt', []))} local alignment rows do not fit its {n} tilts "
+            f"x {header['num_patches']} patches (tilts were added or dropped); they are not written",
+            stacklevel=2,
+        )
+        local = None
+    header["num_patches"] = int(header["num_patches"] or 0) if local is not None else 0
     lines = [f"{MAGIC} / Priims bprmMn"]
     for field in HEADER_FIELDS:
         value = header[field.attr]
@@ -420,10 +517,10 @@ def write_aretomo_alignment(
     lines.append("# " + " ".join(f"{c.name:>9}" for c in GLOBAL_COLUMNS).strip())
     columns = []
     for c in GLOBAL_COLUMNS:
-        if c.field in model.columns:
+        if c.name == "SEC":
+            columns.append(sections)
+        elif c.field in model.columns:
             columns.append(model[c.field].to_numpy(dtype=np.float64))
-        elif c.name == "SEC":
-            columns.append(np.asarray(sections, dtype=np.float64))
         else:
             columns.append(np.full(n, c.default))
     for row in zip(*columns, strict=True):
@@ -432,5 +529,11 @@ def write_aretomo_alignment(
         lines.append("# Local Alignment")
         for row in zip(*(local[c.name] for c in LOCAL_COLUMNS), strict=True):
             lines.append(" ".join(f"{_fmt(v, c.dtype):>9}" for v, c in zip(row, LOCAL_COLUMNS, strict=True)))
+    kept = [c.field for c in GLOBAL_COLUMNS] + ["view", PTC.EXCLUDED, *PTC.IMAGE_SIZE]
+    if all(c in model.columns for c in PTC.TILT_IMAGE_CENTER) and np.allclose(
+        model[PTC.TILT_IMAGE_CENTER].to_numpy(dtype=np.float64), [(size[0] - 1) / 2, (size[1] - 1) / 2]
+    ):
+        kept.extend(PTC.TILT_IMAGE_CENTER)  # AreTomo's own centre: RawSize holds it
+    warn_unstored_columns(model, kept, f"{aln} (AreTomo .aln)")
     with atomic_path(aln, overwrite=overwrite) as tmp:
         tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")

@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 import xarray as xr
 
-from cryoxr.errors import FileExistsNoOverwriteError, UnknownFormatError
+from cryoxr.errors import FileExistsNoOverwriteError, InvalidValueError, UnknownFormatError
 from cryoxr.image import Image
 from cryoxr.io import aretomo, dynamo, imod, mrc, ome_zarr, relion
 from cryoxr.io.describe import CONVERTIBLE_KINDS, file_kind, suffix_of, tomograms_option
@@ -145,6 +145,7 @@ def convert(
     overwrite: bool = False,
     image_size: tuple[int, int] | None = None,
     tomograms: PathLike | None = None,
+    pixel_spacing: float | None = None,
 ) -> list[Path]:
     """Read ``src`` and write it to ``dst`` in another format of the same kind.
 
@@ -166,6 +167,8 @@ def convert(
     tomograms
         A RELION 5 ``tomograms.star``: the tomogram sizes that RELION 5 particle files
         (centred coordinates) and tilt-series files need, for reading and for writing.
+    pixel_spacing
+        Å per pixel of a source that stores none (IMOD, AreTomo, Dynamo without apix).
 
     Returns
     -------
@@ -186,11 +189,15 @@ def convert(
         )
     obj: Any
     if kind == "image":
+        if pixel_spacing is not None:
+            raise InvalidValueError(
+                f"{src_path}: an image stores its pixel size; pixel_spacing= is only for files that store none"
+            )
         obj = open_image(src_path)
     elif kind == "poses":
-        obj = read_poses(src_path, **tomograms_option(tomograms))
+        obj = read_poses(src_path, pixel_spacing=pixel_spacing, **tomograms_option(tomograms))
     else:
-        obj = read_alignment(src_path)
+        obj = read_alignment(src_path, pixel_spacing=pixel_spacing)
     options = WriteOptions(
         overwrite=overwrite, image_size=image_size, tomograms=None if tomograms is None else Path(tomograms)
     )

@@ -49,7 +49,7 @@ from cryoxr.errors import CryoxrFileNotFoundError, UnknownFormatError
 from cryoxr.image import Image
 from cryoxr.io.images import IMAGE_READERS, open_image
 from cryoxr.io.star import read_star
-from cryoxr.io.tables import _sniff, read_alignment, read_numeric_table, read_poses
+from cryoxr.io.tables import _sniff, read_alignment, read_numeric_table, read_poses, takes_pixel_spacing
 from cryoxr.poseset import experiment_ids
 from cryoxr.projection_model import PMDL
 
@@ -209,8 +209,12 @@ def _describe_image(path: Path, **_: Any) -> dict[str, Any]:
     }
 
 
-def _describe_poses(path: Path, *, tomograms: PathLike | None = None) -> dict[str, Any]:
-    poses: xr.Dataset = read_poses(path, **tomograms_option(tomograms))
+def _describe_poses(
+    path: Path, *, tomograms: PathLike | None = None, pixel_spacing: float | None = None
+) -> dict[str, Any]:
+    # a pixel size for the files that store none (a RELION file keeps its own)
+    spacing = pixel_spacing if pixel_spacing is not None and takes_pixel_spacing(path, "poses") else None
+    poses: xr.Dataset = read_poses(path, pixel_spacing=spacing, **tomograms_option(tomograms))
     ids = experiment_ids(poses)
     modelled = {"position", "shift", "orientation"}
     chunks = poses["position"].chunksizes.get("particle") if poses["position"].chunks else None
@@ -263,8 +267,9 @@ MODEL_RANGES = {
 }
 
 
-def _describe_alignment(path: Path, **_: Any) -> dict[str, Any]:
-    model: pd.DataFrame = read_alignment(path)
+def _describe_alignment(path: Path, *, pixel_spacing: float | None = None, **_: Any) -> dict[str, Any]:
+    spacing = pixel_spacing if pixel_spacing is not None and takes_pixel_spacing(path, "alignment") else None
+    model: pd.DataFrame = read_alignment(path, pixel_spacing=spacing)
     per = model.groupby(PMDL.EXPERIMENT_ID, sort=False).size()
     return {
         "kind": "alignment",
@@ -348,7 +353,7 @@ def _describe_projected(path: Path, **_: Any) -> dict[str, Any]:
     return report
 
 
-#: kind -> ``describe_kind(path, *, tomograms=None)``
+#: kind -> ``describe_kind(path, *, tomograms=None, pixel_spacing=None)``
 DESCRIBERS: dict[str, Callable[..., dict[str, Any]]] = {
     "image": _describe_image,
     "poses": _describe_poses,
@@ -360,7 +365,9 @@ DESCRIBERS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def describe(path: PathLike, *, tomograms: PathLike | None = None) -> dict[str, Any]:
+def describe(
+    path: PathLike, *, tomograms: PathLike | None = None, pixel_spacing: float | None = None
+) -> dict[str, Any]:
     """What a file holds: kind, shape or counts, pixel spacing, experiments, size on disk.
 
     Reads headers and tables, never image voxels. Used by ``cryoxr info``.
@@ -372,6 +379,9 @@ def describe(path: PathLike, *, tomograms: PathLike | None = None) -> dict[str, 
     tomograms
         A RELION 5 ``tomograms.star`` for a particle file with centred coordinates
         (by default the one beside it is used).
+    pixel_spacing
+        Å per pixel of a pose or alignment file that stores none (IMOD, AreTomo, Dynamo
+        without apix); files that store their own (RELION, images) keep it.
 
     Returns
     -------
@@ -381,6 +391,6 @@ def describe(path: PathLike, *, tomograms: PathLike | None = None) -> dict[str, 
     p = Path(path)
     kind = file_kind(p)
     report: dict[str, Any] = {"path": str(p), "format": _format_name(p, kind)}
-    report.update(DESCRIBERS[kind](p, tomograms=tomograms))
+    report.update(DESCRIBERS[kind](p, tomograms=tomograms, pixel_spacing=pixel_spacing))
     report["size_on_disk"] = _disk_size(p)
     return report

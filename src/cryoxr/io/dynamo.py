@@ -49,13 +49,14 @@ from scipy.spatial.transform import Rotation
 
 from cryoxr.errors import FormatError, InvalidValueError
 from cryoxr.io._atomic import atomic_path, atomic_paths
-from cryoxr.io.tables import data_row_line, read_numeric_table, read_text_lines
+from cryoxr.io.plaintext import PIXEL_SPACING_ADVICE, data_row_line, read_numeric_table, read_text_lines
 from cryoxr.poseset import experiment_ids, make_poseset, rotation, validate_poseset
 
 __all__ = [
     "DYNAMO_COLUMNS",
     "DYNAMO_EULER_SEQUENCE",
     "ORIGIN_OFFSETS",
+    "USER_COLUMNS_FROM",
     "DynamoColumn",
     "read_dynamo_table",
     "read_tomogram_map",
@@ -77,61 +78,43 @@ class DynamoColumn(NamedTuple):
     default: float  #: value written when the PoseSet has nothing for it
 
 
-def _c(
-    number: int, name: str, dtype: type, field: str = "data variable", default: float = 0.0
-) -> DynamoColumn:
-    return DynamoColumn(number, name, dtype, field, default)
+def _words(text: str) -> list[str]:
+    return text.split()
 
 
-#: Dynamo's table convention (wiki "Table convention"; names as teamtomo dynamotable)
-DYNAMO_COLUMNS: tuple[DynamoColumn, ...] = (
-    _c(1, "tag", int, "data variable (default 1..N)"),
-    _c(2, "aligned", int, default=1.0),
-    _c(3, "averaged", int, default=1.0),
-    _c(4, "dx", float, "shift x"),
-    _c(5, "dy", float, "shift y"),
-    _c(6, "dz", float, "shift z"),
-    _c(7, "tdrot", float, "orientation (zxz extrinsic, inverted)"),
-    _c(8, "tilt", float, "orientation (zxz extrinsic, inverted)"),
-    _c(9, "narot", float, "orientation (zxz extrinsic, inverted)"),
-    _c(10, "cc", float),
-    _c(11, "cc2", float),
-    _c(12, "cpu", int),
-    _c(13, "ftype", int),
-    _c(14, "ymintilt", float),
-    _c(15, "ymaxtilt", float),
-    _c(16, "xmintilt", float),
-    _c(17, "xmaxtilt", float),
-    _c(18, "fs1", float),
-    _c(19, "fs2", float),
-    _c(20, "tomo", int, "experiment_id (through the tomogram map) and data variable tomo"),
-    _c(21, "reg", int),
-    _c(22, "class", int),
-    _c(23, "annotation", int),
-    _c(24, "x", float, "position x (+ origin offset)"),
-    _c(25, "y", float, "position y (+ origin offset)"),
-    _c(26, "z", float, "position z (+ origin offset)"),
-    _c(27, "dshift", float),
-    _c(28, "daxis", float),
-    _c(29, "dnarot", float),
-    _c(30, "dcc", float),
-    _c(31, "otag", int),
-    _c(32, "npar", int),
-    _c(33, "col33", float),
-    _c(34, "ref", int),
-    _c(35, "sref", int),
-    _c(36, "apix", float, "data variable; pixel_spacing when uniform and > 0"),
-    _c(37, "def", float),
-    _c(38, "col38", float),
-    _c(39, "col39", float),
-    _c(40, "col40", float),
-    _c(41, "eig1", float),
-    _c(42, "eig2", float),
+#: Dynamo's column names in column order (wiki "Table convention"; names as teamtomo
+#: dynamotable, its undefined 33, 38-40 as ``col<n>``)
+_NAMES = _words(
+    "tag aligned averaged dx dy dz tdrot tilt narot cc cc2 cpu ftype ymintilt ymaxtilt xmintilt "
+    "xmaxtilt fs1 fs2 tomo reg class annotation x y z dshift daxis dnarot dcc otag npar col33 ref "
+    "sref apix def col38 col39 col40 eig1 eig2"
+)
+_INTEGER = set(_words("tag aligned averaged cpu ftype tomo reg class annotation otag npar ref sref"))
+_FIELDS = {
+    "tag": "data variable (default 1..N)",
+    **{f"d{a}": f"shift {a}" for a in "xyz"},
+    **dict.fromkeys(("tdrot", "tilt", "narot"), "orientation (zxz extrinsic, inverted)"),
+    "tomo": "experiment_id (through the tomogram map) and data variable tomo",
+    **{a: f"position {a} (+ origin offset)" for a in "xyz"},
+    "apix": "data variable; pixel_spacing when uniform and > 0",
+}
+#: Dynamo's table convention, one row per column
+DYNAMO_COLUMNS: tuple[DynamoColumn, ...] = tuple(
+    DynamoColumn(
+        number,
+        name,
+        int if name in _INTEGER else float,
+        _FIELDS.get(name, "data variable"),
+        1.0 if name in ("aligned", "averaged") else 0.0,
+    )
+    for number, name in enumerate(_NAMES, 1)
 )
 _BY_NAME = {c.name: c for c in DYNAMO_COLUMNS}
 #: fewest columns cryoxr reads (through z) and writes (Dynamo's standard table)
 MIN_READ_COLUMNS = 26
 MIN_WRITE_COLUMNS = 36  # through apix (36), so the pixel size survives a round trip
+#: first column of data variables that have no Dynamo column (after Dynamo's 42)
+USER_COLUMNS_FROM = len(_NAMES) + 1
 #: scipy sequence of Dynamo's Euler angles; orientation = ``from_euler(...).inv()``
 DYNAMO_EULER_SEQUENCE = "zxz"
 #: keyword ``origin`` -> what is subtracted from table x, y, z to get cryoxr positions
@@ -183,6 +166,11 @@ def read_tomogram_map(path: PathLike) -> dict[int, str]:
             raise FormatError(
                 f"{p}, line {line_no}, column 2 (tomogram): expected a name or path, found nothing"
             )
+        if number < 1:
+            raise FormatError(
+                f"{p}, line {line_no}, column 1 (tomogram number): expected a number >= 1 (Dynamo counts "
+                f"tomograms from 1), found {number}"
+            )
         if number in mapping:
             raise FormatError(
                 f"{p}, line {line_no}: expected each tomogram number once, found {number} again"
@@ -221,6 +209,9 @@ def _tomogram_map_text(mapping: Mapping[int, str]) -> str:
                 f"write_tomogram_map: tomogram {number} must be a one-line name without surrounding "
                 f"whitespace, found {name!r}"
             )
+    low = [k for k in mapping if int(k) < 1]
+    if low:
+        raise InvalidValueError(f"write_tomogram_map: Dynamo numbers tomograms from 1, found {low[:5]}")
     return "".join(f"{int(k)} {mapping[k]}\n" for k in sorted(mapping))
 
 
@@ -248,7 +239,8 @@ def read_dynamo_table(
         (subtract 1). See the module docstring: Dynamo's own choice is unresolved.
     pixel_spacing
         Å per pixel. None (default): the ``apix`` column when it is present, > 0 and the
-        same for every particle, else 1.0.
+        same for every particle; a table without one needs ``pixel_spacing=`` (an
+        InvalidValueError says so).
     chunks
         Particles per chunk (see :func:`cryoxr.make_poseset`).
 
@@ -262,7 +254,15 @@ def read_dynamo_table(
     ------
     FormatError
         Fewer than 26 columns, ragged rows, text or NaN where numbers belong, an empty or
-        non-UTF-8 file, or a ``tomo`` number missing from the map.
+        non-UTF-8 file, a ``tomo`` number below 1 or missing from the map.
+    InvalidValueError
+        No usable ``apix`` column and no ``pixel_spacing``.
+
+    Notes
+    -----
+    MATLAB complex cells (``0+1.2074e-06i``, written by Dynamo's ``dwrite`` where an
+    ``acos`` of a cosine a rounding error above 1 became complex) read as their real
+    part; an imaginary part above 1e-3 is refused.
 
     Examples
     --------
@@ -271,7 +271,7 @@ def read_dynamo_table(
     >>> row = [0.0] * 35
     >>> row[0], row[6:9], row[19], row[23:26] = 7, [10, 20, 30], 3, [1, 2, 3]
     >>> _ = tbl.write_text(" ".join(map(str, row)) + "\\n")
-    >>> ds = read_dynamo_table(tbl, origin="corner")
+    >>> ds = read_dynamo_table(tbl, origin="corner", pixel_spacing=1.35)
     >>> ds.position.values.tolist(), ds.experiment_id.values.tolist(), int(ds.tag[0])
     ([[0.5, 1.5, 2.5]], ['3'], 7)
     >>> ds.cryo.rotation.as_matrix().round(4)[0].tolist()
@@ -279,18 +279,25 @@ def read_dynamo_table(
     """
     offset = _origin_offset(origin, "read_dynamo_table")
     path, table = read_numeric_table(
-        tbl, names=_column_name, min_columns=MIN_READ_COLUMNS, what="Dynamo table (.tbl)", allow_empty=True
+        tbl,
+        names=_column_name,
+        min_columns=MIN_READ_COLUMNS,
+        what="Dynamo table (.tbl)",
+        allow_empty=True,
+        complex_cells=True,
     )
     if table.shape[0] == 0:  # Dynamo writes a set of 0 particles as an empty file
         table = np.zeros((0, MIN_WRITE_COLUMNS))
     n, n_columns = table.shape
     col = {c.name: table[:, c.number - 1] for c in DYNAMO_COLUMNS if c.number <= n_columns}
     tomo = col["tomo"]
-    if not _integral(tomo).all():
-        row = int(np.argmax(~_integral(tomo)))
+    bad = ~(_integral(tomo) & (tomo >= 1))
+    if bad.any():
+        row = int(np.argmax(bad))
         line = data_row_line(path, row)  # the file's line, blank lines counted
         raise FormatError(
-            f"{path}, line {line}, column 20 (tomo): expected an integer, found {float(tomo[row])!r}"
+            f"{path}, line {line}, column 20 (tomo): expected an integer >= 1 (Dynamo counts tomograms "
+            f"from 1), found {float(tomo[row])!r}"
         )
     tomo_int = tomo.astype(np.int64)
     if tomogram_map is None:
@@ -308,8 +315,16 @@ def read_dynamo_table(
         ids = np.asarray([mapping[int(t)] for t in tomo_int], dtype=str)
     if pixel_spacing is None:
         apix = col.get("apix")
-        uniform = apix is not None and n > 0 and bool((apix == apix[0]).all()) and apix[0] > 0
-        pixel_spacing = float(apix[0]) if uniform and apix is not None else 1.0
+        if apix is not None and n > 0 and bool((apix == apix[0]).all()) and apix[0] > 0:
+            pixel_spacing = float(apix[0])
+        else:
+            found = (
+                "no apix column"
+                if apix is None
+                else ("no rows" if n == 0 else f"apix values {sorted(set(apix.tolist()))[:5]}")
+            )
+            advice = PIXEL_SPACING_ADVICE.format(of="the tomograms")
+            raise InvalidValueError(f"{path}: a Dynamo table with {found} holds no pixel size; {advice}")
     extra: dict[str, np.ndarray] = {}
     for index in range(n_columns):
         name = _column_name(index)
@@ -354,13 +369,17 @@ def _tomo_numbers(poses: xr.Dataset, where: str) -> tuple[np.ndarray, dict[int, 
         ids = np.full(n, str(poses.attrs["experiment_id"]))
     if "tomo" in poses.data_vars:
         numbers = np.asarray(poses["tomo"].values)
-        if not np.array_equal(numbers, np.round(numbers)):
-            raise InvalidValueError(f"{where}: data variable tomo must hold integers, found {numbers[:5]}")
+        if not (np.array_equal(numbers, np.round(numbers)) and (numbers >= 1).all()):
+            raise InvalidValueError(
+                f"{where}: data variable tomo must hold integers >= 1 (Dynamo counts tomograms from 1), "
+                f"found {numbers[:5]}"
+            )
         numbers = numbers.astype(np.int64)
     else:
         unique = experiment_ids(poses)
-        # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
-        if all(re.fullmatch(r"[+-]?[0-9]+", u.strip()) for u in unique):
+        # ASCII digits only: str.isdigit() also accepts '²', which int() refuses; 0 and
+        # negative ids are no Dynamo numbers: they are numbered 1, 2, ... and need the map
+        if all(re.fullmatch(r"[+-]?[0-9]+", u.strip()) and int(u) >= 1 for u in unique):
             numbers = np.asarray([int(i) for i in ids], dtype=np.int64)
         else:
             order = {eid: k + 1 for k, eid in enumerate(unique)}
@@ -376,6 +395,33 @@ def _tomo_numbers(poses: xr.Dataset, where: str) -> tuple[np.ndarray, dict[int, 
     return numbers, dict(zip(pairs["tomo"].tolist(), pairs["id"].tolist(), strict=True))
 
 
+def _data_columns(poses: xr.Dataset, geometry: set[str]) -> dict[int, str]:
+    """Column number -> data variable: Dynamo's names, ``col<n>``, then user columns after 42."""
+    by_number: dict[int, str] = {}
+    user: list[str] = []
+    lost: list[str] = []
+    for var in map(str, poses.data_vars):
+        if var in geometry or var in {"position", "shift", "orientation"}:
+            continue
+        if var in _BY_NAME:
+            by_number[_BY_NAME[var].number] = var
+        elif re.fullmatch(r"col[0-9]+", var) and int(var[3:]) >= 1:
+            by_number[int(var[3:])] = var
+        elif poses[var].dims == ("particle",) and poses[var].dtype.kind in "biuf":
+            user.append(var)
+        else:
+            lost.append(var)
+    first = max([USER_COLUMNS_FROM - 1, *by_number]) + 1
+    by_number.update({first + k: var for k, var in enumerate(user)})
+    if lost:
+        warnings.warn(
+            f"write_dynamo_table: a Dynamo table holds one number per particle and column; data "
+            f"variable(s) {lost} are not written",
+            stacklevel=3,
+        )
+    return by_number
+
+
 def write_dynamo_table(
     poses: xr.Dataset,
     tbl: PathLike,
@@ -387,11 +433,14 @@ def write_dynamo_table(
     """Write a PoseSet as a Dynamo table (and its tomogram map).
 
     Geometry is converted back exactly (see the module docstring); every data variable
-    named after a Dynamo column is written in its column, the rest take Dynamo's
-    defaults (tag 1..N, aligned 1, averaged 1, apix = pixel_spacing, others 0). Data
-    variables with no Dynamo column (RELION's extra labels, say) are not written. At least
-    36 columns (through ``apix``) are written, more when the PoseSet holds later columns. Numbers are
-    written with full float64 precision.
+    named after a Dynamo column (or ``col<n>``) is written in its column, the rest of
+    Dynamo's columns take its defaults (tag 1..N, aligned 1, averaged 1, apix =
+    pixel_spacing, others 0). At least 36 columns (through ``apix``) are written. A
+    numeric data variable with no Dynamo column (RELION's class number, a score) is kept
+    as a column after Dynamo's 42, in the order of the data variables, and reads back as
+    ``col<n>`` (:data:`USER_COLUMNS_FROM` says where they start); one a table cannot hold
+    (text, more than one value per particle) is named in a warning. Numbers are written
+    with full float64 precision.
 
     Parameters
     ----------
@@ -444,20 +493,15 @@ def write_dynamo_table(
         "z": position[:, 2],
         "tomo": numbers,
     }
-    later = []
-    for var in map(str, poses.data_vars):
-        if var in _BY_NAME:
-            later.append(_BY_NAME[var].number)
-        elif var.startswith("col") and var[3:].isdigit():
-            later.append(int(var[3:]))
-    n_columns = max([MIN_WRITE_COLUMNS, *later])
+    by_number = _data_columns(poses, set(geometry))
+    n_columns = max([MIN_WRITE_COLUMNS, *by_number])
     columns: dict[str, np.ndarray] = {}
     for index in range(n_columns):
-        name = _column_name(index)
+        name = by_number.get(index + 1, _column_name(index))
         spec = _BY_NAME.get(name)
         if name in geometry:
             values = np.asarray(geometry[name])
-        elif name in poses.data_vars:
+        elif index + 1 in by_number:
             values = np.asarray(poses[name].values)
             if values.dtype.kind not in "biuf":
                 raise InvalidValueError(

@@ -19,8 +19,21 @@ Conversion (CONVENTIONS.md section 4 and its "settled from the tools' own source
     rotation_y = tlt + angle_offset - subtract_angle_offset
     rotation_x = s * (xtilt - x_axis_tilt)            # s = +1 "rotx", -1 "flipyz"
 
-and back: ``A = Rz2(-rotation_z)``, ``(DX, DY) = -A (dx, dy)``. Only the rotation part of
-``A`` survives; a magnification or stretch in an ``.xf`` is not part of a ProjectionModel.
+and back: ``A = Rz2(-rotation_z)``, ``(DX, DY) = -A (dx, dy)``.
+
+**Magnification.** tiltalign may solve a magnification per view: ``A = m Rz2(-rotation_z)``.
+A ProjectionModel has no scale, so the reader keeps ``m`` in column
+``imod_magnification`` (written back by the writer) and warns: projecting through the
+model ignores it, an error of ``|1 - 1/m| r`` pixels at ``r`` pixels from the centre (the
+shift ``-A^-1 (DX, DY)`` stays exact at the centre). A stretch or skew (``A / m`` not a
+rotation) or a mirror is refused. Files without a pixel size: ``pixel_spacing=`` is
+required.
+
+**Per-tilt columns** (DESIGN.md): ``view``; with ``image_size`` the tilt-image size and
+IMOD's centre (``image_size_x/y``, ``tilt_image_center_x/y``); with
+``tomogram_dimensions`` the ``tomogram_size_x/y/z``; with ``defocus`` (ctfplotter's
+``.defocus``, :mod:`cryoxr.io.imod_defocus`) ``defocus_u/v``, ``defocus_angle`` and as the
+file holds them ``phase_shift`` and ``imod_cut_on_frequency``.
 
 **Centres.** IMOD rotates images about ``nx / 2`` measured from the *corner* of the first
 pixel, i.e. ``((nx - 1) / 2, (ny - 1) / 2)`` in cryoxr's pixel-centre frame, and its
@@ -37,37 +50,48 @@ reproduces IMOD's geometry.
 
 Examples
 --------
+A round trip of two tilts about an 85 degree axis:
+
 >>> import tempfile, pathlib
->>> from cryoxr import make_projection_model
->>> folder = pathlib.Path(tempfile.mkdtemp())
->>> model = make_projection_model(rotation_y=[-30.0, 30.0], rotation_z=85.0, dx=5.0, dy=-10.0,
-...                               experiment_id="TS_01", pixel_spacing=1.35)
->>> write_imod_alignment(model, folder / "TS_01.xf", folder / "TS_01.tlt")
->>> back = read_imod_alignment(folder / "TS_01.xf", folder / "TS_01.tlt", pixel_spacing=1.35,
+>>> import cryoxr
+>>> where = pathlib.Path(tempfile.mkdtemp())
+>>> series = cryoxr.make_projection_model(rotation_y=[-30.0, 30.0], rotation_z=85.0, dx=5.0,
+...                                       dy=-10.0, experiment_id="TS_01", pixel_spacing=1.35)
+>>> write_imod_alignment(series, where / "TS_01.xf", where / "TS_01.tlt")
+>>> back = read_imod_alignment(where / "TS_01.xf", where / "TS_01.tlt", pixel_spacing=1.35,
 ...                            image_size=(4096, 4096))
 >>> back[["rotation_y", "rotation_z", "dx", "dy"]].round(6).values.tolist()
 [[-30.0, 85.0, 5.0, -10.0], [30.0, 85.0, 5.0, -10.0]]
->>> back.attrs["tilt_image_center"]
-(2047.5, 2047.5)
+>>> back.attrs["tilt_image_center"], float(back.tilt_image_center_x[0])
+((2047.5, 2047.5), 2047.5)
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from cryoxr.errors import FormatError, InvalidValueError
 from cryoxr.io._atomic import atomic_paths
-from cryoxr.io.tables import data_row_line, read_numeric_table
-from cryoxr.projection_model import PMDL, make_projection_model, validate_projection_model
+from cryoxr.io.imod_defocus import DEFOCUS_COLUMNS, defocus_file_lines, read_imod_defocus
+from cryoxr.io.plaintext import (
+    data_row_line,
+    file_model,
+    read_numeric_table,
+    require_pixel_spacing,
+    warn_unstored_columns,
+)
+from cryoxr.projection_model import PMDL, PTC, validate_projection_model
 
 __all__ = [
     "IMOD_CENTER_RULE",
+    "MAGNIFICATION_COLUMN",
     "TLT_COLUMNS",
     "XF_COLUMNS",
     "XTILT_SIGN",
@@ -94,6 +118,23 @@ TLT_COLUMNS: tuple[tuple[str, str], ...] = (("angle", "degrees"),)
 XTILT_SIGN: dict[str, float] = {"rotx": 1.0, "flipyz": -1.0}
 #: how IMOD centres images and tomograms, in cryoxr's pixel-centre frame
 IMOD_CENTER_RULE = "(n - 1) / 2"
+#: largest angle (deg) accepted in a .tlt / .xtilt
+MAX_ANGLE = 360.0
+#: column that keeps a per-view magnification of the ``.xf`` (1 = none)
+MAGNIFICATION_COLUMN = "imod_magnification"
+#: largest magnification (and 1 / smallest) an ``.xf`` may hold: tiltalign's are near 1
+MAX_MAGNIFICATION = 1000.0
+#: ``|m - 1|`` (and the departure of ``A / m`` from a rotation) below which an ``.xf`` is a
+#: pure rotation: files hold 7 significant digits
+XF_TOLERANCE = 1e-5
+
+
+def _xtilt_sign(convention: str, where: str) -> float:
+    if convention not in XTILT_SIGN:
+        raise InvalidValueError(
+            f"{where}: xtilt_convention must be one of {sorted(XTILT_SIGN)}, found {convention!r}"
+        )
+    return XTILT_SIGN[convention]
 
 
 def imod_centers(
@@ -136,24 +177,71 @@ def imod_centers(
 
 def _read_angles(path: PathLike, what: str) -> tuple[Path, np.ndarray]:
     p, table = read_numeric_table(path, names=[name for name, _ in TLT_COLUMNS], n_columns=1, what=what)
+    bad = np.abs(table[:, 0]) > MAX_ANGLE
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise FormatError(
+            f"{p}, line {data_row_line(p, row)}: expected an angle within ±{MAX_ANGLE:g} deg, "
+            f"found {float(table[row, 0])!r}"
+        )
     return p, table[:, 0]
+
+
+def _rotation_and_magnification(path: Path, a: np.ndarray) -> np.ndarray:
+    """Per-view magnification ``m`` of ``A = m R``; refuses singular, mirrored, stretched ``A``."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # 1e308 entries: no warning
+        det = np.linalg.det(a)
+        scale = np.abs(a).max(axis=(1, 2))
+        unit = a / scale[:, None, None]  # det of the rescaled A cannot overflow
+        root = np.sqrt(np.abs(np.linalg.det(unit)))
+        magnification = scale * root
+        b = unit / root[:, None, None]
+        off = np.abs(np.einsum("nji,njk->nik", b, b) - np.eye(2)).max(axis=(1, 2))
+    checks = (
+        (~(np.abs(det) > 1e-12), "an invertible A11 A12 A21 A22 matrix", "determinant {det:g}"),
+        (det < 0, "a rotation (positive determinant), not a mirror", "determinant {det:g}"),
+        (
+            ~(off <= XF_TOLERANCE),
+            "a rotation with at most a magnification (no stretch or skew, which a ProjectionModel "
+            "cannot hold)",
+            "A / sqrt|det| off a rotation by {off:.3g}",
+        ),
+        (
+            ~((magnification >= 1 / MAX_MAGNIFICATION) & (magnification <= MAX_MAGNIFICATION)),
+            f"a magnification sqrt|det A| within {1 / MAX_MAGNIFICATION:g}..{MAX_MAGNIFICATION:g}",
+            "{mag:g}",
+        ),
+    )
+    for bad, expected, found in checks:
+        if bad.any():
+            row = int(np.argmax(bad))
+            line = data_row_line(path, row)  # the file's line, blank lines counted
+            values = {"det": det[row], "off": off[row], "mag": magnification[row]}
+            raise FormatError(f"{path}, line {line}: expected {expected}, found " + found.format(**values))
+    return magnification
+
+
+def _defocus_columns(defocus: PathLike, n: int) -> dict[str, np.ndarray]:
+    table = read_imod_defocus(defocus, n_views=n)
+    return {str(c): table[c].to_numpy() for c in table.columns}
 
 
 def read_imod_alignment(
     xf: PathLike,
     tlt: PathLike,
     *,
+    pixel_spacing: float | None = None,
     xtilt: PathLike | None = None,
+    defocus: PathLike | None = None,
+    image_size: Sequence[int] | None = None,
+    tomogram_dimensions: Sequence[int] | None = None,
     angle_offset: float = 0.0,
     subtract_angle_offset: float = 0.0,
     x_axis_tilt: float = 0.0,
     xtilt_convention: XtiltConvention = "rotx",
-    image_size: Sequence[int] | None = None,
-    tomogram_dimensions: Sequence[int] | None = None,
     experiment_id: str | None = None,
-    pixel_spacing: float = 1.0,
 ) -> pd.DataFrame:
-    """Read an IMOD alignment (``.xf`` + ``.tlt`` [+ ``.xtilt``]) as a ProjectionModel.
+    """Read an IMOD alignment (``.xf`` + ``.tlt`` [+ ``.xtilt``, ``.defocus``]) as a ProjectionModel.
 
     Parameters
     ----------
@@ -161,9 +249,20 @@ def read_imod_alignment(
         The ``.xf`` file: ``A11 A12 A21 A22 DX DY`` per view.
     tlt
         The ``.tlt`` file: one tilt angle per view (tiltalign's solved angles, which
-        already include its AngleOffset).
+        already include its AngleOffset), or a ``.rawtlt`` (the nominal angles).
+    pixel_spacing
+        Å per raw-stack pixel. Required: IMOD's alignment files store no pixel size.
     xtilt
         Optional ``.xtilt`` file: per-view tilt about x (deg). Absent: 0 for every view.
+    defocus
+        Optional ctfplotter ``.defocus`` file (versions 2 and 3): per-view defocus,
+        astigmatism and phase shift columns (:mod:`cryoxr.io.imod_defocus`).
+    image_size
+        Raw tilt-image size ``(nx, ny)``: IMOD's image centre in attrs and in columns
+        ``tilt_image_center_x/y``, the size in ``image_size_x/y``.
+    tomogram_dimensions
+        Tomogram size ``(nx, ny, nz)`` in raw-stack pixels: IMOD's specimen centre in
+        attrs, the size in columns ``tomogram_size_x/y/z``.
     angle_offset
         tilt.com ``OFFSET`` (DELANG, deg), added to every angle as IMOD's ``tilt`` does.
         Default 0.
@@ -179,34 +278,33 @@ def read_imod_alignment(
         ``"rotx"`` (default): ``rotation_x = xtilt - x_axis_tilt``, for volumes rotated to
         the usual final orientation with ``clip rotx`` / ``trimvol -rx``;
         ``"flipyz"``: the negative, for flipyz'd or unrotated volumes.
-    image_size
-        Raw tilt-image size ``(nx, ny)``, to return IMOD's image centre in attrs.
-    tomogram_dimensions
-        Tomogram size ``(nx, ny, nz)`` in raw-stack pixels, to return IMOD's specimen
-        centre in attrs.
     experiment_id
         Default: the ``.xf`` file's stem.
-    pixel_spacing
-        Å per raw-stack pixel. IMOD's alignment files do not store it; the default 1.0
-        means "in pixels".
 
     Returns
     -------
     pandas.DataFrame
         The ProjectionModel, one row per view in stack order; extra column ``view``
-        (0-based index in the stack). ``df.attrs``: ``format`` ``"imod"``,
-        ``center_rule`` ``"(n - 1) / 2"``, ``tilt_image_center`` and
-        ``specimen_center`` (tuples, or None when the size was not given), and the
-        options used.
+        (0-based index in the stack) and the per-tilt columns of the module docstring.
+        ``df.attrs``: ``format`` ``"imod"``, ``center_rule`` ``"(n - 1) / 2"``,
+        ``tilt_image_center`` and ``specimen_center`` (tuples, or None when the size was
+        not given), and the options used.
 
     Raises
     ------
+    InvalidValueError
+        No ``pixel_spacing``.
     FormatError
         A line with other than 6 numbers in the ``.xf`` (or 1 in ``.tlt`` / ``.xtilt``),
-        text or NaN where numbers belong, files of different lengths, a singular
-        ``A``, an empty or non-UTF-8 file.
+        text or NaN where numbers belong, files of different lengths, a singular,
+        mirrored or stretched ``A``, an empty or non-UTF-8 file, a bad ``.defocus``.
     CryoxrFileNotFoundError
         A file does not exist.
+
+    Warns
+    -----
+    UserWarning
+        The ``.xf`` holds a magnification (kept in ``imod_magnification``).
 
     Examples
     --------
@@ -216,29 +314,18 @@ def read_imod_alignment(
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> _ = (folder / "a.xf").write_text("0.0871557 0.9961947 -0.9961947 0.0871557 9.526 5.853\\n")
     >>> _ = (folder / "a.tlt").write_text("30.0\\n")
-    >>> df = read_imod_alignment(folder / "a.xf", folder / "a.tlt")
+    >>> df = read_imod_alignment(folder / "a.xf", folder / "a.tlt", pixel_spacing=1.35)
     >>> df[["rotation_x", "rotation_y", "rotation_z", "dx", "dy"]].round(3).values.tolist()
     [[0.0, 30.0, 85.0, 5.0, -10.0]]
     """
-    if xtilt_convention not in XTILT_SIGN:
-        raise InvalidValueError(
-            f"read_imod_alignment: xtilt_convention must be one of {sorted(XTILT_SIGN)}, found {xtilt_convention!r}"
-        )
+    spacing = require_pixel_spacing(pixel_spacing, xf, "IMOD .xf")
+    sign = _xtilt_sign(xtilt_convention, "read_imod_alignment")
     names = [name for name, _ in XF_COLUMNS]
     xf_path, table = read_numeric_table(xf, names=names, n_columns=len(XF_COLUMNS), what="IMOD .xf")
     n = table.shape[0]
     a = table[:, :4].reshape(n, 2, 2)
     d = table[:, 4:6]
-    with np.errstate(over="ignore", invalid="ignore"):  # 1e308 entries: det is inf, not a warning
-        det = np.linalg.det(a)
-    singular = ~(np.abs(det) > 1e-12)
-    if singular.any():
-        row = int(np.argmax(singular))
-        line = data_row_line(xf_path, row)  # the file's line, blank lines counted
-        raise FormatError(
-            f"{xf_path}, line {line}: expected an invertible A11 A12 A21 A22 matrix, found "
-            f"determinant {det[row]:g}"
-        )
+    magnification = _rotation_and_magnification(xf_path, a)
     tlt_path, angles = _read_angles(tlt, "IMOD .tlt")
     if angles.shape[0] != n:
         raise FormatError(
@@ -263,29 +350,48 @@ def read_imod_alignment(
             f"found {shifts[row].tolist()}"
         )
     centers = imod_centers(image_size, tomogram_dimensions)
-    df = make_projection_model(
-        rotation_x=XTILT_SIGN[xtilt_convention] * (xtilts - float(x_axis_tilt)),
-        rotation_y=angles + float(angle_offset) - float(subtract_angle_offset),
-        rotation_z=np.rad2deg(np.arctan2(a[:, 0, 1], a[:, 0, 0])),
-        dx=shifts[:, 0],
-        dy=shifts[:, 1],
-        experiment_id=experiment_id if experiment_id is not None else xf_path.stem,
-        pixel_spacing=pixel_spacing,
-        source=str(xf_path),
-        extra={"view": np.arange(n, dtype=np.int64)},
-    )
-    df.attrs.update(
+    extra: dict[str, Any] = {"view": np.arange(n, dtype=np.int64)}
+    if np.abs(magnification - 1.0).max() > XF_TOLERANCE:
+        extra[MAGNIFICATION_COLUMN] = magnification
+        worst = float(np.abs(1.0 - 1.0 / magnification).max())
+        warnings.warn(
+            f"{xf_path}: the .xf holds magnifications {magnification.min():.6g}..{magnification.max():.6g}; "
+            f"kept in column {MAGNIFICATION_COLUMN!r}, but projections ignore them (up to {worst:.3g} px "
+            "per px from the image centre)",
+            stacklevel=2,
+        )
+    if image_size is not None:
+        extra.update(dict(zip(PTC.IMAGE_SIZE, np.asarray(image_size, dtype=np.int64), strict=True)))
+        extra.update(dict(zip(PTC.TILT_IMAGE_CENTER, centers["tilt_image_center"] or (), strict=True)))
+    if tomogram_dimensions is not None:
+        extra.update(
+            dict(zip(PTC.TOMOGRAM_SIZE, np.asarray(tomogram_dimensions, dtype=np.int64), strict=True))
+        )
+    if defocus is not None:
+        extra.update(_defocus_columns(defocus, n))
+    return file_model(
+        xf_path,
         {
+            PMDL.ROTATION_X: sign * (xtilts - float(x_axis_tilt)),
+            PMDL.ROTATION_Y: angles + float(angle_offset) - float(subtract_angle_offset),
+            PMDL.ROTATION_Z: np.rad2deg(np.arctan2(a[:, 0, 1], a[:, 0, 0])),
+            PMDL.SHIFT_X: shifts[:, 0],
+            PMDL.SHIFT_Y: shifts[:, 1],
+        },
+        experiment_id=experiment_id,
+        pixel_spacing=spacing,
+        extra=extra,
+        attrs={
             "format": "imod",
             "center_rule": IMOD_CENTER_RULE,
             **centers,
+            "tilt_angles": str(tlt_path),
             "angle_offset": float(angle_offset),
             "subtract_angle_offset": float(subtract_angle_offset),
             "x_axis_tilt": float(x_axis_tilt),
             "xtilt_convention": xtilt_convention,
-        }
+        },
     )
-    return df
 
 
 def _fmt(value: float) -> str:
@@ -300,19 +406,22 @@ def write_imod_alignment(
     tlt: PathLike,
     *,
     xtilt: PathLike | None = None,
+    defocus: PathLike | None = None,
     angle_offset: float = 0.0,
     subtract_angle_offset: float = 0.0,
     x_axis_tilt: float = 0.0,
     xtilt_convention: XtiltConvention = "rotx",
     overwrite: bool = False,
 ) -> None:
-    """Write a one-experiment ProjectionModel as IMOD ``.xf`` + ``.tlt`` [+ ``.xtilt``].
+    """Write a one-experiment ProjectionModel as IMOD ``.xf`` + ``.tlt`` [+ ``.xtilt``, ``.defocus``].
 
     The exact inverse of :func:`read_imod_alignment` with the same options:
-    ``A = Rz2(-rotation_z)``, ``(DX, DY) = -A (dx, dy)``,
-    ``tlt = rotation_y - angle_offset + subtract_angle_offset``,
+    ``A = m Rz2(-rotation_z)`` (``m`` from column ``imod_magnification``, else 1),
+    ``(DX, DY) = -A (dx, dy)``, ``tlt = rotation_y - angle_offset + subtract_angle_offset``,
     ``xtilt = s * rotation_x + x_axis_tilt``. Numbers are written with full float64
-    precision (IMOD reads them free-format).
+    precision (IMOD reads them free-format). Other columns (dose, sizes, and the defocus
+    columns when no ``defocus`` path is given) have no place in these files: the writer
+    warns, naming them. IMOD files store no pixel size.
 
     Parameters
     ----------
@@ -323,28 +432,30 @@ def write_imod_alignment(
     xtilt
         Output path for the per-view x tilts; required when any ``rotation_x`` differs
         from ``-x_axis_tilt`` (the value that needs no ``.xtilt``).
+    defocus
+        Output path for a ctfplotter ``.defocus`` file (version 3) of the columns
+        ``defocus_u``, ``defocus_v``, ``defocus_angle`` [, ``phase_shift``].
     angle_offset, subtract_angle_offset, x_axis_tilt, xtilt_convention
         As in :func:`read_imod_alignment`.
     overwrite
-        Replace existing files; otherwise raise
-        :class:`~cryoxr.errors.FileExistsNoOverwriteError` before writing anything.
+        Replace files that exist. Without it, an existing output raises
+        :class:`~cryoxr.errors.FileExistsNoOverwriteError` and no file is written.
 
     Examples
     --------
+    The worked numbers of CONVENTIONS.md section 4, written:
+
     >>> import tempfile, pathlib
-    >>> from cryoxr import make_projection_model
-    >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> model = make_projection_model(rotation_y=30.0, rotation_z=85.0, dx=5.0, dy=-10.0,
-    ...                               experiment_id="a", pixel_spacing=1.0)
-    >>> write_imod_alignment(model, folder / "a.xf", folder / "a.tlt")
-    >>> [round(float(v), 3) for v in (folder / "a.xf").read_text().split()]
+    >>> import cryoxr
+    >>> out = pathlib.Path(tempfile.mkdtemp())
+    >>> tilt = cryoxr.make_projection_model(rotation_y=30.0, rotation_z=85.0, dx=5.0, dy=-10.0,
+    ...                                     experiment_id="a", pixel_spacing=1.0)
+    >>> write_imod_alignment(tilt, out / "a.xf", out / "a.tlt")
+    >>> [round(float(v), 3) for v in (out / "a.xf").read_text().split()]
     [0.087, 0.996, -0.996, 0.087, 9.526, 5.853]
     """
     validate_projection_model(model, name="write_imod_alignment")
-    if xtilt_convention not in XTILT_SIGN:
-        raise InvalidValueError(
-            f"write_imod_alignment: xtilt_convention must be one of {sorted(XTILT_SIGN)}, found {xtilt_convention!r}"
-        )
+    sign = _xtilt_sign(xtilt_convention, "write_imod_alignment")
     ids = pd.unique(model[PMDL.EXPERIMENT_ID])
     if len(ids) != 1:
         raise InvalidValueError(
@@ -354,14 +465,20 @@ def write_imod_alignment(
     rz = np.deg2rad(model[PMDL.ROTATION_Z].to_numpy(dtype=np.float64))
     c, s = np.cos(rz), np.sin(rz)
     a = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1)  # Rz2(-rotation_z)
+    if MAGNIFICATION_COLUMN in model.columns:
+        magnification = model[MAGNIFICATION_COLUMN].to_numpy(dtype=np.float64)
+        if not (np.isfinite(magnification) & (magnification > 0)).all():
+            raise InvalidValueError(
+                f"write_imod_alignment: column {MAGNIFICATION_COLUMN!r} must be finite and > 0, found "
+                f"{magnification[~(np.isfinite(magnification) & (magnification > 0))][:3].tolist()}"
+            )
+        a = a * magnification[:, None, None]
     shift = model[PMDL.SHIFT].to_numpy(dtype=np.float64)
     d = -np.einsum("nij,nj->ni", a, shift)
     angles = (
         model[PMDL.ROTATION_Y].to_numpy(dtype=np.float64) - float(angle_offset) + float(subtract_angle_offset)
     )
-    xtilts = XTILT_SIGN[xtilt_convention] * model[PMDL.ROTATION_X].to_numpy(dtype=np.float64) + float(
-        x_axis_tilt
-    )
+    xtilts = sign * model[PMDL.ROTATION_X].to_numpy(dtype=np.float64) + float(x_axis_tilt)
     if xtilt is None and np.any(np.abs(xtilts) > 1e-12):
         raise InvalidValueError(
             "write_imod_alignment: rotation_x needs a per-view .xtilt file (found x tilts up to "
@@ -374,6 +491,11 @@ def write_imod_alignment(
     outputs: list[tuple[PathLike, list[str]]] = [(xf, xf_lines), (tlt, [_fmt(v) for v in angles])]
     if xtilt is not None:
         outputs.append((xtilt, [_fmt(v) for v in xtilts]))
+    stored = ["view", MAGNIFICATION_COLUMN]
+    if defocus is not None:
+        outputs.append((defocus, defocus_file_lines(model, str(defocus))))
+        stored.extend(column for _, _, column, _ in DEFOCUS_COLUMNS)
+    warn_unstored_columns(model, stored, f"{xf} (IMOD .xf/.tlt)")
     _write_all(outputs, overwrite=overwrite)
 
 

@@ -14,9 +14,13 @@ STAR, ``# AreTomo Alignment`` -> AreTomo, 6 numbers a line -> IMOD ``.xf``, 26 o
 numbers a line -> Dynamo table). Readers are imported when first needed, so this module
 works whichever format modules are installed.
 
-The module also holds the small text-parsing helpers the plain-text readers share: they
-turn every broken file into a :class:`~cryoxr.errors.FormatError` naming the file, the
-line, the column and what was expected, never a bare numpy or pandas traceback.
+The text parsing the plain-text readers share lives in :mod:`cryoxr.io.plaintext` (its
+names are importable from here too).
+
+**Pixel size.** IMOD and AreTomo files (and Dynamo tables without an ``apix`` column)
+store no pixel size: their readers need ``pixel_spacing=`` (Å per pixel), and
+:func:`read_alignment` / :func:`read_poses` pass it on. A format that stores its own
+pixel size (RELION) refuses the argument rather than ignore it.
 
 Examples
 --------
@@ -25,204 +29,47 @@ Examples
 >>> folder = pathlib.Path(tempfile.mkdtemp())
 >>> _ = (folder / "TS_01.xf").write_text("0.0871557 0.9961947 -0.9961947 0.0871557 9.526 5.853\\n")
 >>> _ = (folder / "TS_01.tlt").write_text("30.0\\n")
->>> read_alignment(folder / "TS_01.xf")[["rotation_y", "rotation_z"]].round(4).values.tolist()
-[[30.0, 85.0]]
+>>> model = read_alignment(folder / "TS_01.xf", pixel_spacing=1.35)
+>>> model[["rotation_y", "rotation_z", "pixel_spacing"]].round(4).values.tolist()
+[[30.0, 85.0, 1.35]]
 """
 
 from __future__ import annotations
 
-import io
-import math
+import inspect
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cryoxr.errors import CryoxrFileNotFoundError, FormatError, UnknownFormatError
+from cryoxr.errors import CryoxrFileNotFoundError, InvalidValueError, UnknownFormatError
 
-__all__ = ["KNOWN_ALIGNMENT_FORMATS", "KNOWN_POSE_FORMATS", "read_alignment", "read_poses"]
+# the shared text parsing, importable from here as before the split
+from cryoxr.io.plaintext import (  # noqa: F401
+    MAX_IMAGINARY_PART,
+    PIXEL_SPACING_ADVICE,
+    data_row_line,
+    file_model,
+    parse_numeric_rows,
+    read_numeric_table,
+    read_text_lines,
+    require_pixel_spacing,
+    warn_unstored_columns,
+)
+
+__all__ = [
+    "ALIGNMENT_SIBLINGS",
+    "KNOWN_ALIGNMENT_FORMATS",
+    "KNOWN_POSE_FORMATS",
+    "read_alignment",
+    "read_poses",
+    "takes_pixel_spacing",
+]
 
 PathLike = str | os.PathLike[str]
-
-
-# --------------------------------------------------------------------------------------
-# shared text parsing
-# --------------------------------------------------------------------------------------
-def read_text_lines(path: PathLike, *, what: str, allow_empty: bool = False) -> tuple[Path, list[str]]:
-    """Decode a UTF-8 text file into lines, or raise a FormatError naming the bad byte.
-
-    Parameters
-    ----------
-    path
-        The file.
-    what
-        What the file should be, for messages ("IMOD .xf", ...).
-
-    Raises
-    ------
-    CryoxrFileNotFoundError
-        ``path`` is not a file.
-    FormatError
-        The file is empty or not UTF-8 text.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise CryoxrFileNotFoundError(f"{p}: no such {what} file")
-    data = p.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise FormatError(
-            f"{p}, line {line}: expected UTF-8 text ({what}), found byte 0x{data[err.start]:02x} "
-            f"at byte offset {err.start}"
-        ) from None
-    if not text.strip() and not allow_empty:
-        raise FormatError(f"{p}: expected a {what} file, found an empty file")
-    return p, text.splitlines()
-
-
-def data_row_line(path: Path, row: int) -> int:
-    r"""1-based line number in ``path`` of data row ``row`` (0-based; blank lines skipped).
-
-    The fast table reader drops blank lines, so a row index is not a line number; this
-    re-reads the file, which only an error message needs.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.txt"
-    >>> _ = p.write_text("1 2\n\n   \n3 4\n")
-    >>> data_row_line(p, 0), data_row_line(p, 1)
-    (1, 4)
-    """
-    # lines and blanks as read_numeric_table and parse_numeric_rows see them
-    _, lines = read_text_lines(path, what="table", allow_empty=True)
-    seen = -1
-    for line_no, text in enumerate(lines, 1):
-        if text.split():
-            seen += 1
-            if seen == row:
-                return line_no
-    raise ValueError(f"{path} has no data row {row}")
-
-
-def _number(token: str, path: Path, line: int, column: int, name: str) -> float:
-    try:
-        value = float(token)
-    except ValueError:
-        raise FormatError(
-            f"{path}, line {line}, column {column} ({name}): expected a number, found {token!r}"
-        ) from None
-    if not math.isfinite(value):
-        raise FormatError(
-            f"{path}, line {line}, column {column} ({name}): expected a finite number, found {token!r}"
-        )
-    return value
-
-
-def parse_numeric_rows(
-    path: Path,
-    numbered_lines: Iterable[tuple[int, str]],
-    *,
-    names: Sequence[str] | Callable[[int], str],
-    n_columns: int | None = None,
-    min_columns: int | None = None,
-    what: str,
-) -> np.ndarray:
-    """Parse whitespace-separated rows of finite numbers, checking every field.
-
-    Parameters
-    ----------
-    path
-        The file (for messages).
-    numbered_lines
-        ``(1-based line number, text)`` pairs; blank lines are skipped.
-    names
-        Column names (by 0-based index) for messages, or a function of the index.
-    n_columns
-        Exact number of columns every row must have; None: as many as the first row.
-    min_columns
-        Fewest columns allowed (with ``n_columns`` None).
-    what
-        What the file should be, for messages.
-
-    Returns
-    -------
-    numpy.ndarray
-        (rows, columns) float64.
-    """
-
-    def name_of(i: int) -> str:
-        return names(i) if callable(names) else (names[i] if i < len(names) else f"column {i + 1}")
-
-    rows: list[list[float]] = []
-    expected = n_columns
-    for line_no, text in numbered_lines:
-        tokens = text.split()
-        if not tokens:
-            continue
-        if expected is None:
-            if min_columns is not None and len(tokens) < min_columns:
-                raise FormatError(
-                    f"{path}, line {line_no}: expected at least {min_columns} columns ({what}), "
-                    f"found {len(tokens)}"
-                )
-            expected = len(tokens)
-        if len(tokens) != expected:
-            raise FormatError(
-                f"{path}, line {line_no}: expected {expected} columns ({what}), found {len(tokens)}"
-            )
-        rows.append([_number(t, path, line_no, i + 1, name_of(i)) for i, t in enumerate(tokens)])
-    if not rows:
-        raise FormatError(f"{path}: expected rows of numbers ({what}), found none")
-    return np.asarray(rows, dtype=np.float64)
-
-
-def read_numeric_table(
-    path: PathLike,
-    *,
-    names: Sequence[str] | Callable[[int], str],
-    n_columns: int | None = None,
-    min_columns: int | None = None,
-    what: str,
-    allow_empty: bool = False,
-) -> tuple[Path, np.ndarray]:
-    """Read a whole-file numeric table: a fast pandas pass, and a checking pass on trouble.
-
-    Returns the path and a (rows, columns) float64 array; any defect raises the
-    :class:`~cryoxr.errors.FormatError` of :func:`parse_numeric_rows`. With
-    ``allow_empty``, a file of blank lines is a table of 0 rows (shape ``(0, 0)``).
-    """
-    p, lines = read_text_lines(path, what=what, allow_empty=allow_empty)
-    if allow_empty and not any(line.strip() for line in lines):
-        return p, np.zeros((0, 0))
-    text = "\n".join(lines)
-    array: np.ndarray | None = None
-    try:
-        frame = pd.read_csv(io.StringIO(text), sep=r"\s+", header=None, dtype=np.float64, engine="c")
-        array = frame.to_numpy(dtype=np.float64)
-    except (ValueError, OverflowError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        # (OverflowError: pandas' C parser on a 400-digit integer) the slow pass says what is wrong
-        array = None
-    ok = (
-        array is not None
-        and array.ndim == 2
-        and array.shape[0] > 0
-        and (n_columns is None or array.shape[1] == n_columns)
-        and (min_columns is None or array.shape[1] >= min_columns)
-        and bool(np.isfinite(array).all())
-    )
-    if ok and array is not None:
-        return p, array
-    # slow pass: find the first bad line and say what is wrong with it
-    return p, parse_numeric_rows(
-        p, enumerate(lines, 1), names=names, n_columns=n_columns, min_columns=min_columns, what=what
-    )
 
 
 # --------------------------------------------------------------------------------------
@@ -270,6 +117,14 @@ def _sniff(path: Path) -> str | None:
     return None
 
 
+#: alignment reader -> {keyword: sibling suffixes tried in order}; a sibling that exists is
+#: passed unless the caller gave the keyword (None switches it off)
+ALIGNMENT_SIBLINGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "read_imod_alignment": {"tlt": (".tlt", ".rawtlt"), "xtilt": (".xtilt",)},
+    "read_aretomo_alignment": {"ctf": ("_CTF.txt",), "tilts": ("_TLT.txt",)},
+}
+
+
 def _reader(path: PathLike, table: dict[str, tuple[str, str]], kind: str) -> tuple[Path, Callable[..., Any]]:
     import importlib
 
@@ -296,7 +151,40 @@ def _reader(path: PathLike, table: dict[str, tuple[str, str]], kind: str) -> tup
     return p, getattr(module, function_name)
 
 
-def read_poses(path: PathLike, **kwargs: Any) -> xr.Dataset:
+def _with_pixel_spacing(
+    path: Path, reader: Callable[..., Any], kwargs: dict[str, Any], pixel_spacing: float | None
+) -> dict[str, Any]:
+    """``kwargs`` plus ``pixel_spacing`` when given; refused by readers of formats that store it."""
+    if pixel_spacing is None:
+        return kwargs
+    if "pixel_spacing" not in inspect.signature(reader).parameters:
+        raise InvalidValueError(
+            f"{path}: this file stores its own pixel size ({reader.__name__}); pixel_spacing= is only "
+            "for files that store none (IMOD .xf, AreTomo .aln, Dynamo .tbl without apix)"
+        )
+    return {**kwargs, "pixel_spacing": pixel_spacing}
+
+
+def takes_pixel_spacing(path: PathLike, kind: str) -> bool:
+    """Whether the reader of ``path`` (``kind`` ``"poses"`` or ``"alignment"``) takes ``pixel_spacing=``.
+
+    For commands over many files (``cryoxr info``) that apply a pixel size only to the
+    files that store none.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.xf"
+    >>> _ = p.write_text("1 0 0 1 0 0\\n")
+    >>> takes_pixel_spacing(p, "alignment")
+    True
+    """
+    table = KNOWN_POSE_FORMATS if kind == "poses" else KNOWN_ALIGNMENT_FORMATS
+    _, reader = _reader(path, table, kind)
+    return "pixel_spacing" in inspect.signature(reader).parameters
+
+
+def read_poses(path: PathLike, *, pixel_spacing: float | None = None, **kwargs: Any) -> xr.Dataset:
     """Read particle poses from any known format into a PoseSet.
 
     Parameters
@@ -305,6 +193,9 @@ def read_poses(path: PathLike, **kwargs: Any) -> xr.Dataset:
         A RELION ``.star`` particle file or a Dynamo ``.tbl``; other suffixes are
         recognised by content. A RELION 5 file (centred coordinates) takes the tomogram
         sizes from ``tomograms=`` or, when not given, from a ``tomograms.star`` beside it.
+    pixel_spacing
+        Å per pixel, for files that store none (a Dynamo table without ``apix``);
+        refused for formats that store their own.
     **kwargs
         Passed on to the format's reader (e.g. ``tomogram_map=`` for Dynamo).
 
@@ -323,10 +214,11 @@ def read_poses(path: PathLike, **kwargs: Any) -> xr.Dataset:
     >>> import tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> _ = (folder / "p.tbl").write_text(" ".join(["1"] * 35) + "\\n")
-    >>> read_poses(folder / "p.tbl").sizes["particle"]
+    >>> read_poses(folder / "p.tbl", pixel_spacing=1.35).sizes["particle"]
     1
     """
     p, reader = _reader(path, KNOWN_POSE_FORMATS, "pose")
+    kwargs = _with_pixel_spacing(p, reader, kwargs, pixel_spacing)
     if reader.__name__ == "read_relion_particles" and kwargs.get("tomograms") is None:
         sibling = p.with_name("tomograms.star")
         if _needs_tomogram_sizes(p) and sibling.is_file():
@@ -342,14 +234,30 @@ def _needs_tomogram_sizes(path: Path) -> bool:
         return b"_rlnCenteredCoordinateXAngst" in handle.read(1 << 16)
 
 
-def read_alignment(path: PathLike, **kwargs: Any) -> pd.DataFrame:
+def _sibling(path: Path, suffixes: Sequence[str]) -> Path | None:
+    """The first ``<stem><suffix>`` beside ``path`` that is a file."""
+    for suffix in suffixes:
+        candidate = path.with_name(path.stem + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_alignment(path: PathLike, *, pixel_spacing: float | None = None, **kwargs: Any) -> pd.DataFrame:
     """Read a tilt-series alignment from any known format into a ProjectionModel.
 
     Parameters
     ----------
     path
-        An IMOD ``.xf`` (its sibling ``.tlt`` is read too, and ``.xtilt`` if present and
-        no ``xtilt=`` is given), an AreTomo ``.aln``, or a RELION ``tomograms.star``.
+        An IMOD ``.xf``, an AreTomo ``.aln``, or a RELION ``tomograms.star``. Files that
+        belong to the same tilt series and lie beside it are read too unless the keyword
+        is given (:data:`ALIGNMENT_SIBLINGS`): IMOD's ``.tlt`` (else ``.rawtlt``, the
+        nominal angles) and ``.xtilt``; AreTomo3's ``_CTF.txt`` and ``_TLT.txt``. Pass
+        ``xtilt=None`` (etc.) to leave one out; ctfplotter's ``.defocus`` is read when
+        given (``defocus=``).
+    pixel_spacing
+        Å per pixel of the tilt images, required for IMOD and AreTomo files (they
+        store none); refused for RELION files, which store it.
     **kwargs
         Passed on to the format's reader.
 
@@ -363,18 +271,24 @@ def read_alignment(path: PathLike, **kwargs: Any) -> pd.DataFrame:
     UnknownFormatError
         The format is not recognised; the message lists the known ones.
     CryoxrFileNotFoundError
-        An IMOD ``.xf`` without its sibling ``.tlt``.
+        An IMOD ``.xf`` with neither ``.tlt`` nor ``.rawtlt`` beside it.
+    InvalidValueError
+        An IMOD or AreTomo file without ``pixel_spacing=``, or a RELION file with it.
     """
     p, reader = _reader(path, KNOWN_ALIGNMENT_FORMATS, "alignment")
+    kwargs = _with_pixel_spacing(p, reader, kwargs, pixel_spacing)
+    for keyword, suffixes in ALIGNMENT_SIBLINGS.get(reader.__name__, {}).items():
+        if keyword not in kwargs:
+            found = _sibling(p, suffixes)
+            if found is not None:
+                kwargs[keyword] = found
     if reader.__name__ == "read_imod_alignment":
-        tlt = p.with_suffix(".tlt")
-        if not tlt.is_file():
+        tlt = kwargs.pop("tlt", None)
+        if tlt is None:
+            names = " or ".join(p.stem + s for s in ALIGNMENT_SIBLINGS[reader.__name__]["tlt"])
             raise CryoxrFileNotFoundError(
-                f"{p}: an IMOD .xf needs its tilt angles; expected the sibling {tlt.name}, found none"
+                f"{p}: an IMOD .xf needs its tilt angles; expected the sibling {names}, found neither"
             )
-        xtilt = p.with_suffix(".xtilt")
-        if "xtilt" not in kwargs and xtilt.is_file():
-            kwargs["xtilt"] = xtilt
         result: pd.DataFrame = reader(p, tlt, **kwargs)
         return result
     result = reader(p, **kwargs)

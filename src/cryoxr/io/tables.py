@@ -43,6 +43,7 @@ import pandas as pd
 import xarray as xr
 
 from cryoxr.errors import CryoxrFileNotFoundError, FormatError, UnknownFormatError
+from cryoxr.io._paths import read_bytes
 
 __all__ = ["KNOWN_ALIGNMENT_FORMATS", "KNOWN_POSE_FORMATS", "read_alignment", "read_poses"]
 
@@ -65,14 +66,13 @@ def read_text_lines(path: PathLike, *, what: str, allow_empty: bool = False) -> 
     Raises
     ------
     CryoxrFileNotFoundError
-        ``path`` is not a file.
+        ``path`` does not exist, or is not a regular file (a folder, a named pipe, a
+        device): :func:`cryoxr.io._paths.read_bytes`.
     FormatError
         The file is empty or not UTF-8 text.
     """
     p = Path(path)
-    if not p.is_file():
-        raise CryoxrFileNotFoundError(f"{p}: no such {what} file")
-    data = p.read_bytes()
+    data = read_bytes(p, what=what)  # regular files only: a FIFO or a folder is refused at once
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from cryoxr.errors import CryoxrFileNotFoundError, FormatError
+from cryoxr.errors import FormatError
+from cryoxr.io._paths import open_file
 from cryoxr.io.star._block import LABEL_TYPES, StarBlock
 
 __all__ = ["STAR_THREADS", "read_star"]
@@ -357,7 +358,8 @@ def read_star(path: str | os.PathLike[str]) -> dict[str, StarBlock]:
     Raises
     ------
     CryoxrFileNotFoundError
-        No such file.
+        No such file, or not a regular file (a folder, a named pipe, a device: refused at
+        once, see :mod:`cryoxr.io._paths`).
     FormatError
         A malformed file; the message names the file, the line (and column) and what was
         expected.
@@ -374,12 +376,7 @@ def read_star(path: str | os.PathLike[str]) -> dict[str, StarBlock]:
 column (missing loop_?)
     """
     path = Path(path)
-    try:
-        handle = open(path, "rb")  # noqa: SIM115  (closed below)
-    except FileNotFoundError:
-        raise CryoxrFileNotFoundError(f"{path}: no such STAR file") from None
-    except IsADirectoryError:
-        raise CryoxrFileNotFoundError(f"{path}: is a folder, expected a STAR file") from None
+    handle, _ = open_file(path, what="STAR")  # regular files only: a FIFO is refused, never waited on
     with handle:
         return _read_blocks(path, handle)
 

@@ -436,14 +436,15 @@ def test_any_value_the_writer_accepts_reads_back_identically(
         }
     ).astype({"myFloat": np.float64, "myInt": np.int64})
     path = tmp_path / "h.star"
-    try:
-        write_star([StarBlock("b", df, loop=loop)], path, overwrite=True)
-    except InvalidValueError as err:  # only what STAR cannot hold
-        values = [*df.rlnTomoName, *df.myText]
-        assert any("\n" in v or "\r" in v for v in values) or any(
-            re.search(r'"[ \t]', v) and re.search(r"'[ \t]", v) for v in values
-        ), err
+    values = [*df.rlnTomoName, *df.myText]
+    unwritable = any("\n" in v or "\r" in v for v in values) or any(
+        re.search(r'"[ \t]', v) and re.search(r"'[ \t]", v) for v in values
+    )
+    if unwritable:  # only what STAR cannot hold is refused
+        with pytest.raises(InvalidValueError, match="cannot be"):
+            write_star([StarBlock("b", df, loop=loop)], path, overwrite=True)
         return
+    write_star([StarBlock("b", df, loop=loop)], path, overwrite=True)
     old, _read._BodyScanner.piece_bytes = _read._BodyScanner.piece_bytes, piece_bytes
     try:
         back = read_star(path)["b"].table

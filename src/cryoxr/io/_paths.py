@@ -47,11 +47,12 @@ expected a STAR file (cryoxr reads only regular files: a pipe can block forever)
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import stat
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from cryoxr.errors import CryoxrFileNotFoundError, FormatError
 
@@ -136,7 +137,7 @@ def check_regular(path: str | os.PathLike[str], *, what: str) -> os.stat_result:
 
 def open_file(
     path: str | os.PathLike[str], *, what: str, max_bytes: int | None = None
-) -> tuple[IO[bytes], os.stat_result]:
+) -> tuple[io.BufferedReader, os.stat_result]:
     """Open a regular file for binary reading; return the handle and its ``fstat``.
 
     The path is checked before it is opened (:func:`check_regular`) and the opened file

@@ -58,6 +58,8 @@ from cryoxr.errors import CryoxrFileNotFoundError, FormatError
 
 __all__ = [
     "METADATA_MAX_BYTES",
+    "STAR_LINE_MAX_BYTES",
+    "TEXT_MAX_BYTES",
     "check_regular",
     "inside_root",
     "kind_of",
@@ -70,6 +72,12 @@ __all__ = [
 #: largest metadata file read (zarr.json, .zarray, .zattrs, .zgroup, .zmetadata): 16 MiB
 #: holds the consolidated metadata of thousands of arrays; more is not metadata
 METADATA_MAX_BYTES = 16 * 2**20
+
+#: largest plain-text file read whole (IMOD, AreTomo, Dynamo: :func:`cryoxr.io.tables.read_text_lines`):
+#: 2 GiB, some ten million Dynamo particles; a larger (or sparse, size-lying) file is refused unread
+TEXT_MAX_BYTES = 2 * 2**30
+#: longest line of a STAR file outside loop bodies (a header, a ``_label value`` pair): 64 MiB
+STAR_LINE_MAX_BYTES = 64 * 2**20
 
 #: file type -> how messages name it (``stat.S_IFMT`` of the target)
 _KINDS: dict[int, str] = {

@@ -43,7 +43,7 @@ import pandas as pd
 import xarray as xr
 
 from cryoxr.errors import CryoxrFileNotFoundError, FormatError, UnknownFormatError
-from cryoxr.io._paths import read_bytes
+from cryoxr.io._paths import TEXT_MAX_BYTES, read_bytes
 
 __all__ = ["KNOWN_ALIGNMENT_FORMATS", "KNOWN_POSE_FORMATS", "read_alignment", "read_poses"]
 
@@ -72,7 +72,8 @@ def read_text_lines(path: PathLike, *, what: str, allow_empty: bool = False) -> 
         The file is empty or not UTF-8 text.
     """
     p = Path(path)
-    data = read_bytes(p, what=what)  # regular files only: a FIFO or a folder is refused at once
+    # regular files only (a FIFO or a folder is refused at once), at most TEXT_MAX_BYTES
+    data = read_bytes(p, what=what, max_bytes=TEXT_MAX_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

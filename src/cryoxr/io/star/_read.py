@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from cryoxr.errors import FormatError
-from cryoxr.io._paths import open_file
+from cryoxr.io._paths import STAR_LINE_MAX_BYTES, open_file
 from cryoxr.io.star._block import LABEL_TYPES, StarBlock
 from cryoxr.io.star._quoting import split_values
 
@@ -132,6 +132,7 @@ class _BodyScanner:
         self._position = start - self._base
         self.start = start  # file offset of the body
         self.stop = start  # file offset just past the body (valid once finished)
+        self.nul = -1  # file offset of a NUL byte found in the body
         self.finished = self._position >= self._size
 
     def next_piece(self) -> tuple[memoryview, bool]:
@@ -139,6 +140,10 @@ class _BodyScanner:
         whether it holds a quote character (then it is parsed value by value)."""
         data, position = self._data, self._position
         end = min(position + self.piece_bytes, self._size)
+        nul = data.find(b"\0", position, end)
+        if nul >= 0:  # not text (a binary or sparse file): stop here, not after gigabytes
+            self.nul, self.finished, self.stop = nul + self._base, True, position + self._base
+            return memoryview(data)[position:position], False
         cut = self._size
         if end < self._size:
             cut = data.rfind(b"\n", position, end) + 1
@@ -351,6 +356,10 @@ def _read_loop_body(
         body = _parse_body(scanner, names, column_types)
     finally:
         scanner.close()
+    if scanner.nul >= 0:
+        handle.seek(scanner.start)
+        line = first_line + handle.read(scanner.nul - scanner.start).count(b"\n")
+        raise _fail(path, line, "a NUL byte: expected STAR text (a binary or sparse file?)")
     if body.carriage_return:
         raise _fail(path, first_line, _CARRIAGE_RETURN)
     if body.error is None and not body.tables:
@@ -433,6 +442,15 @@ column (missing loop_?)
         return _read_blocks(path, handle)
 
 
+def _readline(path: Path, handle: IO[bytes], line_no: int) -> bytes:
+    """One line outside a loop body, at most :data:`STAR_LINE_MAX_BYTES` (a file of NUL bytes,
+    sparse and of any size, has one endless first line: its memory stays bounded)."""
+    raw_line = handle.readline(STAR_LINE_MAX_BYTES + 1)
+    if len(raw_line) > STAR_LINE_MAX_BYTES:
+        raise _fail(path, line_no, f"longer than {STAR_LINE_MAX_BYTES} bytes: not a STAR header line")
+    return raw_line
+
+
 def _read_blocks(path: Path, handle: IO[bytes]) -> dict[str, StarBlock]:
     blocks: dict[str, StarBlock] = {}
     line_no = 0
@@ -449,7 +467,7 @@ def _read_blocks(path: Path, handle: IO[bytes]) -> dict[str, StarBlock]:
 
     while True:
         start = handle.tell()
-        raw_line = handle.readline()
+        raw_line = _readline(path, handle, line_no + 1)
         if not raw_line:
             break
         line_no += 1
@@ -479,7 +497,7 @@ def _read_blocks(path: Path, handle: IO[bytes]) -> dict[str, StarBlock]:
             labels: list[str] = []
             while True:  # the labels
                 start = handle.tell()
-                raw_line = handle.readline()
+                raw_line = _readline(path, handle, line_no + 1)
                 stripped = raw_line.strip()
                 if not stripped.startswith(b"_"):
                     break

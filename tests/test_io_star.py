@@ -320,7 +320,7 @@ def test_ragged_row_in_a_later_piece_is_named(tmp_path: Path) -> None:
 AWKWARD = [
     '"quoted"', 'say "hi"', "a\tb", "\ttab first", "_under", "#hash", "mid#hash", "data_x", "DATA_y",
     "loop_", "save_frame", "global_", "stop_", "", " ", "  two  blanks  ", "it's", "a' b", 'a" b',
-    "'", '"', "''", '""', "1", "2.5", "nan", "-inf", "1e5", "\x00", "\xa0nbsp", "\u2028ls", "é ñ 字",
+    "'", '"', "''", '""', "1", "2.5", "nan", "-inf", "1e5", "\x01", "\xa0nbsp", "\u2028ls", "é ñ 字",
     "$frame", ";semi", "[bracket]", "x" * 200_000,
 ]  # fmt: skip
 
@@ -390,7 +390,8 @@ def test_broken_quotes_name_the_line(tmp_path: Path, body: str, message: str) ->
     ("frame", "name", "message"),
     [
         (pd.DataFrame({"rlnTomoName": ["a\nb"]}), "p", r"column rlnTomoName, row 0: 'a\\nb': a line break"),
-        (pd.DataFrame({"rlnTomoName": ["x\r"]}), "p", "a line break cannot be written"),
+        (pd.DataFrame({"rlnTomoName": ["x\r"]}), "p", "a line break or a NUL cannot be written"),
+        (pd.DataFrame({"rlnTomoName": ["x\x00y"]}), "p", "a line break or a NUL cannot be written"),
         (pd.DataFrame({"rlnTomoName": ["a\" b'\tc"]}), "p", "both a \" and a ' followed by a blank"),
         (
             pd.DataFrame({"rln Bad": [1]}),
@@ -437,7 +438,7 @@ def test_any_value_the_writer_accepts_reads_back_identically(
     ).astype({"myFloat": np.float64, "myInt": np.int64})
     path = tmp_path / "h.star"
     values = [*df.rlnTomoName, *df.myText]
-    unwritable = any("\n" in v or "\r" in v for v in values) or any(
+    unwritable = any("\n" in v or "\r" in v or "\x00" in v for v in values) or any(
         re.search(r'"[ \t]', v) and re.search(r"'[ \t]", v) for v in values
     )
     if unwritable:  # only what STAR cannot hold is refused

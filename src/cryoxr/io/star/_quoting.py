@@ -14,8 +14,8 @@ something at the start of a STAR token (``_ # $ ; ' " [ ]``) or with a reserved 
 (``data_``, ``loop_``, ``save_``, ``global_``, ``stop_``, in any case), or belongs to a text
 column all of whose values read as numbers (so that the column comes back as text). It
 takes ``"`` unless the value holds a ``"`` followed by a blank, then ``'``; a value that
-holds both a ``"`` and a ``'`` followed by a blank, or a line break (``\\n``, ``\\r``),
-cannot be written as a STAR value and is refused. Every value it writes reads back
+holds both a ``"`` and a ``'`` followed by a blank, a line break (``\\n``, ``\\r``) or a
+NUL cannot be written as a STAR value and is refused. Every value it writes reads back
 identically (tested with hypothesis over Unicode text).
 
 Examples
@@ -36,8 +36,9 @@ from cryoxr.errors import FormatError, InvalidValueError
 
 __all__ = ["LINE_BREAKS", "format_text", "split_values"]
 
-#: characters no STAR value can hold (RE2 / Python regex class)
-LINE_BREAKS = r"[\n\r]"
+#: characters no STAR value can hold (RE2 / Python regex class): line breaks, and NUL, which
+#: the reader takes for a binary file
+LINE_BREAKS = r"[\n\r\x00]"
 #: any of Python's white space (str.isspace), written as an RE2 class
 _SPACE = r"[\t-\r\x1c-\x20\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]"
 #: values quoted by the writer (RE2, as pyarrow matches it)
@@ -108,7 +109,7 @@ def format_text(text: pa.Array | pa.ChunkedArray, label: str) -> pa.Array | pa.C
     broken = pc.match_substring_regex(text, LINE_BREAKS)
     if pc.any(broken).as_py():
         raise InvalidValueError(
-            f"STAR {_where(label, text, broken)}: a line break cannot be written in a STAR value"
+            f"STAR {_where(label, text, broken)}: a line break or a NUL cannot be written in a STAR value"
         )
     closes_double = pc.match_substring_regex(text, _CLOSES_DOUBLE)
     closes_single = pc.match_substring_regex(text, _CLOSES_SINGLE)

@@ -37,7 +37,7 @@ import pytest
 
 import cryoxr
 from cryoxr.errors import CryoxrError, FileExistsNoOverwriteError, WriteError
-from cryoxr.io import _atomic, describe, open_image
+from cryoxr.io import _atomic, _publish, describe, open_image
 from cryoxr.io._atomic import TMP_MARKER
 from cryoxr.io.mrc import write_mrc
 from cryoxr.io.ome_zarr import write_ome_zarr
@@ -697,7 +697,7 @@ def test_overwrite_replaces_a_symlink_not_what_it_points_to(tmp_path: Path) -> N
 
 def test_no_replace_fallbacks_give_one_winner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without renameat2 (macOS, old kernels, some NFS): os.link for files, a mkdir lock for folders."""
-    monkeypatch.setattr(_atomic, "_renameat2", lambda a, b, flags: False)
+    monkeypatch.setattr(_publish, "_renameat2", lambda a, b, flags: False)
     for directory in (False, True):
         target = tmp_path / f"t{int(directory)}"
         with _atomic.atomic_path(target, directory=directory) as tmp:

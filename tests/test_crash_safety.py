@@ -27,16 +27,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import cryoxr
-from cryoxr.errors import CryoxrError, WriteError
-from cryoxr.io import _atomic, describe, open_image
+from cryoxr.errors import CryoxrError, FileExistsNoOverwriteError, WriteError
+from cryoxr.io import _atomic, _publish, describe, open_image
 from cryoxr.io._atomic import TMP_MARKER
 from cryoxr.io.mrc import write_mrc
 from cryoxr.io.ome_zarr import write_ome_zarr
@@ -392,7 +393,7 @@ def test_next_write_removes_only_stale_temporaries(tmp_path: Path) -> None:
 def test_directory_replaced_in_one_swap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "s.zarr"
     target.mkdir()
-    (target / "old").write_text("old")
+    (target / "zarr.json").write_text("{}")  # a zarr store: overwrite replaces only those
     swaps: list[tuple[Path, Path]] = []
     exchange = _atomic._exchange
 
@@ -419,7 +420,7 @@ def test_fallback_swap_and_recovery_from_a_kill_between_renames(
     monkeypatch.setattr(_atomic, "_exchange", lambda a, b: False)  # no renameat2 (macOS, some NFS)
     target = tmp_path / "s.zarr"
     target.mkdir()
-    (target / "old").write_text("old")
+    (target / "zarr.json").write_text("{}")  # a zarr store: overwrite replaces only those
     with _atomic.atomic_path(target, overwrite=True, directory=True) as tmp:
         tmp.mkdir()
         (tmp / "new").write_text("new")
@@ -435,11 +436,12 @@ def test_fallback_swap_and_recovery_from_a_kill_between_renames(
     assert os.listdir(target) == ["new"]  # the original is back
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
 def test_file_is_fsynced_before_rename_and_folder_after(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overwrite: bool
 ) -> None:
     events: list[str] = []
-    fsync, replace = os.fsync, os.replace
+    fsync, replace, noreplace = os.fsync, os.replace, _atomic._rename_noreplace
 
     def logged_fsync(fd: int) -> None:
         events.append("fsync")
@@ -449,11 +451,19 @@ def test_file_is_fsynced_before_rename_and_folder_after(
         events.append("replace")
         replace(a, b)
 
+    def logged_noreplace(a: Any, b: Any, *, directory: bool) -> None:
+        events.append("rename-noreplace")
+        noreplace(a, b, directory=directory)
+
+    if overwrite:
+        (tmp_path / "a.txt").write_text("old")
     monkeypatch.setattr(os, "fsync", logged_fsync)
     monkeypatch.setattr(os, "replace", logged_replace)
-    with _atomic.atomic_path(tmp_path / "a.txt") as tmp:
+    monkeypatch.setattr(_atomic, "_rename_noreplace", logged_noreplace)
+    with _atomic.atomic_path(tmp_path / "a.txt", overwrite=overwrite) as tmp:
         tmp.write_text("hello")
-    assert events == ["fsync", "replace", "fsync"]
+    assert events == ["fsync", "replace" if overwrite else "rename-noreplace", "fsync"]
+    assert (tmp_path / "a.txt").read_text() == "hello"
 
 
 def test_failed_write_removes_its_temporary(tmp_path: Path) -> None:
@@ -468,3 +478,238 @@ def test_failed_write_removes_its_temporary(tmp_path: Path) -> None:
         half_write()
     assert os.listdir(tmp_path) == ["a.txt"]
     assert (tmp_path / "a.txt").read_text() == "original"
+
+
+# ----------------------------------------------------------------------------- kinds and races
+#: every writer that goes through _atomic: name -> the outputs it writes (relative paths)
+RACE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "mrc": ("t.mrc",),
+    "ome-zarr": ("t.ome.zarr",),
+    "star": ("b.star",),
+    "relion-particles": ("p.star",),
+    "relion-tilt-series": ("tomograms.star", "tilt_series/TS_01.star"),
+    "imod": ("a.xf", "a.tlt"),
+    "aretomo": ("a.aln",),
+    "dynamo": ("d.tbl", "d.doc"),
+}
+#: writers whose set of files is published as one set, so that overwrite=True races are tested
+#: too (the RELION tilt-series writer publishes its files one by one: io/relion's to change)
+RACE_OVERWRITE = ("mrc", "ome-zarr", "star", "relion-particles", "imod", "aretomo", "dynamo")
+RACE_TRIALS = int(os.environ.get("CRYOXR_RACE_TRIALS", "12"))
+
+
+def race_write(writer: str, value: int, folder: Path, overwrite: bool) -> None:
+    """Write ``writer``'s outputs into ``folder``, with content that tells ``value`` apart."""
+    from cryoxr.io import aretomo, dynamo, imod, relion
+    from cryoxr.io.star import StarBlock, write_star
+
+    if writer in ("mrc", "ome-zarr"):
+        tomo = cryoxr.Tomogram.from_array(
+            np.full((8, 16, 16), value, np.float32), pixel_spacing=1.0, experiment_id="t", chunks=(2, -1, -1)
+        )
+        if writer == "mrc":
+            write_mrc(tomo, folder / "t.mrc", overwrite=overwrite)
+        else:
+            write_ome_zarr(tomo, folder / "t.ome.zarr", levels=1, chunks=(4, 8, 8), overwrite=overwrite)
+        return
+    if writer == "star":
+        block = StarBlock("b", pd.DataFrame({"rlnFoo": [value] * 50, "rlnBar": ["x y"] * 50}))
+        write_star([block], folder / "b.star", overwrite=overwrite)
+        return
+    model = cryoxr.make_projection_model(
+        rotation_y=[-30.0, 0.0, 30.0], dx=float(value), experiment_id="TS_01", pixel_spacing=1.35
+    )
+    poses = cryoxr.make_poseset(np.full((20, 3), float(value)), experiment_id="TS_01", pixel_spacing=1.35)
+    if writer == "relion-particles":
+        relion.write_relion_particles(poses, folder / "p.star", version=4, overwrite=overwrite)
+    elif writer == "relion-tilt-series":
+        relion.write_relion_tilt_series(
+            model, folder / "tomograms.star", tomograms={"TS_01": (64, 64, 32)}, overwrite=overwrite
+        )
+    elif writer == "imod":
+        imod.write_imod_alignment(model, folder / "a.xf", folder / "a.tlt", overwrite=overwrite)
+    elif writer == "aretomo":
+        aretomo.write_aretomo_alignment(model, folder / "a.aln", image_size=(64, 48), overwrite=overwrite)
+    else:
+        dynamo.write_dynamo_table(poses, folder / "d.tbl", tomogram_map=folder / "d.doc", overwrite=overwrite)
+
+
+def outputs_snapshot(writer: str, folder: Path) -> dict[str, dict[str, str]]:
+    return {name: snapshot(folder / name) for name in RACE_OUTPUTS[writer] if (folder / name).exists()}
+
+
+def _race_worker(value: int, commands: Any, results: Any, barrier: Any) -> None:
+    """One of two racing processes: for each command, meet the other at the barrier, then write."""
+    while True:
+        command = commands.get()
+        if command is None:
+            return
+        writer, folder, overwrite = command
+        barrier.wait()
+        try:
+            race_write(writer, value, Path(folder), overwrite)
+            results.put((value, "ok", ""))
+        except CryoxrError as err:
+            results.put((value, type(err).__name__, str(err)))
+        except BaseException as err:  # reported, so that the parent fails with it
+            results.put((value, f"raw {type(err).__name__}", repr(err)))
+
+
+@pytest.fixture(scope="module")
+def racers() -> Iterator[Any]:
+    """Two real processes (spawned: no threads inherited) that write at the same moment."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    queues = [context.Queue(), context.Queue()]
+    results = context.Queue()
+    workers = [
+        context.Process(target=_race_worker, args=(value, queues[value - 1], results, barrier), daemon=True)
+        for value in (1, 2)
+    ]
+    for worker in workers:
+        worker.start()
+
+    def race(writer: str, folder: Path, overwrite: bool) -> dict[int, tuple[str, str]]:
+        for q in queues:
+            q.put((writer, str(folder), overwrite))
+        outcome: dict[int, tuple[str, str]] = {}
+        for _ in range(2):
+            value, status, message = results.get(timeout=120)
+            outcome[value] = (status, message)
+        return outcome
+
+    yield race
+    for q in queues:
+        q.put(None)
+    for worker in workers:
+        worker.join(timeout=30)
+        if worker.is_alive():
+            worker.kill()
+
+
+@pytest.mark.parametrize("writer", list(RACE_OUTPUTS))
+def test_two_processes_racing_for_a_new_target_one_wins(writer: str, racers: Any, tmp_path: Path) -> None:
+    """Issue 22: with overwrite=False, exactly one of two processes started at once writes."""
+    references = {}
+    for value in (1, 2):
+        folder = tmp_path / f"reference{value}"
+        folder.mkdir()
+        race_write(writer, value, folder, False)
+        references[value] = outputs_snapshot(writer, folder)
+    assert references[1] != references[2]
+    for trial in range(RACE_TRIALS):
+        folder = tmp_path / f"trial{trial}"
+        folder.mkdir()
+        outcome = racers(writer, folder, False)
+        statuses = sorted(status for status, _ in outcome.values())
+        assert statuses == ["FileExistsNoOverwriteError", "ok"], outcome
+        winner = next(value for value, (status, _) in outcome.items() if status == "ok")
+        loser_message = outcome[3 - winner][1]
+        assert "overwrite=True" in loser_message
+        assert str(folder) in loser_message
+        assert outputs_snapshot(writer, folder) == references[winner]
+        visible = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.name.startswith("."))
+        assert not [p for p in folder.rglob(".*")], f"left behind: {list(folder.rglob('.*'))}"
+        assert set(RACE_OUTPUTS[writer]) <= set(visible)
+
+
+@pytest.mark.parametrize("writer", RACE_OVERWRITE)
+def test_two_processes_racing_to_overwrite_leave_one_whole_result(
+    writer: str, racers: Any, tmp_path: Path
+) -> None:
+    """With overwrite=True both succeed and the result is one writer's, whole (never a mix)."""
+    references = {}
+    for value in (0, 1, 2):
+        folder = tmp_path / f"reference{value}"
+        folder.mkdir()
+        race_write(writer, value, folder, False)
+        references[value] = outputs_snapshot(writer, folder)
+    for trial in range(max(2, RACE_TRIALS // 2)):
+        folder = tmp_path / f"trial{trial}"
+        shutil.copytree(tmp_path / "reference0", folder)
+        outcome = racers(writer, folder, True)
+        assert [status for status, _ in outcome.values()] == ["ok", "ok"], outcome
+        result = outputs_snapshot(writer, folder)
+        assert result in (references[1], references[2])
+        assert not [p for p in folder.rglob(".*")], f"left behind: {list(folder.rglob('.*'))}"
+
+
+#: an object of every kind that overwrite=True must refuse to replace, by how it is made
+def _make_folder(path: Path) -> None:
+    path.mkdir()
+    (path / "notes.txt").write_text("unrelated, keep me")
+
+
+def _make_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+@pytest.mark.parametrize("writer", list(RACE_OUTPUTS))
+@pytest.mark.parametrize("make", [_make_folder, _make_fifo], ids=["folder", "fifo"])
+def test_overwrite_never_replaces_something_of_another_kind(
+    writer: str, make: Callable[[Path], None], tmp_path: Path
+) -> None:
+    """Issue 22: write_mrc(..., overwrite=True) onto a non-empty folder deleted it."""
+    target = tmp_path / RACE_OUTPUTS[writer][0]
+    make(target)
+    before = sorted(os.listdir(tmp_path)), (sorted(os.listdir(target)) if target.is_dir() else None)
+    with pytest.raises(FileExistsNoOverwriteError, match="overwrite=True replaces only") as info:
+        race_write(writer, 1, tmp_path, True)
+    assert str(target) in str(info.value)
+    after = sorted(os.listdir(tmp_path)), (sorted(os.listdir(target)) if target.is_dir() else None)
+    if writer == "relion-tilt-series":
+        # it writes the per-tilt-series files before tomograms.star, one by one (io/relion's to change)
+        after = ([n for n in after[0] if n != "tilt_series"], after[1])
+    assert after == before
+    if make is _make_folder:
+        assert (target / "notes.txt").read_text() == "unrelated, keep me"
+
+
+def test_ome_zarr_overwrite_replaces_a_store_or_an_empty_folder(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.ome.zarr"
+    empty.mkdir()
+    tomo = cryoxr.Tomogram.from_array(np.ones((4, 4, 4), np.float32), pixel_spacing=1.0, experiment_id="t")
+    write_ome_zarr(tomo, empty, levels=1, overwrite=True)
+    assert (empty / "zarr.json").is_file()
+    write_ome_zarr(tomo, empty, levels=1, overwrite=True)  # now a store: replaced
+    # a file where a store goes, and a store where an MRC file goes: refused
+    (tmp_path / "file.ome.zarr").write_text("not a store")
+    with pytest.raises(FileExistsNoOverwriteError, match="is a regular file"):
+        write_ome_zarr(tomo, tmp_path / "file.ome.zarr", levels=1, overwrite=True)
+    with pytest.raises(FileExistsNoOverwriteError, match="is a folder"):
+        write_mrc(tomo, empty, overwrite=True)
+    assert (empty / "zarr.json").is_file()
+
+
+def test_overwrite_replaces_a_symlink_not_what_it_points_to(tmp_path: Path) -> None:
+    real = tmp_path / "real.mrc"
+    real.write_bytes(b"precious")
+    link = tmp_path / "t.mrc"
+    link.symlink_to(real)
+    tomo = cryoxr.Tomogram.from_array(np.ones((2, 2, 2), np.float32), pixel_spacing=1.0, experiment_id="t")
+    write_mrc(tomo, link, overwrite=True)
+    assert not link.is_symlink()
+    assert link.stat().st_size > 1024
+    assert real.read_bytes() == b"precious"
+
+
+def test_no_replace_fallbacks_give_one_winner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without renameat2 (macOS, old kernels, some NFS): os.link for files, a mkdir lock for folders."""
+    monkeypatch.setattr(_publish, "_renameat2", lambda a, b, flags: False)
+    for directory in (False, True):
+        target = tmp_path / f"t{int(directory)}"
+        with _atomic.atomic_path(target, directory=directory) as tmp:
+            tmp.mkdir() if directory else tmp.write_text("first")
+        with pytest.raises(FileExistsNoOverwriteError, match="created by another writer"):  # noqa: PT012
+            other = tmp_path / f"other{int(directory)}"
+            with _atomic.atomic_path(other, directory=directory) as tmp:
+                tmp.mkdir() if directory else tmp.write_text("second")
+                os.rename(target, other)  # the other writer publishes first
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    # links unsupported (FAT, some FUSE mounts): the lock takes over
+    monkeypatch.setattr(os, "link", lambda a, b: (_ for _ in ()).throw(PermissionError(1, "no links")))
+    with _atomic.atomic_path(tmp_path / "t2") as tmp:
+        tmp.write_text("x")
+    assert (tmp_path / "t2").read_text() == "x"

@@ -975,3 +975,139 @@ def test_pinned_imod_overflowing_shift(seeds: dict[str, Any]) -> None:
         CryoxrError, match=r"a\.xf, line 1: expected a magnification .* within 0\.001\.\.1000"
     ):
         imod.read_imod_alignment(folder / "a.xf", folder / "a.tlt", pixel_spacing=1.0)
+
+
+# ------------------------------------------------------------------------------------------
+# issue 22: links, pipes, folders and files that lie about their size, for every reader
+# ------------------------------------------------------------------------------------------
+def _valid_files(seeds: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """A valid file of every reader's kind in ``folder`` (siblings included), by reader."""
+    (folder / "t.mrc").write_bytes(seeds["mrc"][0][1])
+    (folder / "p.star").write_bytes(seeds["star_particles"][0][0])
+    shutil.copytree(seeds["star_tilt_series"], folder / "ts")
+    for suffix, data in seeds["imod"].items():
+        (folder / f"a{suffix}").write_bytes(data)
+    (folder / "b.aln").write_bytes(seeds["aretomo"][0])
+    for suffix, data in seeds["dynamo"].items():
+        (folder / f"d{suffix}").write_bytes(data)
+    shutil.copytree(seeds["zarr"][0], folder / "v.ome.zarr")
+    return {
+        "read_mrc": folder / "t.mrc",
+        "open_image": folder / "t.mrc",
+        "read_ome_zarr": folder / "v.ome.zarr",
+        "read_star": folder / "p.star",
+        "read_relion_particles": folder / "p.star",
+        "read_poses": folder / "p.star",
+        "read_relion_tilt_series": folder / "ts" / "tomograms.star",
+        "read_imod_alignment": folder / "a.xf",
+        "read_alignment": folder / "a.xf",
+        "read_aretomo_alignment": folder / "b.aln",
+        "read_dynamo_table": folder / "d.tbl",
+        "read_tomogram_map": folder / "d.doc",
+        "describe": folder / "p.star",
+    }
+
+
+#: reader -> a call on a path (only the path differs between the cases)
+SPECIAL_READERS: dict[str, Callable[[Path], Any]] = {
+    "read_mrc": lambda p: mrc.read_mrc(p).data.values,
+    "open_image": lambda p: open_image(p).data.values,
+    "read_ome_zarr": lambda p: ome_zarr.read_ome_zarr(p).data.values,
+    "read_star": read_star,
+    "read_relion_particles": relion.read_relion_particles,
+    "read_poses": read_poses,
+    "read_relion_tilt_series": relion.read_relion_tilt_series,
+    "read_imod_alignment": lambda p: imod.read_imod_alignment(p, p.with_suffix(".tlt"), pixel_spacing=1.0),
+    "read_alignment": lambda p: read_alignment(p, pixel_spacing=1.0),
+    "read_aretomo_alignment": lambda p: aretomo.read_aretomo_alignment(p, pixel_spacing=1.0),
+    "read_dynamo_table": lambda p: dynamo.read_dynamo_table(p, pixel_spacing=1.0),
+    "read_tomogram_map": dynamo.read_tomogram_map,
+    "describe": describe,
+}
+
+
+def _within(seconds: float, call: Callable[[], Any]) -> Any:
+    """``call()``'s result or exception, or fail if it takes longer (it blocked: a pipe, a device)."""
+    import threading
+
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(("ok", call()))
+        except BaseException as err:  # handed to the test
+            outcome.append(("raised", err))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still reading after {seconds} s: blocked"
+    return outcome[0]
+
+
+#: cases a reader of another module still fails, with the place to fix (pending in io/tables.py:
+#: read_poses sniffs a RELION 5 set with ``path.open`` before any reader checks the path)
+SPECIAL_CASES = ["link", "folder", "pipe", "dev_zero", "lying_size"]
+
+
+def _make_special(case: str, valid: Path, store: bool) -> Path:
+    """The path of ``case`` beside the valid file ``valid`` (for a store: its zarr.json)."""
+    path = valid.with_name(f"{case}_{valid.name}")
+    for sibling in (".tlt", ".xtilt", ".doc"):  # the files a reader finds beside it: valid ones
+        if sibling != valid.suffix and valid.with_suffix(sibling).exists():
+            path.with_suffix(sibling).symlink_to(valid.with_suffix(sibling))
+    if case == "link":
+        path.symlink_to(valid)
+        return path
+    member = path
+    if store:
+        shutil.copytree(valid, path)
+        member = path / "zarr.json"
+        member.unlink()
+    if case == "folder":
+        member.mkdir()
+        (member / "notes.txt").write_text("not a file of any format")
+    elif case == "pipe":
+        os.mkfifo(member)
+    elif case == "dev_zero":
+        member.symlink_to("/dev/zero")
+    elif store:  # lying_size: a sparse zarr.json of 3 GiB (no disk used)
+        shutil.copyfile(valid / "zarr.json", member)
+        with open(member, "r+b") as f:
+            f.truncate(3 * 2**30)
+    elif valid.suffix == ".mrc":  # lying_size: a header claiming 2**60 bytes of voxels
+        header = bytearray(valid.read_bytes())
+        header[0:12] = struct.pack("<3i", 1 << 30, 1 << 30, 1)
+        member.write_bytes(header)
+    else:  # lying_size: the valid file, then 3 GiB of sparse NUL bytes
+        shutil.copyfile(valid, member)
+        with open(member, "r+b") as f:
+            f.truncate(3 * 2**30)
+    return path
+
+
+@pytest.mark.parametrize("case", SPECIAL_CASES)
+@pytest.mark.parametrize("reader", list(SPECIAL_READERS))
+def test_links_pipes_folders_and_lying_sizes(seeds: dict[str, Any], reader: str, case: str) -> None:
+    """Issue 22: every reader refuses at once what is not a regular file of a sane size.
+
+    A link the user names is followed (the same as the file); a folder, a named pipe with
+    no writer and a link to ``/dev/zero`` are refused within seconds, as is a file whose size
+    lies (sparse gigabytes, a header claiming more than there is), with a CryoxrError that
+    names the path, never a hang, a raw OSError or an allocation of the claimed size.
+    """
+    folder = fresh_dir(seeds, f"special_{reader}")
+    valid = _valid_files(seeds, folder)[reader]
+    path = _make_special(case, valid, reader == "read_ome_zarr")
+    outcome, value = _within(20, lambda: SPECIAL_READERS[reader](path))
+    if case == "link":
+        assert outcome == "ok", f"{reader} on a link to a valid file: {value!r:.300}"
+    elif reader == "describe" and outcome == "ok":  # describe reports what it could not read
+        assert "error" in json.dumps(value).lower(), value
+    else:
+        assert outcome == "raised", f"{reader} read a {case} {path}: {value!r:.200}"
+        assert isinstance(value, CryoxrError), f"{reader} on a {case}: {type(value).__name__}: {value}"
+        assert path.name in str(value), f"{reader} on a {case}: {value}"
+        if case == "lying_size":
+            assert any(w in str(value) for w in ("bytes", "truncated", "NUL")), str(value)
+    done(folder)

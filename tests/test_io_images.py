@@ -35,8 +35,8 @@ def test_suffix_table(name: str, reader: object) -> None:
 def test_every_suffix_is_listed_in_the_error() -> None:
     with pytest.raises(UnknownFormatError) as info:
         image_reader("tomo.tiff")
-    for suffix in IMAGE_READERS:
-        assert suffix in str(info.value)
+    for suffix in IMAGE_READERS:  # compressed MRC suffixes are listed as their parts
+        assert all(part in str(info.value) for part in suffix.replace(".", " .").split())
     assert "tomo.tiff" in str(info.value)
     with pytest.raises(UnknownFormatError, match="'\\(none\\)'"):
         image_reader("README")

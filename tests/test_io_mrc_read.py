@@ -155,3 +155,113 @@ def test_rechunk_from_file_rereads_only_unmodified_reads(tmp_path: Path, rng: np
     again = rechunk_from_file(modified, (4, 4, 4))
     assert again.name == modified.rechunk((4, 4, 4)).name
     np.testing.assert_array_equal(again.compute(), data + 1)
+
+
+# -- issue 21: compressed files, non-standard axis order written back ----------------------
+
+
+@pytest.mark.parametrize(("compression", "suffix"), [("gzip", ".mrc.gz"), ("bzip2", ".mrcs.bz2")])
+def test_compressed_files_read_as_mrcfile_opens_them(
+    tmp_path: Path, rng: np.random.Generator, compression: str, suffix: str
+) -> None:
+    """gzip / bzip2 files (mrcfile opens them; cryoxr said "unsupported MRC mode")."""
+    data = _random(rng, (5, 6, 7), np.dtype(np.int16))
+    path = tmp_path / f"TS_01{suffix}"
+    with mrcfile.new(path, compression=compression) as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = 2.5
+        if suffix.startswith(".mrcs"):
+            mrc.set_image_stack()
+    with mrcfile.open(path) as mrc:
+        oracle = np.array(mrc.data)
+    for chunks in ("auto", None, 2):
+        image = read_mrc(path, chunks=chunks)
+        assert image.experiment_id == "TS_01"
+        assert image.stack == suffix.startswith(".mrcs")
+        assert image.pixel_spacing == 2.5
+        np.testing.assert_array_equal(image.data.values, oracle)
+    from cryoxr.io.images import open_image
+
+    np.testing.assert_array_equal(open_image(path).data.values, oracle)
+
+
+def test_compressed_file_truncated_or_too_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+
+    from cryoxr.io.mrc import compressed
+
+    plain = _good(tmp_path, "plain.mrc")
+    raw = plain.read_bytes()
+    (tmp_path / "cut.mrc.gz").write_bytes(gzip.compress(raw[:-10]))
+    with pytest.raises(
+        FormatError, match=r"cut\.mrc\.gz: data block truncated: .* 768 bytes, the gzip stream holds 758"
+    ):
+        read_mrc(tmp_path / "cut.mrc.gz")
+    (tmp_path / "broken.mrc.gz").write_bytes(gzip.compress(raw)[:-20])
+    with pytest.raises(FormatError, match=r"broken\.mrc\.gz: gzip stream broken while reading the"):
+        read_mrc(tmp_path / "broken.mrc.gz")
+    (tmp_path / "big.mrc.gz").write_bytes(gzip.compress(raw))
+    monkeypatch.setattr(compressed, "DECOMPRESS_LIMIT_BYTES", 500)
+    with pytest.raises(FormatError, match=r"ask for 768 bytes of data block.*decompress the file first"):
+        read_mrc(tmp_path / "big.mrc.gz")
+
+
+def test_permuted_axes_write_back_with_permuted_starts(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Issue 21: nxstart/nystart/nzstart belong to columns/rows/sections and move with the axes."""
+    stored = _random(rng, (4, 5, 6), np.dtype(np.float32))  # sections, rows, columns
+    path = _mrcfile_write(tmp_path / "p.mrc", stored)
+    # columns are y, rows are x, sections are z; starts 5 (columns = y), 7 (rows = x), 9 (z)
+    _patch_header(path, mapc=2, mapr=1, maps=3, nxstart=5, nystart=7, nzstart=9)
+    tomo = read_mrc(path)
+    assert tomo.shape == (4, 6, 5)
+    assert tomo.data.attrs["mrc_nstart"] == [7, 5, 9]
+    out = tomo.to_mrc(tmp_path / "back.mrc")
+    with mrcfile.open(out) as mrc:
+        assert (int(mrc.header.mapc), int(mrc.header.mapr), int(mrc.header.maps)) == (1, 2, 3)
+        assert (int(mrc.header.nxstart), int(mrc.header.nystart), int(mrc.header.nzstart)) == (7, 5, 9)
+        np.testing.assert_array_equal(mrc.data, stored.transpose(0, 2, 1))
+
+
+# -- issue 22: folders, pipes, files that change after they were opened ---------------------
+
+
+def test_folder_and_pipe_are_refused_at_once(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    (tmp_path / "folder.mrc").mkdir()
+    with pytest.raises(
+        CryoxrFileNotFoundError, match=r"folder\.mrc: is a folder, not a regular file; expected a MRC"
+    ):
+        read_mrc(tmp_path / "folder.mrc")
+    os.mkfifo(tmp_path / "pipe.mrc")
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_mrc(tmp_path / "pipe.mrc")
+        except BaseException as err:
+            outcome.append(err)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "read_mrc blocked on a named pipe"
+    assert isinstance(outcome[0], CryoxrFileNotFoundError)
+    assert "pipe.mrc: is a named pipe (FIFO), not a regular file" in str(outcome[0])
+
+
+@pytest.mark.parametrize("chunks", ["auto", None, 1])
+def test_file_truncated_after_lazy_open_says_it_changed(tmp_path: Path, chunks: Any) -> None:
+    """Issue 22: a raw ValueError from mmap at compute time; now a FormatError naming the file."""
+    path = _mrcfile_write(tmp_path / "t.mrc", np.ones((4, 6, 8), np.float32))
+    tomo = read_mrc(path, chunks=chunks)
+    _truncate(path, 1024 + 100)
+    for select in ({}, {"z": 0}, {"y": 1}, {"x": 2}):
+        with pytest.raises(FormatError, match=r"t\.mrc: the file changed since it was opened"):
+            tomo.data.isel(select).values  # noqa: B018
+    # rewritten with the same size: other voxels, so an error too
+    path.write_bytes(_mrcfile_write(tmp_path / "u.mrc", np.zeros((4, 6, 8), np.float32)).read_bytes())
+    with pytest.raises(FormatError, match="changed since it was opened"):
+        tomo.data.values  # noqa: B018
+    assert float(read_mrc(path).data.sum()) == 0.0  # opened again: fine

@@ -44,23 +44,72 @@ def test_write_stack_and_2d(tmp_path: Path, rng: np.random.Generator) -> None:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "mode", "expected"),
+    ("dtype", "options", "expected"),
     [
-        (np.uint8, None, 6),
-        (np.float64, None, 2),
-        (np.float32, 12, 12),
-        (np.int32, 2, 2),
-        (np.complex128, None, 4),
+        (np.float32, {}, 2),
+        (np.int8, {}, 0),
+        (np.int16, {}, 1),
+        (np.uint16, {}, 6),
+        (np.float16, {}, 12),
+        (np.complex64, {}, 4),
+        (np.float32, {"mode": 12}, 12),
+        (np.int32, {"mode": 2}, 2),
+        (np.float64, {"dtype": "float32"}, 2),
+        (np.int32, {"dtype": np.int16}, 1),
+        (np.complex128, {"dtype": "complex64"}, 4),
     ],
 )
-def test_write_modes(tmp_path: Path, dtype: Any, mode: int | None, expected: int) -> None:
+def test_write_modes(tmp_path: Path, dtype: Any, options: dict[str, Any], expected: int) -> None:
     data = np.arange(24).reshape(2, 3, 4).astype(dtype)
     path = write_mrc(
-        Tomogram.from_array(data, pixel_spacing=1.0, experiment_id="t"), tmp_path / "t.mrc", mode=mode
+        Tomogram.from_array(data, pixel_spacing=1.0, experiment_id="t"), tmp_path / "t.mrc", **options
     )
     with mrcfile.open(path) as mrc:
         assert int(mrc.header.mode) == expected
         np.testing.assert_array_equal(mrc.data, data.astype(MRC_MODES[expected]))
+
+
+@pytest.mark.parametrize(("dtype", "suggestion"), [(np.float64, "float32"), (np.int32, "int16 or float32"),
+                                                   (np.complex128, "complex64"), (np.uint32, "uint16 or float32"),
+                                                   (np.bool_, "uint8")])  # fmt: skip
+def test_one_rule_for_dtypes_mrc_cannot_hold(tmp_path: Path, dtype: Any, suggestion: str) -> None:
+    """Issue 22: float64 was narrowed to float32 silently while int32 was refused."""
+    tomo = Tomogram.from_array(np.ones((2, 2, 2), dtype), pixel_spacing=1.0, experiment_id="t")
+    with pytest.raises(
+        InvalidValueError, match=rf"cannot hold {np.dtype(dtype)} exactly; pass dtype='{suggestion}'"
+    ):
+        write_mrc(tomo, tmp_path / "t.mrc")
+    with pytest.raises(InvalidValueError, match="dtype= must be one MRC holds"):
+        write_mrc(tomo, tmp_path / "t.mrc", dtype="float64")
+    with pytest.raises(InvalidValueError, match="pass one of mode= and dtype="):
+        write_mrc(tomo, tmp_path / "t.mrc", dtype="float32", mode=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_uint8_round_trips_as_mode_0_with_imod_unsigned_flag(tmp_path: Path) -> None:
+    """Issue 22: uint8 came back as uint16. Mode 0 + IMOD's stamp, flag clear (IMOD mrcfiles.c)."""
+    data = np.array([[[0, 1, 127, 128, 200, 255]]], np.uint8).repeat(2, axis=0)
+    path = write_mrc(Tomogram.from_array(data, pixel_spacing=1.0, experiment_id="t"), tmp_path / "u.mrc")
+    back = read_mrc(path)
+    assert back.data.dtype == np.uint8
+    np.testing.assert_array_equal(back.data.values, data)
+    raw = path.read_bytes()
+    assert np.frombuffer(raw[12:16], "<i4")[0] == 0  # mode 0
+    assert np.frombuffer(raw[152:160], "<i4").tolist() == [1146047817, 0]  # IMOD stamp, unsigned
+    with mrcfile.open(path) as mrc:  # mrcfile follows MRC2014 strictly: mode 0 is int8
+        assert mrc.data.dtype == np.int8
+        np.testing.assert_array_equal(mrc.data.view(np.uint8), data)
+    # int8 stays int8, and an IMOD-stamped unsigned file written by someone else reads as uint8
+    signed = write_mrc(Tomogram.from_array(data.view(np.int8), pixel_spacing=1.0, experiment_id="s"),
+                       tmp_path / "s.mrc")  # fmt: skip
+    assert read_mrc(signed).data.dtype == np.int8
+    with mrcfile.new(tmp_path / "imod.mrc") as mrc:
+        mrc.set_data(data.view(np.int8))
+        mrc.voxel_size = 1.0
+        extra2 = bytearray(bytes(mrc.header.extra2))
+        extra2[40:48] = np.array([1146047817, 0], "<i4").tobytes()
+        mrc.header.extra2 = bytes(extra2)
+    np.testing.assert_array_equal(read_mrc(tmp_path / "imod.mrc").data.values, data)
 
 
 def test_write_refuses_dtype_and_mode(tmp_path: Path) -> None:

@@ -14,7 +14,9 @@ import zarr.storage
 from ome_zarr.format import FormatV04, FormatV05
 
 from cryoxr import Micrograph, Tomogram
+from cryoxr.errors import FormatError
 from cryoxr.io.ome_zarr import COMPRESSORS, open_ome_zarr_pyramid, read_ome_zarr, write_ome_zarr
+from cryoxr.io.ome_zarr._store import METADATA_NAMES
 from cryoxr.testing import raise_if_dask_computes
 
 with warnings.catch_warnings():  # ome-zarr-py builds a deprecated Scaler at import
@@ -163,3 +165,123 @@ def test_open_select_read_only_one_slice(tmp_path: Path, chunks: Any) -> None:
     assert store.chunk_bytes == 16 * 16**3 * 4
     np.testing.assert_array_equal(box.data.values, data[:16, 16:32, 32:48].compute())
     assert store.chunk_reads == 17
+
+
+# -- issue 22: links, pipes, sizes and depths that a store must not make the reader follow --------
+
+
+def _store(tmp_path: Path, version: str = "0.5") -> Path:
+    tomo = Tomogram.from_array(
+        np.arange(64, dtype=np.float32).reshape(4, 4, 4), pixel_spacing=1.0, experiment_id="t"
+    )
+    return write_ome_zarr(tomo, tmp_path / "t.ome.zarr", levels=2, chunks=(2, 2, 2), version=version)
+
+
+def _a_chunk(store: Path) -> Path:
+    return next(p for p in sorted((store / "0").rglob("*")) if p.is_file() and p.name not in METADATA_NAMES)
+
+
+@pytest.mark.parametrize("chunks", ["auto", None])
+def test_chunk_linked_to_dev_zero_or_outside_is_refused(tmp_path: Path, chunks: Any) -> None:
+    """Issue 22: a chunk linked to /dev/zero was read whole (OOM kill or a raw MemoryError)."""
+    store = _store(tmp_path)
+    chunk = _a_chunk(store)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(chunk.read_bytes())
+    chunk.unlink()
+    chunk.symlink_to("/dev/zero")
+    image = read_ome_zarr(store, chunks=chunks)  # metadata only: opening is fine
+    with pytest.raises(
+        FormatError, match=r"is a link to /dev/zero, outside the store.*allow_links_outside=True"
+    ):
+        image.data.values  # noqa: B018
+    # a link to a regular file outside: refused too, read when allowed
+    chunk.unlink()
+    chunk.symlink_to(outside)
+    with pytest.raises(FormatError, match="outside the store"):
+        read_ome_zarr(store, chunks=chunks).data.values  # noqa: B018
+    allowed = read_ome_zarr(store, chunks=chunks, allow_links_outside=True)
+    np.testing.assert_array_equal(allowed.data.values, np.arange(64).reshape(4, 4, 4))
+    # even allowed, a device is not a regular file
+    chunk.unlink()
+    chunk.symlink_to("/dev/zero")
+    with pytest.raises(FormatError, match="is a character device, not a regular file"):
+        read_ome_zarr(store, chunks=chunks, allow_links_outside=True).data.values  # noqa: B018
+
+
+def test_level_folder_linked_outside_is_refused(tmp_path: Path) -> None:
+    """Issue 22: a level folder linked to a folder outside the store was followed silently."""
+    store = _store(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    (store / "1").rename(elsewhere)
+    (store / "1").symlink_to(elsewhere)
+    with pytest.raises(FormatError, match=r"/1/zarr\.json: a member of the OME-Zarr store .* is a link to"):
+        read_ome_zarr(store, level=1)
+    with pytest.raises(FormatError, match="outside the store"):
+        open_ome_zarr_pyramid(store)
+    assert read_ome_zarr(store, level=1, allow_links_outside=True).shape == (2, 2, 2)
+    # a store named through a link is the user's choice: followed
+    (tmp_path / "named.ome.zarr").symlink_to(store)
+    assert read_ome_zarr(tmp_path / "named.ome.zarr").shape == (4, 4, 4)
+
+
+@pytest.mark.parametrize("member", ["zarr.json", "chunk"])
+def test_pipes_in_a_store_are_refused_at_once(tmp_path: Path, member: str) -> None:
+    import os
+    import threading
+
+    store = _store(tmp_path)
+    target = store / "zarr.json" if member == "zarr.json" else _a_chunk(store)
+    target.unlink()
+    os.mkfifo(target)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_ome_zarr(store).data.values  # noqa: B018
+        except BaseException as err:
+            outcome.append(err)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "the reader blocked on a named pipe"
+    assert isinstance(outcome[0], FormatError)
+    assert "is a named pipe (FIFO), not a regular file" in str(outcome[0])
+    assert str(target) in str(outcome[0])
+
+
+def test_metadata_too_large_or_too_deep(tmp_path: Path) -> None:
+    """Issue 22: zarr.json nested 100,000 levels raised a raw RecursionError."""
+    store = _store(tmp_path)
+    meta = store / "zarr.json"
+    meta.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(FormatError, match=r"zarr\.json: zarr metadata: expected JSON, found nesting deeper"):
+        read_ome_zarr(store)
+    with open(meta, "wb") as f:  # sparse: 17 MiB that cost no disk
+        f.truncate(17 * 2**20)
+    with pytest.raises(
+        FormatError,
+        match=r"zarr\.json: zarr metadata file of 17825792 bytes .*expected at most 16777216 bytes",
+    ):
+        read_ome_zarr(store)
+    (tmp_path / "deep").mkdir()
+    deep = _store(tmp_path / "deep")
+    (deep / "0" / "zarr.json").write_text('{"a": ' * 50_000 + "1" + "}" * 50_000)
+    with pytest.raises(FormatError, match="nesting deeper"):
+        read_ome_zarr(deep)
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_chunk_file_larger_than_it_can_be_is_refused(tmp_path: Path, version: str) -> None:
+    """A sparse chunk of 4 GiB (no disk used): refused before it is read, not allocated."""
+    store = _store(tmp_path, version)
+    chunk = _a_chunk(store)
+    with open(chunk, "r+b") as f:
+        f.truncate(4 * 2**30)
+    image = read_ome_zarr(store)
+    bound = 2 * 8 * 4 + 2**20  # twice a 2x2x2 float32 chunk, plus 1 MiB
+    with pytest.raises(
+        FormatError, match=rf"zarr chunk file of {4 * 2**30} bytes .*expected at most {bound} bytes"
+    ):
+        image.data.values  # noqa: B018

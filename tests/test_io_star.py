@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,13 @@ import starfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cryoxr.errors import CryoxrError, CryoxrFileNotFoundError, FileExistsNoOverwriteError, FormatError
+from cryoxr.errors import (
+    CryoxrError,
+    CryoxrFileNotFoundError,
+    FileExistsNoOverwriteError,
+    FormatError,
+    InvalidValueError,
+)
 from cryoxr.io.star import StarBlock, format_rows, read_star, write_star
 
 RELION_PADDED = """
@@ -306,3 +313,142 @@ def test_ragged_row_in_a_later_piece_is_named(tmp_path: Path) -> None:
             read_star(path)
     finally:
         _read._BodyScanner.piece_bytes = old
+
+
+# ---------------------------------------------------------------------- quoting (issues 21, 22)
+#: the values the adversarial pass of issue 22 found changed, and their relatives
+AWKWARD = [
+    '"quoted"', 'say "hi"', "a\tb", "\ttab first", "_under", "#hash", "mid#hash", "data_x", "DATA_y",
+    "loop_", "save_frame", "global_", "stop_", "", " ", "  two  blanks  ", "it's", "a' b", 'a" b',
+    "'", '"', "''", '""', "1", "2.5", "nan", "-inf", "1e5", "\x01", "\xa0nbsp", "\u2028ls", "é ñ 字",
+    "$frame", ";semi", "[bracket]", "x" * 200_000,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("loop", [True, False])
+def test_awkward_text_values_read_back_identically(tmp_path: Path, loop: bool) -> None:
+    """Issue 22: '"quoted"' came back as 'quoted""' and a tab as a space."""
+    path = tmp_path / "a.star"
+    if loop:
+        df = pd.DataFrame({"rlnTomoName": AWKWARD, "myText": AWKWARD[::-1], "rlnAngleRot": 1.5})
+        write_star([StarBlock("p", df)], path)
+        back = read_star(path)["p"].table
+        pd.testing.assert_frame_equal(back, df)
+        return
+    for i, value in enumerate(AWKWARD):
+        df = pd.DataFrame({"rlnTomoName": [value], "myText": [value], "rlnAngleRot": [1.5]})
+        write_star([StarBlock("g", df, loop=False)], path, overwrite=True)
+        back = read_star(path)["g"].table
+        assert back.rlnTomoName[0] == value, i
+        assert back.myText[0] == value, i
+
+
+def test_text_columns_that_look_numeric_stay_text(tmp_path: Path) -> None:
+    df = pd.DataFrame({"myId": ["1", "02", "3.0"], "myNum": [1, 2, 3]})
+    write_star([StarBlock("p", df)], tmp_path / "n.star")
+    text = (tmp_path / "n.star").read_text()
+    assert '"02" 2' in text
+    back = read_star(tmp_path / "n.star")["p"].table
+    assert back.myId.tolist() == ["1", "02", "3.0"]
+    assert back.myNum.dtype == np.int64
+
+
+def test_single_quoted_values_read_as_starfile_reads_them(tmp_path: Path) -> None:
+    """Issue 21: values in single quotes are valid STAR (starfile reads them); cryoxr refused them."""
+    path = tmp_path / "q.star"
+    path.write_text(
+        "data_general\n\n_rlnTomoName 'TS 01'\n\ndata_p\n\nloop_\n_rlnTomoName #1\n_rlnAngleRot #2\n"
+        "'TS 01'  1.5\n'TS 02'\t-2.0\nTS_03 '3.25'\n"
+    )
+    ours = read_star(path)
+    theirs = starfile.read(path)
+    assert ours["general"].table.rlnTomoName.tolist() == [theirs["general"]["rlnTomoName"]] == ["TS 01"]
+    assert (
+        ours["p"].table.rlnTomoName.tolist()
+        == theirs["p"].rlnTomoName.tolist()
+        == ["TS 01", "TS 02", "TS_03"]
+    )
+    assert ours["p"].table.rlnAngleRot.tolist() == theirs["p"].rlnAngleRot.tolist() == [1.5, -2.0, 3.25]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("'open 1.0\n", "line 6: value \"'open\" opens a ' quote that is not closed"),
+        ('"a"b 1.0\n', 'line 6: value \'"a"b\' opens a " quote that is not closed'),
+        ("'a' 'b' 1.0\n", "line 6: expected 2 values (one per label), found 3"),
+    ],
+)
+def test_broken_quotes_name_the_line(tmp_path: Path, body: str, message: str) -> None:
+    path = tmp_path / "b.star"
+    path.write_text("data_p\n\nloop_\n_rlnTomoName #1\n_rlnAngleRot #2\n" + body)
+    with pytest.raises(FormatError, match=re.escape(message)):
+        read_star(path)
+
+
+@pytest.mark.parametrize(
+    ("frame", "name", "message"),
+    [
+        (pd.DataFrame({"rlnTomoName": ["a\nb"]}), "p", r"column rlnTomoName, row 0: 'a\\nb': a line break"),
+        (pd.DataFrame({"rlnTomoName": ["x\r"]}), "p", "a line break or a NUL cannot be written"),
+        (pd.DataFrame({"rlnTomoName": ["x\x00y"]}), "p", "a line break or a NUL cannot be written"),
+        (pd.DataFrame({"rlnTomoName": ["a\" b'\tc"]}), "p", "both a \" and a ' followed by a blank"),
+        (
+            pd.DataFrame({"rln Bad": [1]}),
+            "p",
+            "label 'rln Bad': expected a non-empty label without white space",
+        ),
+        (pd.DataFrame({"": [1]}), "p", "label '': expected a non-empty label"),
+        (pd.DataFrame([[1, 2]], columns=["rlnA", "rlnA"]), "p", r"labels \['rlnA'\] appear more than once"),
+        (pd.DataFrame({"rlnA": [1]}), "two words", "block name 'two words': expected no white space"),
+    ],
+)
+def test_writer_refuses_what_cannot_read_back(
+    tmp_path: Path, frame: pd.DataFrame, name: str, message: str
+) -> None:
+    with pytest.raises(InvalidValueError, match=message):
+        write_star([StarBlock(name, frame)], tmp_path / "r.star")
+    assert not list(tmp_path.iterdir())
+
+
+star_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12) | st.sampled_from(AWKWARD[:-1])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.data(),
+    n=st.integers(1, 5),
+    loop=st.booleans(),
+    piece_bytes=st.sampled_from([1, 40, 1 << 24]),
+)
+def test_any_value_the_writer_accepts_reads_back_identically(
+    tmp_path: Path, data: st.DataObject, n: int, loop: bool, piece_bytes: int
+) -> None:
+    """Issue 22 property: Unicode, quotes, blanks, '#', label and block lookalikes, empty strings."""
+    from cryoxr.io.star import _read
+
+    rows = n if loop else 1
+    df = pd.DataFrame(
+        {
+            "rlnTomoName": data.draw(st.lists(star_text, min_size=rows, max_size=rows)),
+            "myText": data.draw(st.lists(star_text, min_size=rows, max_size=rows)),
+            "myFloat": data.draw(st.lists(st.floats(width=64), min_size=rows, max_size=rows)),
+            "myInt": data.draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=rows, max_size=rows)),
+        }
+    ).astype({"myFloat": np.float64, "myInt": np.int64})
+    path = tmp_path / "h.star"
+    values = [*df.rlnTomoName, *df.myText]
+    unwritable = any("\n" in v or "\r" in v or "\x00" in v for v in values) or any(
+        re.search(r'"[ \t]', v) and re.search(r"'[ \t]", v) for v in values
+    )
+    if unwritable:  # only what STAR cannot hold is refused
+        with pytest.raises(InvalidValueError, match="cannot be"):
+            write_star([StarBlock("b", df, loop=loop)], path, overwrite=True)
+        return
+    write_star([StarBlock("b", df, loop=loop)], path, overwrite=True)
+    old, _read._BodyScanner.piece_bytes = _read._BodyScanner.piece_bytes, piece_bytes
+    try:
+        back = read_star(path)["b"].table
+    finally:
+        _read._BodyScanner.piece_bytes = old
+    pd.testing.assert_frame_equal(back, df)

@@ -47,9 +47,16 @@ import xarray as xr
 
 from cryoxr.errors import CryoxrFileNotFoundError, UnknownFormatError
 from cryoxr.image import Image
+from cryoxr.io._paths import read_head
 from cryoxr.io.images import IMAGE_READERS, open_image
 from cryoxr.io.star import read_star
-from cryoxr.io.tables import _sniff, read_alignment, read_numeric_table, read_poses, takes_pixel_spacing
+from cryoxr.io.tables import (
+    _sniff,
+    read_alignment,
+    read_numeric_table,
+    read_poses,
+    takes_pixel_spacing,
+)
 from cryoxr.poseset import experiment_ids
 from cryoxr.projection_model import PMDL
 
@@ -87,16 +94,8 @@ def tomograms_option(tomograms: PathLike | None) -> dict[str, Any]:
     return {} if tomograms is None else {"tomograms": Path(tomograms)}
 
 
-def _head(path: Path, size: int = 1 << 16) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            return handle.read(size)
-    except OSError:
-        return b""
-
-
 def _star_kind(path: Path) -> str:
-    head = _head(path)
+    head = read_head(path, what="STAR")
     if b"_rlnTomoTiltSeriesStarFile" in head or b"rlnTomoProjX" in head:
         return "alignment"  # a RELION 5 tomograms.star (or RELION 4 projection matrices)
     if any(label in head for label in _TILT_SERIES_LABELS) and not any(

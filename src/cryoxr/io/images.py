@@ -1,7 +1,8 @@
 """Open any image file cryoxr knows, choosing the reader by suffix.
 
 The suffix table :data:`IMAGE_READERS` is the whole dispatch: MRC for ``.mrc .mrcs .st
-.ali .rec .map`` (:func:`cryoxr.io.mrc.read_mrc`), OME-Zarr for ``.zarr`` and
+.ali .rec .map``, each also gzip- or bzip2-compressed (``.mrc.gz``, ``.rec.bz2``, ...;
+:func:`cryoxr.io.mrc.read_mrc`), OME-Zarr for ``.zarr`` and
 ``.ome.zarr`` (:func:`cryoxr.io.ome_zarr.read_ome_zarr`, level 0). Suffixes are matched
 case-insensitively, longest first.
 
@@ -28,6 +29,7 @@ from typing import Any
 from cryoxr.errors import UnknownFormatError
 from cryoxr.image import Chunks, Image
 from cryoxr.io.mrc import MRC_SUFFIXES, read_mrc
+from cryoxr.io.mrc.compressed import COMPRESSED_SUFFIXES
 from cryoxr.io.ome_zarr import OME_ZARR_SUFFIXES, read_ome_zarr
 
 __all__ = ["IMAGE_READERS", "image_reader", "open_image"]
@@ -36,6 +38,7 @@ __all__ = ["IMAGE_READERS", "image_reader", "open_image"]
 #: allow_anisotropic)``
 IMAGE_READERS: dict[str, Callable[..., Image]] = {
     **dict.fromkeys(MRC_SUFFIXES, read_mrc),
+    **dict.fromkeys((f"{s}{c}" for s in MRC_SUFFIXES for c in COMPRESSED_SUFFIXES), read_mrc),
     **dict.fromkeys(OME_ZARR_SUFFIXES, read_ome_zarr),
 }
 
@@ -56,15 +59,17 @@ def image_reader(path: str | os.PathLike[str]) -> Callable[..., Image]:
     Traceback (most recent call last):
     ...
     cryoxr.errors.UnknownFormatError: TS_01.tif: unknown image suffix '.tif'; cryoxr reads \
-.ali, .map, .mrc, .mrcs, .ome.zarr, .rec, .st, .zarr
+.ali, .map, .mrc, .mrcs, .ome.zarr, .rec, .st, .zarr (the MRC ones also compressed: .gz, .bz2)
     """
     name = Path(path).name.lower()
     for suffix in sorted(IMAGE_READERS, key=len, reverse=True):
         if name.endswith(suffix):
             return IMAGE_READERS[suffix]
     found = Path(path).suffix or "(none)"
+    plain = sorted(s for s in IMAGE_READERS if not s.endswith(tuple(COMPRESSED_SUFFIXES)))
     raise UnknownFormatError(
-        f"{path}: unknown image suffix {found!r}; cryoxr reads {', '.join(sorted(IMAGE_READERS))}"
+        f"{path}: unknown image suffix {found!r}; cryoxr reads {', '.join(plain)} "
+        f"(the MRC ones also compressed: {', '.join(COMPRESSED_SUFFIXES)})"
     )
 
 

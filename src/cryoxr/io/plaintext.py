@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cryoxr.errors import CryoxrFileNotFoundError, FormatError, InvalidValueError
+from cryoxr.errors import FormatError, InvalidValueError
+from cryoxr.io._paths import TEXT_MAX_BYTES, read_bytes
 from cryoxr.projection_model import PMDL, make_projection_model
 
 __all__ = [
@@ -65,14 +66,14 @@ def read_text_lines(path: PathLike, *, what: str, allow_empty: bool = False) -> 
     Raises
     ------
     CryoxrFileNotFoundError
-        ``path`` is not a file.
+        ``path`` does not exist, or is not a regular file (a folder, a named pipe, a
+        device): :func:`cryoxr.io._paths.read_bytes`.
     FormatError
         The file is empty or not UTF-8 text.
     """
     p = Path(path)
-    if not p.is_file():
-        raise CryoxrFileNotFoundError(f"{p}: no such {what} file")
-    data = p.read_bytes()
+    # regular files only (a FIFO or a folder is refused at once), at most TEXT_MAX_BYTES
+    data = read_bytes(p, what=what, max_bytes=TEXT_MAX_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -46,6 +46,7 @@ import pandas as pd
 import xarray as xr
 
 from cryoxr.errors import CryoxrFileNotFoundError, InvalidValueError, UnknownFormatError
+from cryoxr.io._paths import read_head
 
 # the shared text parsing, importable from here as before the split
 from cryoxr.io.plaintext import (  # noqa: F401
@@ -90,11 +91,7 @@ KNOWN_ALIGNMENT_FORMATS: dict[str, tuple[str, str]] = {
 
 def _sniff(path: Path) -> str | None:
     """Guess a suffix from the first non-blank, non-comment lines of ``path``."""
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(65536).decode("utf-8", errors="replace")
-    except OSError:
-        return None
+    head = read_head(path, what="text table").decode("utf-8", errors="replace")
     lines = [ln.strip() for ln in head.splitlines() if ln.strip()]
     if not lines:
         return None
@@ -230,8 +227,7 @@ def read_poses(path: PathLike, *, pixel_spacing: float | None = None, **kwargs: 
 
 def _needs_tomogram_sizes(path: Path) -> bool:
     """A RELION 5 particle file: centred coordinates, which need the tomogram sizes."""
-    with path.open("rb") as handle:
-        return b"_rlnCenteredCoordinateXAngst" in handle.read(1 << 16)
+    return b"_rlnCenteredCoordinateXAngst" in read_head(path, what="RELION particle STAR")
 
 
 def _sibling(path: Path, suffixes: Sequence[str]) -> Path | None:

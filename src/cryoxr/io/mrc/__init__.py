@@ -13,6 +13,7 @@ module                             job
 :mod:`cryoxr.io.mrc.array`         :class:`MrcArray`: lazy access, a memory map per read
 :mod:`cryoxr.io.mrc.read`          :func:`read_mrc`, chunking, :func:`rechunk_from_file`
 :mod:`cryoxr.io.mrc.write`         :func:`write_mrc`, :func:`store_guarded`
+:mod:`cryoxr.io.mrc.compressed`    gzip / bzip2 files, decompressed into memory
 =================================  ===================================================
 
 Examples
@@ -38,6 +39,8 @@ from cryoxr.io.mrc.header import (
     HEADER_BYTES,
     HEADER_DTYPE,
     IMAGE_STACK_ISPG,
+    IMOD_SIGNED_BYTES,
+    IMOD_STAMP,
     LITTLE_ENDIAN_STAMP,
     MRC_MODES,
     NVERSION,
@@ -57,6 +60,8 @@ __all__ = [
     "HEADER_DTYPE",
     "IMAGE_CLASS",
     "IMAGE_STACK_ISPG",
+    "IMOD_SIGNED_BYTES",
+    "IMOD_STAMP",
     "LITTLE_ENDIAN_STAMP",
     "MAP_ALIGNMENT",
     "MRC_MODES",

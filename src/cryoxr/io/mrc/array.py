@@ -19,6 +19,8 @@ same under the threaded, process and distributed schedulers:
 
 from __future__ import annotations
 
+import io
+import math
 import mmap
 import operator
 import os
@@ -31,6 +33,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from cryoxr.errors import FormatError
+from cryoxr.io._paths import open_file
 
 __all__ = ["MAP_ALIGNMENT", "MrcArray"]
 
@@ -80,7 +83,11 @@ class _Mapped(np.ndarray):
 
 
 def _map_planes(
-    path: str, offset: int, planes: tuple[int, int], file_shape: tuple[int, ...], dtype: np.dtype[Any]
+    f: io.BufferedReader,
+    offset: int,
+    planes: tuple[int, int],
+    file_shape: tuple[int, ...],
+    dtype: np.dtype[Any],
 ) -> tuple[mmap.mmap, np.ndarray]:
     """A read-only memory map of planes ``[lo, hi)`` and an array over it, which keeps it alive."""
     lo, hi = planes
@@ -88,7 +95,7 @@ def _map_planes(
     plane = ny * nx * dtype.itemsize
     start = offset + lo * plane
     aligned = start - start % MAP_ALIGNMENT
-    with open(path, "rb") as f:
+    with f:
         mm = mmap.mmap(
             f.fileno(), (hi - lo) * plane + start - aligned, access=mmap.ACCESS_READ, offset=aligned
         )
@@ -97,14 +104,14 @@ def _map_planes(
 
 @contextmanager
 def _mapped(
-    path: str,
+    f: io.BufferedReader,
     offset: int,
     planes: tuple[int, int],
     file_shape: tuple[int, ...],
     dtype: np.dtype[Any],
 ) -> Iterator[_Mapped]:
     """Map planes ``[lo, hi)`` of a data block, read-only; unmap on exit (keep no views)."""
-    mm, array = _map_planes(path, offset, planes, file_shape, dtype)
+    mm, array = _map_planes(f, offset, planes, file_shape, dtype)
     try:
         view = array.view(_Mapped)
         del array  # the view holds the only reference
@@ -124,7 +131,12 @@ def _whole_rows(basic: list[Any], nx: int) -> bool:
 
 
 def _read_rows(
-    path: str, offset: int, planes: np.ndarray, rows: Any, file_shape: tuple[int, ...], dtype: np.dtype[Any]
+    f: io.BufferedReader,
+    offset: int,
+    planes: np.ndarray,
+    rows: Any,
+    file_shape: tuple[int, ...],
+    dtype: np.dtype[Any],
 ) -> np.ndarray:
     """Rows ``rows`` (int or step-1 slice) of the given planes, with one read per plane."""
     _, ny, nx = file_shape
@@ -133,9 +145,10 @@ def _read_rows(
     )
     out = np.empty((len(planes), len(span), nx), dtype)
     if out.size == 0:
+        f.close()
         return out
     row_bytes = nx * dtype.itemsize
-    with open(path, "rb", buffering=0) as f:
+    with f:
         for i, z in enumerate(planes):
             f.seek(offset + (int(z) * ny + span.start) * row_bytes)
             target = memoryview(out[i]).cast("B")
@@ -143,7 +156,7 @@ def _read_rows(
             while filled < len(target):
                 n = f.readinto(target[filled:])
                 if not n:
-                    raise FormatError(f"{path}: data block ends early, at plane {z}")
+                    raise FormatError(f"{f.name}: data block ends early, at plane {z}")
                 filled += n
     return out
 
@@ -174,6 +187,12 @@ class MrcArray:
         dtype with the file's byte order.
     squeeze
         Present a single-section file as 2D ``(ny, nx)``.
+    opened
+        ``(st_size, st_mtime_ns)`` of the file when it was opened (:func:`read_mrc` records
+        it): a read finding another size or modification time raises a
+        :class:`~cryoxr.errors.FormatError` saying the file changed since it was opened
+        (a truncated file would otherwise fail inside ``mmap``, a rewritten one give other
+        voxels). Without it, only a data block that no longer fits is refused.
 
     Examples
     --------
@@ -185,7 +204,7 @@ class MrcArray:
     [14, 18, 22]
     """
 
-    __slots__ = ("dtype", "file_dtype", "file_shape", "ndim", "offset", "path", "shape", "squeeze")
+    __slots__ = ("dtype", "file_dtype", "file_shape", "ndim", "offset", "opened", "path", "shape", "squeeze")
 
     def __init__(
         self,
@@ -195,8 +214,10 @@ class MrcArray:
         file_dtype: np.dtype[Any],
         *,
         squeeze: bool = False,
+        opened: tuple[int, int] | None = None,
     ) -> None:
         self.path = str(path)
+        self.opened = None if opened is None else (int(opened[0]), int(opened[1]))
         self.offset = int(offset)
         self.file_shape = tuple(int(n) for n in file_shape)
         self.file_dtype = np.dtype(file_dtype)
@@ -206,9 +227,31 @@ class MrcArray:
         self.ndim = len(self.shape)
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
-        stat = os.stat(self.path)
-        return ("cryoxr.MrcArray", self.path, stat.st_mtime_ns, stat.st_size, self.offset,
+        stamp: tuple[int, int] | None = self.opened
+        if stamp is None:
+            try:
+                st = os.stat(self.path)
+                stamp = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                stamp = (-1, -1)  # reading will say what is wrong
+        return ("cryoxr.MrcArray", self.path, *stamp, self.offset,
                 self.file_shape, self.file_dtype.str, self.squeeze)  # fmt: skip
+
+    def _open(self) -> io.BufferedReader:
+        """The file, opened and checked: still a regular file, unchanged since it was opened."""
+        f, st = open_file(self.path, what="MRC")
+        now = (st.st_size, st.st_mtime_ns)
+        needed = self.offset + math.prod(self.file_shape) * self.file_dtype.itemsize
+        if (self.opened is not None and now != self.opened) or st.st_size < needed:
+            f.close()
+            then = (
+                "" if self.opened is None else f"{self.opened[0]} bytes, modified {self.opened[1]} ns then; "
+            )
+            raise FormatError(
+                f"{self.path}: the file changed since it was opened ({then}{st.st_size} bytes, modified "
+                f"{st.st_mtime_ns} ns now; the data block needs {needed} bytes): open it again with read_mrc"
+            )
+        return f
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = _expand_key(key, self.ndim)
@@ -243,7 +286,9 @@ class MrcArray:
             # whole planes in native byte order: a read-only view of a map of just these
             # planes, no copy (reductions run at memory-map speed); the map closes when the
             # last view of it is dropped
-            _, planes_view = _map_planes(self.path, self.offset, (lo, hi), self.file_shape, self.file_dtype)
+            _, planes_view = _map_planes(
+                self._open(), self.offset, (lo, hi), self.file_shape, self.file_dtype
+            )
             out = planes_view[zrel]
         elif _whole_rows(basic, nx):
             # runs of whole rows: plain reads into the result, one per plane. (A memory map
@@ -251,7 +296,7 @@ class MrcArray:
             # would count as this process's memory.)
             planes = np.arange(lo, hi)[zrel]
             out = _read_rows(
-                self.path, self.offset, np.atleast_1d(planes), basic[1], self.file_shape, self.file_dtype
+                self._open(), self.offset, np.atleast_1d(planes), basic[1], self.file_shape, self.file_dtype
             )
             out = out.astype(self.dtype, copy=False)
             out = out[
@@ -263,7 +308,7 @@ class MrcArray:
             arrays = [(axis, rel) for axis, rel in arrays if axis != 0]  # planes are already picked
         else:
             # scattered short runs (a box, a column): map the planes, page in only what is touched
-            with _mapped(self.path, self.offset, (lo, hi), self.file_shape, self.file_dtype) as view:
+            with _mapped(self._open(), self.offset, (lo, hi), self.file_shape, self.file_dtype) as view:
                 _advise_random(view)
                 out = np.array(view[tuple(basic)], dtype=self.dtype)  # a copy: the map closes
         dropped = [i for i, k in enumerate(basic) if isinstance(k, int | np.integer)]

@@ -11,7 +11,9 @@ nor sign-flipped; both are kept as stored):
 attr                      header field(s)
 ========================  ===================================================
 ``mrc_origin``            ``origin`` (x, y, z), Å, as stored
-``mrc_nstart``            ``nxstart, nystart, nzstart``
+``mrc_nstart``            ``nxstart, nystart, nzstart``, in x, y, z order (a file with
+                          ``mapc, mapr, maps`` other than 1, 2, 3 stores them per
+                          column, row, section: they are permuted with the data)
 ``mrc_cella``             ``cella`` (x, y, z), Å
 ``mrc_sampling``          ``mx, my, mz``
 ``mrc_cellb``             ``cellb`` (alpha, beta, gamma), degrees
@@ -29,10 +31,16 @@ does; in float64 where mrcfile uses float32); where they agree with ``mrc_stats`
 values are written back, so that unchanged data round-trip bit for bit. The machine stamp
 and byte order of written files are always little-endian.
 
+8-bit data: MRC2014 (and mrcfile) read mode 0 as signed int8. IMOD marks its files with a
+stamp and a flag that says whether mode 0 bytes are signed (:data:`IMOD_STAMP`); cryoxr
+reads mode 0 as uint8 when that flag says unsigned, and writes uint8 images as mode 0 with
+the stamp and the flag clear (int8 with the flag set), so both round-trip and IMOD reads
+them right. mrcfile, which ignores the flag, reads a uint8 file as int8.
+
 Examples
 --------
 >>> MRC_MODES[2], WRITE_MODE_BY_DTYPE["u1"], HEADER_DTYPE.itemsize == HEADER_BYTES
-(dtype('float32'), 6, True)
+(dtype('float32'), 0, True)
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ __all__ = [
     "HEADER_BYTES",
     "HEADER_DTYPE",
     "IMAGE_STACK_ISPG",
+    "IMOD_SIGNED_BYTES",
+    "IMOD_STAMP",
     "LITTLE_ENDIAN_STAMP",
     "MRC_MODES",
     "NVERSION",
@@ -79,19 +89,27 @@ MRC_MODES: dict[int, np.dtype[Any]] = {
     12: np.dtype(np.float16),
 }
 
-#: numpy dtype (kind + itemsize) -> MRC mode written when ``mode=None``. uint8 is widened
-#: to mode 6 (as mrcfile does); float64 / complex128 are narrowed to modes 2 / 4.
+#: numpy dtype (kind + itemsize) -> MRC mode: the dtypes MRC holds exactly, written as they
+#: are. uint8 is mode 0 with IMOD's "unsigned bytes" flag (see :data:`IMOD_STAMP`); any other
+#: dtype (float64, int32, ...) is refused unless ``write_mrc(dtype=...)`` asks for a conversion.
 WRITE_MODE_BY_DTYPE: dict[str, int] = {
     "i1": 0,
+    "u1": 0,
     "i2": 1,
     "f4": 2,
     "c8": 4,
     "u2": 6,
-    "u1": 6,
     "f2": 12,
-    "f8": 2,
-    "c16": 4,
 }
+
+#: IMOD's header stamp (bytes 152-155) and flags (156-159): with the stamp, flag bit 1 set
+#: means mode 0 holds *signed* bytes, clear means unsigned (IMOD ``mrcfiles.c``,
+#: ``MRC_FLAGS_SBYTES``). MRC2014 and mrcfile read mode 0 as int8 whatever the flags; cryoxr
+#: reads it as uint8 only when an IMOD stamp says unsigned, and writes uint8 that way, so
+#: uint8 images round-trip (mrcfile reads such a file as int8: values above 127 wrap).
+IMOD_STAMP = 1146047817
+IMOD_SIGNED_BYTES = 1
+_STAMP_AT, _FLAGS_AT = 152 - 112, 156 - 112  # offsets inside the ``extra2`` field
 
 #: first byte of the machine stamp -> byte order (mrcfile ``utils.byte_order_from_machine_stamp``)
 BYTE_ORDER_BY_STAMP: dict[int, ByteOrder] = {0x44: "<", 0x11: ">"}
@@ -115,12 +133,11 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def _read_header(path: Path, size: int) -> tuple[np.void, ByteOrder]:
-    """The header record (in the file's byte order) and that byte order."""
-    if size < HEADER_BYTES:
-        raise FormatError(f"{path}: truncated header: the file has {size} bytes, an MRC header has 1024")
-    with open(path, "rb") as f:
-        raw = f.read(HEADER_BYTES)
+def _read_header(path: Path, raw: bytes) -> tuple[np.void, ByteOrder]:
+    """The header record (in the file's byte order) and that byte order, from the first bytes."""
+    if len(raw) < HEADER_BYTES:
+        raise FormatError(f"{path}: truncated header: the file has {len(raw)} bytes, an MRC header has 1024")
+    raw = raw[:HEADER_BYTES]
     little = np.frombuffer(raw, HEADER_DTYPE.newbyteorder("<"), count=1)[0]
     order = BYTE_ORDER_BY_STAMP.get(int(little["machst"][0]))
     if order is None:
@@ -128,6 +145,29 @@ def _read_header(path: Path, size: int) -> tuple[np.void, ByteOrder]:
         big = np.frombuffer(raw, HEADER_DTYPE.newbyteorder(">"), count=1)[0]
         order = "<" if int(little["mode"]) in MRC_MODES or int(big["mode"]) not in MRC_MODES else ">"
     return np.frombuffer(raw, HEADER_DTYPE.newbyteorder(order), count=1)[0], order
+
+
+def _imod_flags(header: np.void, order: ByteOrder) -> int | None:
+    """IMOD's flags when the header carries IMOD's stamp, else None."""
+    extra2 = bytes(header["extra2"])
+    stamp = int(np.frombuffer(extra2, f"{order}i4", count=1, offset=_STAMP_AT)[0])
+    if stamp != IMOD_STAMP:
+        return None
+    return int(np.frombuffer(extra2, f"{order}i4", count=1, offset=_FLAGS_AT)[0])
+
+
+def file_dtype(header: np.void, order: ByteOrder) -> np.dtype[Any]:
+    """The dtype of the data block (in the file's byte order); the mode must be in :data:`MRC_MODES`.
+
+    Mode 0 is int8 (MRC2014), or uint8 when IMOD's stamp says the bytes are unsigned.
+    """
+    mode = int(header["mode"])
+    dtype = MRC_MODES[mode]
+    if mode == 0:
+        flags = _imod_flags(header, order)
+        if flags is not None and not flags & IMOD_SIGNED_BYTES:
+            dtype = np.dtype(np.uint8)
+    return dtype.newbyteorder(order)
 
 
 def _voxel_size(
@@ -209,7 +249,12 @@ def _attr_bytes(attrs: Mapping[str, Any], key: str) -> bytes:
 
 
 def _build_header(
-    data: xr.DataArray, mode: int, file_shape: tuple[int, int, int], extended: bytes
+    data: xr.DataArray,
+    mode: int,
+    file_shape: tuple[int, int, int],
+    extended: bytes,
+    *,
+    signed_bytes: bool = True,
 ) -> np.ndarray:
     """A little-endian header from the image, restoring the raw ``mrc_*`` attrs."""
     attrs = data.attrs
@@ -248,6 +293,15 @@ def _build_header(
     for field in ("extra1", "extra2"):
         raw = _attr_bytes(attrs, f"mrc_{field}")
         h[field] = raw.ljust(h[field].dtype.itemsize, b"\0")[: h[field].dtype.itemsize]
+    if mode == 0:
+        # IMOD's stamp and its signed-bytes flag say which 8-bit integers these are
+        extra2 = bytearray(bytes(h["extra2"]))
+        flags = int(np.frombuffer(bytes(extra2), "<i4", count=1, offset=_FLAGS_AT)[0])
+        if int(np.frombuffer(bytes(extra2), "<i4", count=1, offset=_STAMP_AT)[0]) != IMOD_STAMP:
+            flags = 0
+        flags = flags & ~IMOD_SIGNED_BYTES | (IMOD_SIGNED_BYTES if signed_bytes else 0)
+        extra2[_STAMP_AT : _STAMP_AT + 8] = np.array([IMOD_STAMP, flags], "<i4").tobytes()
+        h["extra2"] = bytes(extra2)
     h["map"] = b"MAP "
     h["machst"] = LITTLE_ENDIAN_STAMP
     labels = [str(label).encode("latin-1")[:80] for label in list(attrs.get("mrc_labels", []))[:10]]

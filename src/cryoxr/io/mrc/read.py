@@ -17,8 +17,10 @@ measured in ``benchmarks/README.md``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +29,23 @@ import numpy as np
 import xarray as xr
 from xarray.core import indexing
 
-from cryoxr.errors import CryoxrFileNotFoundError, FormatError, UnknownFormatError
+from cryoxr.errors import FormatError, UnknownFormatError
 from cryoxr.image import IMAGE_DIMS, Chunks, Image, image_coords
 from cryoxr.io._image_read import IMAGE_CLASS
+from cryoxr.io._paths import open_file
 from cryoxr.io.mrc.array import MrcArray, _MrcBackendArray
+from cryoxr.io.mrc.compressed import COMPRESSED_SUFFIXES, compression_of, read_block, read_compressed
 from cryoxr.io.mrc.header import (
     AXIS_BY_MAP,
     HEADER_BYTES,
     IMAGE_STACK_ISPG,
     MRC_MODES,
     VOLUME_STACK_ISPG,
+    ByteOrder,
     _header_attrs,
     _read_header,
     _voxel_size,
+    file_dtype,
 )
 
 __all__ = ["AUTO_CHUNK_BYTES", "MRC_SUFFIXES", "STACK_SUFFIXES", "read_mrc", "rechunk_from_file"]
@@ -73,9 +79,13 @@ def read_mrc(
     ``ispg`` 1 or 401-630 with ``nz > 1`` is a volume ``("z", "y", "x")``; ``nz == 1``
     is a 2D micrograph. ``mapc/mapr/maps`` other than 1, 2, 3 are honoured by a lazy
     transpose of volumes. Every MRC mode mrcfile supports (0, 1, 2, 4, 6, 12) in either
-    byte order is read, into native byte order. The pixel spacing is ``cella / mx``
+    byte order is read, into native byte order; mode 0 is int8, or uint8 when IMOD's stamp
+    says unsigned (:mod:`cryoxr.io.mrc.header`). The pixel spacing is ``cella / mx``
     (CONVENTIONS 1.3) rounded to the 7 significant digits a float32 ``cella`` holds;
     the other header fields are kept raw in ``attrs["mrc_*"]`` (:mod:`cryoxr.io.mrc.header`).
+    gzip- and bzip2-compressed files (recognised by their first bytes, whatever the
+    suffix) are decompressed into memory when opened (:mod:`cryoxr.io.mrc.compressed`);
+    only uncompressed files are read lazily.
 
     Parameters
     ----------
@@ -100,10 +110,12 @@ def read_mrc(
     Raises
     ------
     CryoxrFileNotFoundError
-        No such file.
+        No such file, or not a regular file (a folder, a named pipe, a device: refused at
+        once, never waited on).
     FormatError
         Truncated header or data block, unknown mode, non-positive sizes, NaN or
-        anisotropic voxel size; the message names the file and the header field.
+        anisotropic voxel size; the message names the file and the header field. When
+        values are computed: the file changed (truncated, rewritten) since it was opened.
     UnknownFormatError
         A volume stack (``ispg`` 401-630 with ``mz < nz``), which cryoxr does not model.
 
@@ -125,11 +137,100 @@ def read_mrc(
     (True, ('image', 'y', 'x'), 'float16', 1.35)
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise CryoxrFileNotFoundError(f"{path}: no such MRC file") from None
-    header, order = _read_header(path, size)
+    handle, st = open_file(path, what="MRC")  # a folder, a FIFO, a device: refused at once
+    with handle:
+        head = handle.read(HEADER_BYTES)
+        compression = compression_of(head)
+        stream = None
+        if compression is not None:
+            handle.seek(0)
+            stream, head = read_compressed(handle, path, compression)
+        header, order = _read_header(path, head)
+        layout = _layout(path, header, order, None if compression else st.st_size)
+        spatial_ndim, stack = layout.spatial_ndim, layout.stack
+        spacing = _voxel_size(
+            path, header, "xyz" if spatial_ndim == 3 else "xy",
+            pixel_spacing=pixel_spacing, allow_anisotropic=allow_anisotropic,
+        )  # fmt: skip
+        squeeze = spatial_ndim == 2 and not stack
+        array: MrcArray | np.ndarray
+        if compression is None or stream is None:  # an uncompressed file: read lazily
+            handle.seek(HEADER_BYTES)
+            extended = handle.read(layout.nsymbt)
+            array = MrcArray(
+                str(path), layout.offset, layout.shape, layout.dtype, squeeze=squeeze,
+                opened=(st.st_size, st.st_mtime_ns),
+            )  # fmt: skip
+        else:
+            with stream:
+                extended = bytes(read_block(stream, path, compression, layout.nsymbt, "extended header"))
+                block = read_block(stream, path, compression, layout.nbytes, "data block")
+            array = np.frombuffer(block, layout.dtype).reshape(layout.shape)
+            array = array.astype(layout.dtype.newbyteorder("="), copy=False)
+            array = array[0] if squeeze else array
+    attrs = _header_attrs(header, extended)
+    mapcrs = layout.mapcrs
+    # axes of the file array (sections, rows, columns) and the transpose to (z, y, x)
+    file_axes = tuple(AXIS_BY_MAP[m] for m in reversed(mapcrs))
+    order_zyx = tuple(file_axes.index(a) for a in "zyx") if spatial_ndim == 3 else None
+    if order_zyx is not None:
+        # nxstart, nystart, nzstart belong to the columns, rows, sections: permute them with the data
+        starts = dict(zip((AXIS_BY_MAP[m] for m in mapcrs), attrs["mrc_nstart"], strict=True))
+        attrs["mrc_nstart"] = [starts[a] for a in "xyz"]
+    cls = IMAGE_CLASS[(spatial_ndim, stack)]
+    experiment_id = experiment_id if experiment_id is not None else path.name.split(".")[0] or path.name
+    if chunks is None:
+        dims = IMAGE_DIMS[(array.ndim, stack)]
+        lazy = indexing.LazilyIndexedArray(_MrcBackendArray(array)) if isinstance(array, MrcArray) else array
+        var = xr.Variable(dims if order_zyx is None else file_axes, lazy)
+        var = var.transpose(*dims)
+        data = xr.DataArray(var, coords=image_coords(var.shape, dims, spacing), name=experiment_id)
+        data.attrs.update(attrs, experiment_id=experiment_id, pixel_spacing=spacing, source=str(path))
+        return cls(data)
+    source: Any = array
+    if order_zyx is not None and order_zyx != (0, 1, 2):
+        source = da.from_array(
+            array, chunks=_auto_chunks(array.shape, layout.dtype.itemsize), asarray=False, lock=False,
+            meta=np.empty((0, 0, 0), array.dtype),
+        ).transpose(order_zyx)  # fmt: skip
+    elif chunks == "auto" and spatial_ndim == 3 and not stack:
+        chunks = _auto_chunks(array.shape, layout.dtype.itemsize)
+    image = cls.from_array(
+        source,
+        pixel_spacing=spacing,
+        experiment_id=experiment_id,
+        source=str(path),
+        stack=stack,
+        chunks=chunks,
+        attrs=attrs,
+    )
+    if isinstance(source, MrcArray):
+        _remember_source(image.data.data, source)
+    return image
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the voxels are and what they are, from a checked header."""
+
+    shape: tuple[int, int, int]
+    dtype: np.dtype[Any]
+    nsymbt: int
+    mapcrs: tuple[int, int, int]
+    spatial_ndim: int
+    stack: bool
+
+    @property
+    def offset(self) -> int:
+        return HEADER_BYTES + self.nsymbt
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _layout(path: Path, header: np.void, order: ByteOrder, size: int | None) -> _Layout:
+    """Check the header fields that place the data (``size``: the file's, None for a stream)."""
     mode = int(header["mode"])
     if mode not in MRC_MODES:
         raise FormatError(
@@ -143,13 +244,12 @@ def read_mrc(
     nsymbt = int(header["nsymbt"])
     if nsymbt < 0:
         raise FormatError(f"{path}: header field nsymbt must be >= 0, found {nsymbt}")
-    file_dtype = MRC_MODES[mode].newbyteorder(order)
-    offset = HEADER_BYTES + nsymbt
-    nbytes = nx * ny * nz * file_dtype.itemsize
-    if size < offset + nbytes:
+    dtype = file_dtype(header, order)
+    nbytes = nx * ny * nz * dtype.itemsize
+    if size is not None and size < HEADER_BYTES + nsymbt + nbytes:
         raise FormatError(
             f"{path}: data block truncated: header fields nx, ny, nz, mode, nsymbt = {nx}, {ny}, {nz}, "
-            f"{mode}, {nsymbt} need {offset + nbytes} bytes, the file has {size}"
+            f"{mode}, {nsymbt} need {HEADER_BYTES + nsymbt + nbytes} bytes, the file has {size}"
         )
     mapcrs = tuple(int(header[f]) for f in ("mapc", "mapr", "maps"))
     if sorted(mapcrs) != [1, 2, 3]:
@@ -157,62 +257,19 @@ def read_mrc(
             f"{path}: header fields mapc, mapr, maps must be a permutation of 1, 2, 3, found {mapcrs}"
         )
     ispg = int(header["ispg"])
-    stack = path.suffix.lower() in STACK_SUFFIXES or (ispg == IMAGE_STACK_ISPG and nz > 1)
+    name = Path(path.stem) if path.suffix.lower() in COMPRESSED_SUFFIXES else path
+    stack = name.suffix.lower() in STACK_SUFFIXES or (ispg == IMAGE_STACK_ISPG and nz > 1)
     if ispg in VOLUME_STACK_ISPG and int(header["mz"]) not in (0, nz) and not stack:
         raise UnknownFormatError(
             f"{path}: header fields ispg = {ispg}, mz = {int(header['mz'])}, nz = {nz}: a stack of volumes, "
             "which cryoxr does not model (read it with mrcfile and split it into Tomograms)"
         )
-    spatial_ndim = 2 if (stack or nz == 1) else 3
     if stack and mapcrs != (1, 2, 3):
         raise FormatError(
             f"{path}: header fields mapc, mapr, maps must be 1, 2, 3 for an image stack, found {mapcrs}"
         )
-    spacing = _voxel_size(
-        path, header, "xyz" if spatial_ndim == 3 else "xy",
-        pixel_spacing=pixel_spacing, allow_anisotropic=allow_anisotropic,
-    )  # fmt: skip
-    extended = b""
-    if nsymbt:
-        with open(path, "rb") as f:
-            f.seek(HEADER_BYTES)
-            extended = f.read(nsymbt)
-    attrs = _header_attrs(header, extended)
-    array = MrcArray(str(path), offset, (nz, ny, nx), file_dtype, squeeze=spatial_ndim == 2 and not stack)
-    # axes of the file array (sections, rows, columns) and the transpose to (z, y, x)
-    file_axes = tuple(AXIS_BY_MAP[m] for m in reversed(mapcrs))
-    order_zyx = tuple(file_axes.index(a) for a in "zyx") if spatial_ndim == 3 else None
-    cls = IMAGE_CLASS[(spatial_ndim, stack)]
-    experiment_id = experiment_id if experiment_id is not None else path.name.split(".")[0] or path.name
-    if chunks is None:
-        dims = IMAGE_DIMS[(array.ndim, stack)]
-        var = xr.Variable(
-            dims if order_zyx is None else file_axes, indexing.LazilyIndexedArray(_MrcBackendArray(array))
-        )
-        var = var.transpose(*dims)
-        data = xr.DataArray(var, coords=image_coords(var.shape, dims, spacing), name=experiment_id)
-        data.attrs.update(attrs, experiment_id=experiment_id, pixel_spacing=spacing, source=str(path))
-        return cls(data)
-    source: Any = array
-    if order_zyx is not None and order_zyx != (0, 1, 2):
-        source = da.from_array(
-            array, chunks=_auto_chunks(array.shape, file_dtype.itemsize), asarray=False, lock=False,
-            meta=np.empty((0, 0, 0), array.dtype),
-        ).transpose(order_zyx)  # fmt: skip
-    elif chunks == "auto" and spatial_ndim == 3 and not stack:
-        chunks = _auto_chunks(array.shape, file_dtype.itemsize)
-    image = cls.from_array(
-        source,
-        pixel_spacing=spacing,
-        experiment_id=experiment_id,
-        source=str(path),
-        stack=stack,
-        chunks=chunks,
-        attrs=attrs,
-    )
-    if source is array:
-        _remember_source(image.data.data, array)
-    return image
+    spatial_ndim = 2 if (stack or nz == 1) else 3
+    return _Layout((nz, ny, nx), dtype, nsymbt, mapcrs, spatial_ndim, stack)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from numpy.typing import DTypeLike
 
 from cryoxr.errors import InvalidValueError
 from cryoxr.image import Image, validate_image
@@ -128,6 +129,39 @@ def store_guarded(sources: list[da.Array], targets: list[Any], *extra: Any) -> l
     return values
 
 
+#: what to suggest for a dtype MRC does not hold
+_SUGGEST = {"f": "float32", "c": "complex64", "i": "int16 or float32", "u": "uint16 or float32", "b": "uint8"}
+
+
+def _target_dtype(
+    source: np.dtype[Any], path: Any, *, mode: int | None, dtype: DTypeLike | None
+) -> np.dtype[Any]:
+    """The dtype written: the source's if MRC holds it exactly, else the one asked for."""
+    if mode is not None and dtype is not None:
+        raise InvalidValueError(f"write_mrc: {path}: pass one of mode= and dtype=, found both")
+    if mode is not None:
+        if mode not in MRC_MODES:
+            raise InvalidValueError(
+                f"write_mrc: {path}: mode must be one of {sorted(MRC_MODES)}, found {mode!r}"
+            )
+        return np.dtype(np.uint8) if mode == 0 and source == np.uint8 else MRC_MODES[mode]
+    wanted = source
+    if dtype is not None:
+        try:
+            wanted = np.dtype(dtype)
+        except TypeError:
+            raise InvalidValueError(f"write_mrc: {path}: dtype= {dtype!r} is not a numpy dtype") from None
+    if f"{wanted.kind}{wanted.itemsize}" in WRITE_MODE_BY_DTYPE:
+        return wanted.newbyteorder("=")
+    held = "float32, float16, int8, uint8, int16, uint16, complex64"
+    if dtype is not None:
+        raise InvalidValueError(f"write_mrc: {path}: dtype= must be one MRC holds ({held}), found {wanted}")
+    raise InvalidValueError(
+        f"write_mrc: {path}: MRC cannot hold {source} exactly; pass dtype='{_SUGGEST.get(source.kind, 'float32')}' "
+        f"to convert (or cast the image first). MRC holds {held}"
+    )
+
+
 def _stats(darr: da.Array) -> list[da.Array]:
     """dmin, dmax, dmean, rms as mrcfile computes them (complex: rms only)."""
     if np.iscomplexobj(darr):
@@ -141,6 +175,7 @@ def write_mrc(
     *,
     overwrite: bool = False,
     mode: int | None = None,
+    dtype: DTypeLike | None = None,
 ) -> Path:
     """Write an image to an MRC file, streaming chunk by chunk.
 
@@ -152,6 +187,12 @@ def write_mrc(
     only while they still give the image's pixel spacing, otherwise they are rewritten
     as ``pixel_spacing * shape``. Statistics are recomputed in the same pass.
 
+    One rule for dtypes: the ones MRC holds exactly are written as they are (float32 ->
+    mode 2, float16 -> 12, int8 and uint8 -> 0, int16 -> 1, uint16 -> 6, complex64 -> 4;
+    uint8 with IMOD's unsigned-bytes flag, see :mod:`cryoxr.io.mrc.header`); any other
+    (float64, complex128, int32, bool, ...) is refused unless ``dtype=`` (or ``mode=``)
+    asks for a conversion. Nothing is narrowed silently.
+
     Parameters
     ----------
     image
@@ -159,11 +200,14 @@ def write_mrc(
     path
         Destination file.
     overwrite
-        Replace an existing file.
+        Replace an existing file (a regular file only: never a folder).
     mode
-        MRC mode to write; default from the dtype (float32 -> 2, float16 -> 12, int8 -> 0,
-        int16 -> 1, uint16 and uint8 -> 6, complex64 -> 4; float64 and complex128 are
-        narrowed to 2 and 4). The data are cast with numpy ``astype`` (no rounding).
+        MRC mode to write (0, 1, 2, 4, 6, 12): converts to its dtype (mode 0 keeps uint8
+        data unsigned).
+    dtype
+        Convert to this dtype (one MRC holds, as above) before writing, with numpy
+        ``astype`` (no rounding, no clipping: float64 values beyond float32's range become
+        inf, integers wrap). Pass one of ``mode`` and ``dtype``.
 
     Returns
     -------
@@ -173,9 +217,10 @@ def write_mrc(
     Raises
     ------
     FileExistsNoOverwriteError
-        ``path`` exists and ``overwrite`` is False.
+        ``path`` exists and ``overwrite`` is False, or ``path`` is a folder.
     InvalidValueError
-        A dtype or mode MRC cannot hold, or malformed ``mrc_*`` attrs.
+        A dtype MRC cannot hold (without ``dtype=``), an unknown mode or dtype, or
+        malformed ``mrc_*`` attrs.
     WriteError
         The disk refused; nothing is left behind.
 
@@ -183,24 +228,25 @@ def write_mrc(
     --------
     >>> import tempfile, pathlib, mrcfile, numpy as np
     >>> from cryoxr import Micrograph
-    >>> m = Micrograph.from_array(np.eye(4, dtype=np.uint8), pixel_spacing=1.0, experiment_id="m")
-    >>> p = write_mrc(m, pathlib.Path(tempfile.mkdtemp()) / "m.mrc")
-    >>> with mrcfile.open(p) as mrc:
-    ...     int(mrc.header.mode), mrc.data.dtype.name, mrc.data.shape
-    (6, 'uint16', (4, 4))
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> m = Micrograph.from_array(np.eye(4, dtype=np.uint8) * 200, pixel_spacing=1.0, experiment_id="m")
+    >>> p = write_mrc(m, folder / "m.mrc")
+    >>> from cryoxr.io.mrc import read_mrc
+    >>> back = read_mrc(p)
+    >>> back.data.dtype.name, int(back.data.max())
+    ('uint8', 200)
+    >>> d = Micrograph.from_array(np.eye(4), pixel_spacing=1.0, experiment_id="d")  # float64
+    >>> write_mrc(d, folder / "d.mrc")
+    Traceback (most recent call last):
+    ...
+    cryoxr.errors.InvalidValueError: write_mrc: .../d.mrc: MRC cannot hold float64 exactly; pass dtype='float32' to convert ...
+    >>> write_mrc(d, folder / "d.mrc", dtype="float32").name
+    'd.mrc'
     """
     data = validate_image(image)
-    if mode is None:
-        key = f"{data.dtype.kind}{data.dtype.itemsize}"
-        if key not in WRITE_MODE_BY_DTYPE:
-            raise InvalidValueError(
-                f"write_mrc: {path}: MRC cannot hold dtype {data.dtype}; pass mode= one of {sorted(MRC_MODES)} "
-                "to cast, or cast the image first"
-            )
-        mode = WRITE_MODE_BY_DTYPE[key]
-    elif mode not in MRC_MODES:
-        raise InvalidValueError(f"write_mrc: {path}: mode must be one of {sorted(MRC_MODES)}, found {mode!r}")
-    file_dtype = MRC_MODES[mode].newbyteorder("<")
+    target_dtype = _target_dtype(data.dtype, path, mode=mode, dtype=dtype)
+    mode = WRITE_MODE_BY_DTYPE[f"{target_dtype.kind}{target_dtype.itemsize}"]
+    file_dtype = target_dtype.newbyteorder("<")
     darr = (
         data.data if isinstance(data.data, da.Array) else da.from_array(np.asarray(data.data), chunks="auto")
     )
@@ -210,7 +256,7 @@ def write_mrc(
     darr = darr.astype(file_dtype.newbyteorder("=")).rechunk({darr.ndim - 1: -1})
     file_shape = tuple(int(n) for n in darr.shape)
     extended = _attr_bytes(data.attrs, "mrc_extended_header")
-    header = _build_header(data, mode, file_shape, extended)  # type: ignore[arg-type]
+    header = _build_header(data, mode, file_shape, extended, signed_bytes=target_dtype.kind == "i")  # type: ignore[arg-type]
     offset = HEADER_BYTES + len(extended)
     with atomic_path(path, overwrite=overwrite) as tmp:
         with open(tmp, "r+b") as f:

@@ -5,7 +5,10 @@ Accepts what the CryoET Data Portal and ome-zarr-py write (0.4, zarr v2) and OME
 A level's ``translation`` is kept in ``attrs["ome_translation"]`` (Å, one value per dim)
 and image coords stay ``index * pixel_spacing`` (DESIGN). Leading time / channel axes of
 length 1 are dropped. Chunk bytes the codecs cannot decode are reported as
-:class:`~cryoxr.errors.FormatError` when the chunk is read.
+:class:`~cryoxr.errors.FormatError` when the chunk is read. A store given as a local path
+is read through :class:`~cryoxr.io.ome_zarr._store.GuardedStore`: no link out of the store
+is followed (unless ``allow_links_outside=True``), no pipe or device is opened, and no
+metadata or chunk file larger than it can be is read.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from dask.base import tokenize
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from cryoxr.errors import CryoxrFileNotFoundError, FormatError, InvalidValueError
+from cryoxr.errors import CryoxrError, CryoxrFileNotFoundError, FormatError, InvalidValueError
 from cryoxr.image import IMAGE_DIMS, SPATIAL_DIMS, Chunks, Image, image_coords
 from cryoxr.io._image_read import IMAGE_CLASS
+from cryoxr.io.ome_zarr._store import GuardedStore
 from cryoxr.io.ome_zarr.metadata import UNIT_TO_ANGSTROM, _axes, _level_geometry, _multiscale, _spacing
 
 __all__ = [
@@ -75,6 +79,8 @@ class _ZarrChunks:
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
             return np.asarray(self.array[key])
+        except CryoxrError:
+            raise  # the store refused a member (a link leaving the store, a pipe, a size)
         except CHUNK_DECODE_ERRORS as err:
             raise FormatError(
                 f"{self.where}: array {self.path!r}, chunks under selection {key}: expected chunk data "
@@ -103,12 +109,18 @@ def _where(path_or_store: Any) -> str:
     return str(path_or_store)
 
 
-def _open_group(path_or_store: Any) -> zarr.Group:
+def _open_group(path_or_store: Any, allow_links_outside: bool = False) -> zarr.Group:
     where = _where(path_or_store)
-    if isinstance(path_or_store, str | os.PathLike) and not Path(path_or_store).exists():
-        raise CryoxrFileNotFoundError(f"{where}: no such OME-Zarr store")
+    store = path_or_store
+    if isinstance(path_or_store, str | os.PathLike) and "://" not in str(path_or_store):
+        if not Path(path_or_store).exists():
+            raise CryoxrFileNotFoundError(f"{where}: no such OME-Zarr store")
+        # every file of a local store is read through cryoxr.io._paths (links, pipes, sizes)
+        store = GuardedStore(Path(path_or_store), allow_links_outside=allow_links_outside)
     try:
-        return zarr.open_group(path_or_store, mode="r")
+        return zarr.open_group(store, mode="r")
+    except CryoxrError:
+        raise
     except METADATA_ERRORS as err:
         raise FormatError(
             f"{where}: group metadata (zarr.json, or .zgroup / .zattrs): not a zarr group; "
@@ -159,6 +171,8 @@ def _read_level(
             # float16): a broken header, reported as such
             warnings.simplefilter("error", RuntimeWarning)
             array = group[str(path)]
+    except CryoxrError:
+        raise
     except (KeyError, zarr.errors.BaseZarrError) as err:
         raise FormatError(f"{where}: multiscales[0].datasets[{level}].path {path!r}: no such array") from err
     except METADATA_ERRORS as err:
@@ -178,6 +192,8 @@ def _read_level(
             f"{where}: array {path!r} metadata field chunk_shape (v2: chunks): expected sizes >= 1, "
             f"found {list(array.chunks)}"
         )
+    if isinstance(group.store, GuardedStore):
+        group.store.bound_array(array.path, array)  # chunk files larger than they can be: refused
     if max(array.shape) > MAX_AXIS_LENGTH:
         # missing chunks are legal (fill value), so a lying shape costs no disk: refuse it
         # before coordinates and dask's chunk tuples are allocated for it
@@ -250,10 +266,11 @@ def _read_levels(
     experiment_id: str | None,
     pixel_spacing: float | None,
     allow_anisotropic: bool,
+    allow_links_outside: bool = False,
 ) -> list[Image]:
     """The given levels of a store (None: every level, finest first); options of :func:`read_ome_zarr`."""
     where = _where(path_or_store)
-    group = _open_group(path_or_store)
+    group = _open_group(path_or_store, allow_links_outside)
     ms, version = _multiscale(group, where)
     images: list[Image] = []
     for level in (
@@ -283,6 +300,7 @@ def read_ome_zarr(
     experiment_id: str | None = None,
     pixel_spacing: float | None = None,
     allow_anisotropic: bool = False,
+    allow_links_outside: bool = False,
 ) -> Image:
     """Open one level of an OME-Zarr image (NGFF 0.4 or 0.5) lazily.
 
@@ -302,6 +320,9 @@ def read_ome_zarr(
         with it).
     allow_anisotropic
         Accept different spatial scales: keep the x spacing and warn.
+    allow_links_outside
+        Follow files and folders of a local store that are symlinks leading outside it
+        (refused by default: :mod:`cryoxr.io.ome_zarr._store`).
 
     Returns
     -------
@@ -316,7 +337,9 @@ def read_ome_zarr(
         No such path.
     FormatError
         Not a zarr group, no ``multiscales``, bad transforms or axes, unknown unit,
-        anisotropic scale; the message names the store and the field.
+        anisotropic scale; the message names the store and the field. A member of a local
+        store that is a link leaving it, a named pipe or device, metadata over 16 MiB or
+        nested too deep, a chunk file larger than it can be (:mod:`~cryoxr.io.ome_zarr._store`).
     UnknownFormatError
         An NGFF version other than 0.4 and 0.5.
 
@@ -334,7 +357,9 @@ def read_ome_zarr(
     >>> tomo.experiment_id, tomo.shape, tomo.pixel_spacing
     ('TS_01', (4, 6, 8), 13.48)
     """
-    return _read_levels(path_or_store, [level], chunks, experiment_id, pixel_spacing, allow_anisotropic)[0]
+    return _read_levels(
+        path_or_store, [level], chunks, experiment_id, pixel_spacing, allow_anisotropic, allow_links_outside
+    )[0]
 
 
 def open_ome_zarr_pyramid(
@@ -344,6 +369,7 @@ def open_ome_zarr_pyramid(
     experiment_id: str | None = None,
     pixel_spacing: float | None = None,
     allow_anisotropic: bool = False,
+    allow_links_outside: bool = False,
 ) -> list[Image]:
     """Open every level of an OME-Zarr pyramid lazily, finest first.
 
@@ -364,4 +390,6 @@ def open_ome_zarr_pyramid(
     >>> [(level.shape, level.pixel_spacing) for level in open_ome_zarr_pyramid(p)]
     [((8, 8), 1.0), ((4, 4), 2.0)]
     """
-    return _read_levels(path_or_store, None, chunks, experiment_id, pixel_spacing, allow_anisotropic)
+    return _read_levels(
+        path_or_store, None, chunks, experiment_id, pixel_spacing, allow_anisotropic, allow_links_outside
+    )

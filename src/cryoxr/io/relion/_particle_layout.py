@@ -132,6 +132,16 @@ def _pixel_size(
         label = next(
             (lab for lab in PIXEL_SIZE_LABELS if optics is not None and lab in optics.table.columns), None
         )
+        if optics is not None and label is not None:
+            stored = sorted({float(v) for v in optics.table[label]})
+            if not np.allclose(stored, value, rtol=1e-6):
+                # a stored pixel size is what the coordinates mean: a different one would move them
+                raise InvalidValueError(
+                    f"{path}: this file stores its own pixel size ({label} = "
+                    f"{', '.join(f'{v:g}' for v in stored)} Å); pixel_spacing={value:g} differs. "
+                    "pixel_spacing= is only for files without one (RELION 3.0): leave it out, or "
+                    "rescale the PoseSet after reading"
+                )
         return value, label
     optics = blocks.get("optics")
     if optics is None:

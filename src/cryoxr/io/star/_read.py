@@ -5,9 +5,15 @@ pyarrow's CSV parser with the known column names and types (:data:`LABEL_TYPES`)
 body is read from a memory map in pieces of whole lines that :data:`STAR_THREADS` worker
 threads clean and parse. Bodies padded with runs of blanks (RELION's own alignment) are
 first squeezed to single spaces with vectorised numpy byte operations (one compress per
-chunk), so a RELION file and a file written by cryoxr parse the same way. Runs of blanks
-*inside* a quoted value are squeezed too. A body the parser refuses is walked again line
-by line, only to name the first bad line and column.
+chunk), so a RELION file and a file written by cryoxr parse the same way. A piece that
+holds a quote character (``"`` or ``'``) is instead split value by value by the STAR rules
+(:func:`~cryoxr.io.star._quoting.split_values`: blanks, tabs and quotes inside a quoted
+value are kept exactly; slower, a Python loop per line, but only where quotes occur). A
+column with a quoted value is text, whatever its values look like. A body the parser
+refuses is walked again line by line, only to name the first bad line and column.
+
+Simple blocks (``_label value``) take exactly one value per label, quoted by the same
+rules; a quoted value of a label :data:`LABEL_TYPES` does not know is text.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,8 +37,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from cryoxr.errors import CryoxrFileNotFoundError, FormatError
+from cryoxr.errors import FormatError
+from cryoxr.io._paths import STAR_LINE_MAX_BYTES, open_file
 from cryoxr.io.star._block import LABEL_TYPES, StarBlock
+from cryoxr.io.star._quoting import split_values
 
 __all__ = ["STAR_THREADS", "read_star"]
 
@@ -41,8 +49,10 @@ STAR_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 _ARROW_TYPES = {"float": pa.float64(), "int": pa.int64(), "str": pa.string()}
 _KIND_NAMES = {"float": "a number", "int": "an integer"}
-_TOKEN = re.compile(r'"[^"]*"|\S+')
 _VERSION = re.compile(r"#\s*version\s+(\d+)")
+#: (a table, the parser's error, or None for no rows; newlines; carriage return seen;
+#: indices of the columns holding a quoted value)
+_PieceResult = tuple[pa.Table | pa.ArrowInvalid | None, int, bool, set[int]]
 _CARRIAGE_RETURN = "carriage return (Windows CR+LF line endings); RELION rejects these, convert with dos2unix"
 
 
@@ -122,12 +132,18 @@ class _BodyScanner:
         self._position = start - self._base
         self.start = start  # file offset of the body
         self.stop = start  # file offset just past the body (valid once finished)
+        self.nul = -1  # file offset of a NUL byte found in the body
         self.finished = self._position >= self._size
 
-    def next_piece(self) -> memoryview:
-        """The next piece of whole lines (the last line may lack its newline)."""
+    def next_piece(self) -> tuple[memoryview, bool]:
+        """The next piece of whole lines (the last line may lack its newline), and
+        whether it holds a quote character (then it is parsed value by value)."""
         data, position = self._data, self._position
         end = min(position + self.piece_bytes, self._size)
+        nul = data.find(b"\0", position, end)
+        if nul >= 0:  # not text (a binary or sparse file): stop here, not after gigabytes
+            self.nul, self.finished, self.stop = nul + self._base, True, position + self._base
+            return memoryview(data)[position:position], False
         cut = self._size
         if end < self._size:
             cut = data.rfind(b"\n", position, end) + 1
@@ -139,7 +155,8 @@ class _BodyScanner:
             cut, self.finished = min(ends), True
         self._position = cut
         self.stop = cut + self._base
-        return memoryview(data)[position:cut]
+        quoted = data.find(b'"', position, cut) >= 0 or data.find(b"'", position, cut) >= 0
+        return memoryview(data)[position:cut], quoted
 
     def _line_start(self, marker: bytes, cut: int) -> int:
         """Offset of the first line in ``[position, cut)`` that starts with ``marker``, or -1."""
@@ -156,33 +173,78 @@ class _BodyScanner:
 
 
 def _parse_piece(
-    piece: memoryview, names: list[str], column_types: dict[str, pa.DataType]
-) -> tuple[pa.Table | pa.ArrowInvalid | None, int, bool]:
+    piece: memoryview, quoted: bool, names: list[str], column_types: dict[str, pa.DataType]
+) -> _PieceResult:
     """Clean and parse one piece: (a table, the parser's error or None if no rows;
-    newlines; carriage return seen)."""
+    newlines; carriage return seen; indices of columns with a quoted value)."""
+    if quoted:
+        return _parse_quoted_piece(piece, names, column_types)
     cleaned, lines, carriage_return = _clean_piece(piece, len(names))
     if not re.search(rb"\S", cleaned):
-        return None, lines, carriage_return
+        return None, lines, carriage_return, set()
+    block_size = 1 << 20
+    while True:
+        try:
+            table = pacsv.read_csv(
+                pa.py_buffer(cleaned),
+                read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=block_size),
+                parse_options=pacsv.ParseOptions(delimiter=" ", quote_char=False),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=column_types,
+                    null_values=[],
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                    true_values=[],
+                    false_values=[],
+                ),
+                # malloc reuses the pages freed by earlier pieces; pyarrow's default pool
+                # (mimalloc) kept asking the kernel for fresh ones (~2x the system time here)
+                memory_pool=pa.system_memory_pool(),
+            )
+        except pa.ArrowInvalid as err:
+            if "straddling" in str(err) and block_size < len(cleaned):  # a line longer than a block
+                block_size = len(cleaned) + 1
+                continue
+            return err, lines, carriage_return, set()
+        return table, lines, carriage_return, set()
+
+
+def _parse_quoted_piece(
+    piece: memoryview, names: list[str], column_types: dict[str, pa.DataType]
+) -> _PieceResult:
+    """A piece holding quote characters, split value by value by the STAR rules
+    (:func:`~cryoxr.io.star._quoting.split_values`): exact, but a Python loop per line."""
+    data = bytes(piece)
+    lines, carriage_return = data.count(b"\n"), b"\r" in data
     try:
-        table = pacsv.read_csv(
-            pa.py_buffer(cleaned),
-            read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 20),
-            parse_options=pacsv.ParseOptions(delimiter=" ", quote_char='"', double_quote=False),
-            convert_options=pacsv.ConvertOptions(
-                column_types=column_types,
-                null_values=[],
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-                true_values=[],
-                false_values=[],
-            ),
-            # malloc reuses the pages freed by earlier pieces; pyarrow's default pool
-            # (mimalloc) kept asking the kernel for fresh ones (~2x the system time here)
-            memory_pool=pa.system_memory_pool(),
-        )
-    except pa.ArrowInvalid as err:
-        return err, lines, carriage_return
-    return table, lines, carriage_return
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return pa.ArrowInvalid(f"not valid UTF-8 ({err.reason})"), lines, carriage_return, set()
+    rows: list[list[str]] = []
+    quoted_columns: set[int] = set()
+    for line in text.split("\n"):
+        try:
+            values, quoted = split_values(line, path="", line=0)
+        except FormatError as err:
+            return pa.ArrowInvalid(str(err)), lines, carriage_return, set()
+        if not values:
+            continue
+        if len(values) != len(names):
+            return pa.ArrowInvalid(f"a row of {len(values)} values"), lines, carriage_return, set()
+        rows.append(values)
+        quoted_columns.update(i for i, q in enumerate(quoted) if q)
+    if not rows:
+        return None, lines, carriage_return, set()
+    arrays = []
+    for name, column in zip(names, zip(*rows, strict=True), strict=True):
+        array = pa.array(column, pa.string())
+        if column_types[name] != pa.string():
+            try:
+                array = pc.cast(array, column_types[name])
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                return pa.ArrowInvalid(str(err)), lines, carriage_return, set()
+        arrays.append(array)
+    return pa.table(dict(zip(names, arrays, strict=True))), lines, carriage_return, quoted_columns
 
 
 @dataclass
@@ -191,11 +253,13 @@ class _ParsedBody:
     error: pa.ArrowInvalid | None = None
     lines: int = 0
     carriage_return: bool = False
+    quoted_columns: set[int] = field(default_factory=set)
 
-    def add(self, result: tuple[pa.Table | pa.ArrowInvalid | None, int, bool]) -> None:
-        parsed, lines, carriage_return = result
+    def add(self, result: _PieceResult) -> None:
+        parsed, lines, carriage_return, quoted_columns = result
         self.lines += lines
         self.carriage_return |= carriage_return
+        self.quoted_columns |= quoted_columns
         if isinstance(parsed, pa.ArrowInvalid):
             self.error = self.error or parsed
         elif parsed is not None:
@@ -214,13 +278,13 @@ def _parse_body(scanner: _BodyScanner, names: list[str], column_types: dict[str,
         return body
     first = scanner.next_piece()
     if scanner.finished:  # one piece: no threads
-        body.add(_parse_piece(first, names, column_types))
+        body.add(_parse_piece(*first, names, column_types))
         return body
-    pending: deque[Future[tuple[pa.Table | pa.ArrowInvalid | None, int, bool]]] = deque()
+    pending: deque[Future[_PieceResult]] = deque()
     with ThreadPoolExecutor(max_workers=STAR_THREADS, thread_name_prefix="cryoxr-star") as executor:
-        piece: memoryview | None = first
+        piece: tuple[memoryview, bool] | None = first
         while piece is not None:
-            pending.append(executor.submit(_parse_piece, piece, names, column_types))
+            pending.append(executor.submit(_parse_piece, *piece, names, column_types))
             while len(pending) > STAR_THREADS or (pending and pending[0].done()):
                 body.add(pending.popleft().result())
             piece = None if scanner.finished else scanner.next_piece()
@@ -237,7 +301,7 @@ def _diagnose(path: Path, body: bytes, first_line: int, labels: Sequence[str], k
             raw = raw_line.decode("utf-8")
         except UnicodeDecodeError as err:
             raise _fail(path, line, f"not valid UTF-8 ({err.reason})") from None
-        tokens = _TOKEN.findall(raw)
+        tokens, _ = split_values(raw, path=path, line=line)
         if not tokens:
             continue
         if len(tokens) != len(labels):
@@ -268,11 +332,7 @@ def _infer(column: pa.ChunkedArray) -> pa.ChunkedArray:
 def _to_pandas(column: pa.ChunkedArray) -> Any:
     if not pa.types.is_string(column.type):
         return column.to_numpy()
-    series = column.to_pandas()
-    if series.str.startswith('"').any():
-        quoted = series.str.startswith('"') & series.str.endswith('"') & (series.str.len() >= 2)
-        series = series.where(~quoted, series.str.slice(1, -1))
-    return series
+    return column.to_pandas()
 
 
 def _empty_table(labels: list[str], kinds: list[str]) -> pd.DataFrame:
@@ -296,6 +356,10 @@ def _read_loop_body(
         body = _parse_body(scanner, names, column_types)
     finally:
         scanner.close()
+    if scanner.nul >= 0:
+        handle.seek(scanner.start)
+        line = first_line + handle.read(scanner.nul - scanner.start).count(b"\n")
+        raise _fail(path, line, "a NUL byte: expected STAR text (a binary or sparse file?)")
     if body.carriage_return:
         raise _fail(path, first_line, _CARRIAGE_RETURN)
     if body.error is None and not body.tables:
@@ -309,35 +373,33 @@ def _read_loop_body(
     body.tables.clear()
     columns = [table.column(name) for name in names]
 
-    def convert(column: pa.ChunkedArray, kind: str) -> Any:
-        return _to_pandas(column if kind else _infer(column))
+    def convert(column: pa.ChunkedArray, kind: str, quoted: bool) -> Any:
+        # a column with a quoted value is text, whatever its values look like
+        return _to_pandas(column if kind or quoted else _infer(column))
 
+    text = [i in body.quoted_columns for i in range(len(names))]
     if pieces == 1 or table.num_rows < 1 << 16:
-        converted = [convert(column, kind) for column, kind in zip(columns, kinds, strict=True)]
+        converted = [convert(*args) for args in zip(columns, kinds, text, strict=True)]
     else:  # joining the pieces of each column copies: one column per core
         with ThreadPoolExecutor(max_workers=STAR_THREADS, thread_name_prefix="cryoxr-star") as executor:
-            converted = list(executor.map(convert, columns, kinds))
+            converted = list(executor.map(convert, columns, kinds, text))
     return pd.DataFrame(dict(zip(labels, converted, strict=True)), copy=False), scanner.stop, body.lines
 
 
-def _typed_value(path: Path, line: int, label: str, text: str) -> Any:
+def _typed_value(path: Path, line: int, label: str, text: str, quoted: bool) -> Any:
+    """A simple block's value: typed by its label, else (unquoted) by content as in loops."""
     kind = LABEL_TYPES.get(label, "")
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        return text[1:-1]
-    if kind == "str":
+    if kind == "str" or (quoted and not kind):
         return text
-    for caster in (int, float):
-        if kind and caster is not {"int": int, "float": float}[kind]:
-            continue
-        try:
-            return caster(text)
-        except ValueError:
-            continue
     if kind:
-        raise FormatError(
-            f"{path}, line {line}, column {label}: expected {_KIND_NAMES[kind]}, found {text!r}"
-        )
-    return text
+        try:
+            return {"int": int, "float": float}[kind](text)
+        except ValueError:
+            raise FormatError(
+                f"{path}, line {line}, column {label}: expected {_KIND_NAMES[kind]}, found {text!r}"
+            ) from None
+    inferred = _infer(pa.chunked_array([pa.array([text], pa.string())]))
+    return inferred.to_pylist()[0]
 
 
 def read_star(path: str | os.PathLike[str]) -> dict[str, StarBlock]:
@@ -357,7 +419,8 @@ def read_star(path: str | os.PathLike[str]) -> dict[str, StarBlock]:
     Raises
     ------
     CryoxrFileNotFoundError
-        No such file.
+        No such file, or not a regular file (a folder, a named pipe, a device: refused at
+        once, see :mod:`cryoxr.io._paths`).
     FormatError
         A malformed file; the message names the file, the line (and column) and what was
         expected.
@@ -374,14 +437,18 @@ def read_star(path: str | os.PathLike[str]) -> dict[str, StarBlock]:
 column (missing loop_?)
     """
     path = Path(path)
-    try:
-        handle = open(path, "rb")  # noqa: SIM115  (closed below)
-    except FileNotFoundError:
-        raise CryoxrFileNotFoundError(f"{path}: no such STAR file") from None
-    except IsADirectoryError:
-        raise CryoxrFileNotFoundError(f"{path}: is a folder, expected a STAR file") from None
+    handle, _ = open_file(path, what="STAR")  # regular files only: a FIFO is refused, never waited on
     with handle:
         return _read_blocks(path, handle)
+
+
+def _readline(path: Path, handle: IO[bytes], line_no: int) -> bytes:
+    """One line outside a loop body, at most :data:`STAR_LINE_MAX_BYTES` (a file of NUL bytes,
+    sparse and of any size, has one endless first line: its memory stays bounded)."""
+    raw_line = handle.readline(STAR_LINE_MAX_BYTES + 1)
+    if len(raw_line) > STAR_LINE_MAX_BYTES:
+        raise _fail(path, line_no, f"longer than {STAR_LINE_MAX_BYTES} bytes: not a STAR header line")
+    return raw_line
 
 
 def _read_blocks(path: Path, handle: IO[bytes]) -> dict[str, StarBlock]:
@@ -400,7 +467,7 @@ def _read_blocks(path: Path, handle: IO[bytes]) -> dict[str, StarBlock]:
 
     while True:
         start = handle.tell()
-        raw_line = handle.readline()
+        raw_line = _readline(path, handle, line_no + 1)
         if not raw_line:
             break
         line_no += 1
@@ -430,7 +497,7 @@ def _read_blocks(path: Path, handle: IO[bytes]) -> dict[str, StarBlock]:
             labels: list[str] = []
             while True:  # the labels
                 start = handle.tell()
-                raw_line = handle.readline()
+                raw_line = _readline(path, handle, line_no + 1)
                 stripped = raw_line.strip()
                 if not stripped.startswith(b"_"):
                     break
@@ -448,19 +515,28 @@ def _read_blocks(path: Path, handle: IO[bytes]) -> dict[str, StarBlock]:
             line_no += lines
             pairs = None
         elif text.startswith("_"):
-            parts = text.split(None, 1)
-            label = parts[0][1:]
-            if len(parts) < 2:
-                raise _fail(path, line_no, f"_{label} in block data_{name} has no value (missing loop_?)")
+            line_text = raw_line.decode("utf-8").rstrip("\n")
+            label = line_text.split(None, 1)[0][1:]
             if label in pairs:
                 raise _fail(path, line_no, f"label _{label} appears twice in block data_{name}")
-            if parts[1].startswith("#"):
+            after = line_text.lstrip()[len(label) + 1 :]
+            if after.strip().startswith("#"):
                 raise _fail(
                     path,
                     line_no,
-                    f"_{label} {parts[1]} in block data_{name} is a loop column (missing loop_?)",
+                    f"_{label} {after.strip()} in block data_{name} is a loop column (missing loop_?)",
                 )
-            pairs[label] = _typed_value(path, line_no, label, parts[1].strip())
+            values, quoted = split_values(after, path=path, line=line_no)
+            if not values:
+                raise _fail(path, line_no, f"_{label} in block data_{name} has no value (missing loop_?)")
+            if len(values) > 1:
+                raise _fail(
+                    path,
+                    line_no,
+                    f"_{label} in block data_{name}: expected one value, found {len(values)}: {after.strip()[:80]!r} "
+                    "(quote a value that holds blanks)",
+                )
+            pairs[label] = _typed_value(path, line_no, label, values[0], quoted[0])
         else:
             raise _fail(
                 path,

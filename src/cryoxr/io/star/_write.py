@@ -2,9 +2,13 @@
 
 Every column is formatted at once (pyarrow casts; floats in the shortest form that reads
 back to the same float64) and the rows are joined in pyarrow, in chunks of
-:data:`WRITE_CHUNK_ROWS` rows, so memory stays bounded. Text that is empty, holds blanks,
-quotes or ``#``, or starts like a label or a block (``_``, ``'``, ``data_``, ``loop_``)
-is double-quoted.
+:data:`WRITE_CHUNK_ROWS` rows, so memory stays bounded. Text is quoted by the rules of
+:mod:`cryoxr.io.star._quoting` (empty, white space, ``#``, quote characters, label, block
+and other reserved lookalikes, numbers in a text column), so that every value written reads
+back identically; a value no STAR file can hold (a line break) is refused with
+:class:`~cryoxr.errors.InvalidValueError`. Labels and block names must be non-empty runs of
+non-blank characters (block names may be empty). Missing text (None, NaN in a text column)
+is written as an empty string.
 """
 
 from __future__ import annotations
@@ -19,35 +23,39 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cryoxr.errors import FormatError
+from cryoxr.errors import FormatError, InvalidValueError
 from cryoxr.io._atomic import atomic_path
 from cryoxr.io.star._block import StarBlock
+from cryoxr.io.star._quoting import format_text
 
 __all__ = ["WRITE_CHUNK_ROWS", "format_block_header", "format_rows", "write_star", "write_star_blocks"]
 
 #: rows formatted per pyarrow call when writing (bounds the writer's memory)
 WRITE_CHUNK_ROWS = 1 << 18
 
-_NEEDS_QUOTES = r'^$|[\s"#]|^[_\']|^(data|loop)_'
 
-
-def _as_arrow(values: Any) -> pa.Array | pa.ChunkedArray:
+def _as_arrow(values: Any, label: str) -> pa.Array | pa.ChunkedArray:
     if isinstance(values, pa.Array | pa.ChunkedArray):
         return values
-    if isinstance(values, pd.Series | pd.Index) and not pd.api.types.is_numeric_dtype(values.dtype):
-        return pa.array(values, from_pandas=True)  # arrow-backed text: no copy
-    arr = np.asarray(values)
-    if arr.dtype.kind == "b":
-        arr = arr.astype(np.int64)
     try:
-        return pa.array(arr)  # NaN stays a float NaN, never a null
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array(arr.astype(str))
+        if isinstance(values, pd.Series | pd.Index) and not pd.api.types.is_numeric_dtype(values.dtype):
+            return pa.array(values, from_pandas=True)  # arrow-backed text: no copy
+        arr = np.asarray(values)
+        if arr.dtype.kind == "b":
+            arr = arr.astype(np.int64)
+        try:
+            return pa.array(arr)  # NaN stays a float NaN, never a null
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return pa.array(arr.astype(str))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError) as err:
+        raise InvalidValueError(
+            f"STAR column {label}: expected numbers or text, found values pyarrow cannot convert ({err})"
+        ) from None
 
 
-def _format_column(values: Any) -> pa.Array | pa.ChunkedArray:
+def _format_column(values: Any, label: str = "") -> pa.Array | pa.ChunkedArray:
     """One column as text, vectorised: shortest round-trip floats, ints, quoted strs."""
-    array = _as_arrow(values)
+    array = _as_arrow(values, label)
     if pa.types.is_floating(array.type):
         array = pc.cast(array, pa.float64())
         text = pc.cast(array, pa.string())
@@ -59,10 +67,11 @@ def _format_column(values: Any) -> pa.Array | pa.ChunkedArray:
         plain = pc.and_(pa.array(integral), pc.invert(pc.match_substring(text, "e")))
         return pc.if_else(plain, pc.binary_join_element_wise(text, ".0", ""), text)
     if pa.types.is_integer(array.type) or pa.types.is_boolean(array.type):
-        return pc.cast(pc.cast(array, pa.int64()), pa.string())
-    text = pc.fill_null(pc.cast(array, pa.string()), "")
-    quoted = pc.binary_join_element_wise('"', text, '"', "")
-    return pc.if_else(pc.match_substring_regex(text, _NEEDS_QUOTES), quoted, text)
+        try:
+            return pc.cast(pc.cast(array, pa.int64()), pa.string())
+        except pa.ArrowInvalid as err:
+            raise InvalidValueError(f"STAR column {label}: expected 64-bit integers, found {err}") from None
+    return format_text(pc.fill_null(pc.cast(array, pa.string()), ""), label)
 
 
 def format_rows(columns: Mapping[str, Any]) -> bytes:
@@ -85,7 +94,7 @@ def _format_rows_buffer(columns: Mapping[str, Any]) -> memoryview:
     if not values:
         return memoryview(b"")
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cryoxr-star") as pool:
-        texts = list(pool.map(_format_column, values))
+        texts = list(pool.map(_format_column, values, [str(label) for label in columns]))
     if len(texts[0]) == 0:
         return memoryview(b"")
     texts[-1] = pc.binary_join_element_wise(texts[-1], "\n", "")
@@ -111,11 +120,30 @@ def format_block_header(block: StarBlock) -> str:
     _rlnOpticsGroup #1
     <BLANKLINE>
     """
+    _check_names(block)
     head = f"\n# version {block.version}\n\n" if block.version is not None else "\n"
     head += f"data_{block.name}\n\n"
     if not block.loop:
         return head
     return head + "loop_\n" + "".join(f"_{label} #{i + 1}\n" for i, label in enumerate(block.table.columns))
+
+
+def _check_names(block: StarBlock) -> None:
+    """Block names and labels that read back as written: no white space, labels non-empty and unique."""
+    name = str(block.name)
+    if any(ch.isspace() for ch in name):
+        raise InvalidValueError(
+            f"STAR block name {name!r}: expected no white space (it ends at the first blank)"
+        )
+    labels = [str(label) for label in block.table.columns]
+    for label in labels:
+        if not label or any(ch.isspace() for ch in label):
+            raise InvalidValueError(
+                f"STAR block data_{name}: label {label!r}: expected a non-empty label without white space"
+            )
+    if len(set(labels)) != len(labels):
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        raise InvalidValueError(f"STAR block data_{name}: labels {twice} appear more than once")
 
 
 def _simple_body(block: StarBlock) -> str:
@@ -124,7 +152,7 @@ def _simple_body(block: StarBlock) -> str:
     width = max((len(str(c)) for c in block.table.columns), default=0) + 2
     lines = []
     for label in block.table.columns:
-        value = format_rows({label: block.table[label]}).decode("utf-8").strip()
+        value = format_rows({label: block.table[label]}).decode("utf-8").rstrip("\n")
         lines.append(f"_{label:<{width}}{value}\n")
     return "".join(lines)
 

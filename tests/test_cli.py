@@ -324,3 +324,25 @@ def test_project_takes_geometry_from_the_alignment(
     np.testing.assert_allclose(stored["projected"].values, cryoxr.project(unbinned, model).values, atol=1e-6)
     expected = cryoxr.in_field_of_view(cryoxr.project(unbinned, model), image_shape=(151, 200))
     np.testing.assert_array_equal(stored["in_field_of_view"].values, expected.values)
+
+
+def test_library_warnings_are_one_line_each_on_stderr(
+    demo_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the demo's RELION tilt series carries per-tilt columns an AreTomo .aln cannot store
+    code = main(
+        [
+            "convert",
+            str(demo_files["tilt series"]),
+            str(tmp_path / "a.aln"),
+            "--image-size",
+            "1024",
+            "1024",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("cryoxr: warning: ")]
+    assert lines, err
+    assert all("Warning" not in line.split(":", 2)[1] for line in lines)  # no Python category names

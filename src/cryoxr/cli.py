@@ -290,8 +290,6 @@ def _cmd_project(args: argparse.Namespace) -> int:
         raise FileExistsNoOverwriteError(
             f"{args.out}: exists; pass --overwrite to replace it (nothing was written)"
         )
-    model = read_alignment(args.alignment)
-
     model = read_alignment(args.alignment, pixel_spacing=args.pixel_spacing)
     # a RELION 5 tomograms.star holds the sizes RELION 5 particle files need
     star = args.alignment.suffix.lower() == ".star" and args.poses.suffix.lower() == ".star"
@@ -395,6 +393,25 @@ ZARR_FORMAT = 2
 COMMANDS = {"demo": _cmd_demo, "info": _cmd_info, "convert": _cmd_convert, "project": _cmd_project}
 
 
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Library warnings (columns a format cannot store, a scale kept) reach shell users as
+    one line each on stderr, ``cryoxr: warning: <message>``, in the command's terms."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            seen: set[str] = set()
+            for warning in caught:
+                text = in_cli_terms(str(warning.message))
+                if text not in seen:
+                    seen.add(text)
+                    print(f"cryoxr: warning: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cryoxr`` command; returns the exit code."""
     parser = build_parser()
@@ -408,7 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
+        with _warnings_as_lines():
+            return COMMANDS[args.command](args)
     except (CryoxrError, OSError) as err:
         if args.debug:
             raise

@@ -337,8 +337,30 @@ def test_sizes_and_centres_as_columns(tmp_path: Path) -> None:
     assert (row.image_size_x, row.image_size_y) == (4096, 4095)
     assert (row.tilt_image_center_x, row.tilt_image_center_y) == (2047.5, 2047.0)  # IMOD: (n - 1) / 2
     assert (row.tomogram_size_x, row.tomogram_size_y, row.tomogram_size_z) == (4096, 4096, 1000)
+    assert (row.specimen_center_x, row.specimen_center_y, row.specimen_center_z) == (2047.5, 2047.5, 499.5)
     bare = read_imod(xf, tlt)
     assert not {"image_size_x", "tilt_image_center_x", "tomogram_size_x"} & set(bare.columns)
+
+
+def test_columns_alone_project_about_imods_centres(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Issue 15: geometry travels as columns; IMOD's (n - 1) / 2 survives attrs being dropped."""
+    a, d, tilts = _random_xf(rng, 5)
+    xf, tlt = _write_xf(tmp_path, a, d, tilts)
+    dims = (928, 1024, 300)  # even sizes: IMOD's (n - 1) / 2 differs from n // 2 by half a pixel
+    df = read_imod(xf, tlt, image_size=dims[:2], tomogram_dimensions=dims)
+    points = rng.uniform(0, 1, (30, 3)) * np.asarray(dims)
+    poses = cryoxr.make_poseset(points, experiment_id="ts", pixel_spacing=1.0)
+    explicit = cryoxr.project(
+        poses,
+        df,
+        tomogram_dimensions=dims,
+        tilt_image_center=df.attrs["tilt_image_center"],
+        specimen_center=df.attrs["specimen_center"],
+    ).values
+    bare = df.copy()
+    bare.attrs = {}
+    from_columns = cryoxr.project(poses, bare).values
+    np.testing.assert_allclose(from_columns, explicit, atol=1e-9)
 
 
 def test_tilt_angles_beyond_a_turn_are_refused(tmp_path: Path) -> None:

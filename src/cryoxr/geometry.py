@@ -10,8 +10,10 @@ and :func:`cryoxr.particle_defocus` all need, per experiment, where the specimen
    (``tomogram_dimensions``, ``specimen_center``) and in tilt-image pixels for
    ``tilt_image_center``;
 2. the ProjectionModel's per-tilt columns (:data:`cryoxr.projection_model.PER_TILT_COLUMNS`):
-   ``tomogram_size_x/_y/_z`` in pixels of the model's ``pixel_spacing`` (specimen centre
-   ``size // 2``, cryotypes' and RELION's rule) and ``tilt_image_center_x/_y`` per tilt;
+   ``specimen_center_x/_y/_z`` when a reader states its tool's centre (IMOD's
+   ``(n - 1) / 2``), else ``tomogram_size_x/_y/_z`` in pixels of the model's
+   ``pixel_spacing`` (specimen centre ``size // 2``, cryotypes' and RELION's rule), and
+   ``tilt_image_center_x/_y`` per tilt;
 3. nothing: a :class:`~cryoxr.errors.InvalidValueError` naming the experiment, the
    column(s) and the argument.
 
@@ -137,6 +139,9 @@ def _centres(
     if dims is not None:
         size = _vector(dims, 3, "tomogram_dimensions", where, eid)
         return (size // 2) * ratio, size / 2.0 * ratio
+    centre_columns = _constant_columns(rows, PTC.SPECIMEN_CENTER)
+    if centre_columns is not None:  # a tool whose rule is not size // 2 (IMOD: (n - 1) / 2)
+        return centre_columns, centre_columns
     columns = _constant_columns(rows, PTC.TOMOGRAM_SIZE)
     if columns is not None:
         return columns // 2, columns / 2.0

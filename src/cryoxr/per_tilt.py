@@ -51,6 +51,10 @@ class PerTiltColumns:
     TOMOGRAM_SIZE_Y = "tomogram_size_y"
     TOMOGRAM_SIZE_Z = "tomogram_size_z"
     TOMOGRAM_SIZE: ClassVar[list[str]] = [TOMOGRAM_SIZE_X, TOMOGRAM_SIZE_Y, TOMOGRAM_SIZE_Z]
+    SPECIMEN_CENTER_X = "specimen_center_x"
+    SPECIMEN_CENTER_Y = "specimen_center_y"
+    SPECIMEN_CENTER_Z = "specimen_center_z"
+    SPECIMEN_CENTER: ClassVar[list[str]] = [SPECIMEN_CENTER_X, SPECIMEN_CENTER_Y, SPECIMEN_CENTER_Z]
     IMAGE_SIZE_X = "image_size_x"
     IMAGE_SIZE_Y = "image_size_y"
     IMAGE_SIZE: ClassVar[list[str]] = [IMAGE_SIZE_X, IMAGE_SIZE_Y]
@@ -79,6 +83,12 @@ PER_TILT_COLUMNS: dict[str, tuple[str, str]] = {
     PTC.TOMOGRAM_SIZE_X: ("px", "reconstructed volume size along x, in pixels of the row's pixel_spacing"),
     PTC.TOMOGRAM_SIZE_Y: ("px", "reconstructed volume size along y"),
     PTC.TOMOGRAM_SIZE_Z: ("px", "reconstructed volume size along z"),
+    PTC.SPECIMEN_CENTER_X: (
+        "px",
+        "rotation centre of the tomogram along x, when the tool's rule is not size // 2 (IMOD: (n - 1) / 2)",
+    ),
+    PTC.SPECIMEN_CENTER_Y: ("px", "rotation centre of the tomogram along y"),
+    PTC.SPECIMEN_CENTER_Z: ("px", "rotation centre of the tomogram along z"),
     PTC.IMAGE_SIZE_X: ("px", "tilt-image width"),
     PTC.IMAGE_SIZE_Y: ("px", "tilt-image height"),
     PTC.TILT_IMAGE_CENTER_X: ("px", "rotation centre in the tilt image, x"),
@@ -161,6 +171,7 @@ COLUMN_RULES: dict[str, ColumnRule] = {
     **dict.fromkeys(PTC.TOMOGRAM_SIZE, _SIZE),
     **dict.fromkeys(PTC.IMAGE_SIZE, _SIZE),
     **dict.fromkeys(PTC.TILT_IMAGE_CENTER, ColumnRule()),
+    **dict.fromkeys(PTC.SPECIMEN_CENTER, ColumnRule()),
     **dict.fromkeys(
         [PTC.DEFOCUS_U, PTC.DEFOCUS_V],
         ColumnRule(
@@ -192,7 +203,7 @@ COLUMN_RULES: dict[str, ColumnRule] = {
 }
 
 #: per-tilt columns that hold one value per experiment (the specimen's own size)
-PER_EXPERIMENT: tuple[str, ...] = tuple(PTC.TOMOGRAM_SIZE)
+PER_EXPERIMENT: tuple[str, ...] = (*PTC.TOMOGRAM_SIZE, *PTC.SPECIMEN_CENTER)
 
 
 def _check_bool(df: pd.DataFrame, column: str, name: str) -> None:

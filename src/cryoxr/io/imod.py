@@ -367,6 +367,8 @@ def read_imod_alignment(
         extra.update(
             dict(zip(PTC.TOMOGRAM_SIZE, np.asarray(tomogram_dimensions, dtype=np.int64), strict=True))
         )
+        # IMOD rotates about (n - 1) / 2, not the size // 2 that the size alone implies
+        extra.update(dict(zip(PTC.SPECIMEN_CENTER, centers["specimen_center"] or (), strict=True)))
     if defocus is not None:
         extra.update(_defocus_columns(defocus, n))
     return file_model(

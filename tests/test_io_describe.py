@@ -107,8 +107,9 @@ def test_every_kind_has_a_describer() -> None:
 def test_alignment_report_shows_the_per_tilt_optics(tmp_path: Path, relion5_project: Any) -> None:
     path = relion5_project(tmp_path, "TS_01", size=(400, 400, 300), image=(40, 30), px=1.35)
     report = cryoxr.describe(path)
-    assert report["voltage"] == [300.0, 300.0]
-    assert report["defocus_u_range"] == [39000.0, 39500.0]
-    assert report["image_size_x"] == [40.0, 40.0]
-    assert report["tilt_image_center_y"] == [15.0, 15.0]
-    assert report["defocus_handedness"] == [-1.0, -1.0]
+    assert report["voltage"] == "300 kV"
+    assert report["defocus_u"] == "39000..39500 Å"
+    assert report["image_size_x"] == "40 px"
+    assert report["tilt_image_center_y"] == "15 px"
+    assert report["defocus_handedness"] == "-1"
+    assert not set(report["extra_columns"]) & {"voltage", "defocus_u", "image_size_x"}

@@ -44,7 +44,7 @@ from cryoxr.image import Image, Tomogram
 from cryoxr.poseset import make_poseset, rescale
 from cryoxr.progress import progress as show_progress
 from cryoxr.projection import project, project_into
-from cryoxr.projection_model import make_projection_model
+from cryoxr.projection_model import PMDL, PTC, make_projection_model
 
 __all__ = ["DemoSummary", "make_demo_data", "run_demo"]
 
@@ -132,6 +132,7 @@ def make_demo_data(n_particles: int, *, seed: int = 0, chunks: int = 100_000) ->
     )
     angles = _tilt_angles()
     n = len(angles)
+    tilt_shape = (BIN1_TOMOGRAM[1] // TILT_BINNING, BIN1_TOMOGRAM[0] // TILT_BINNING)
     model = make_projection_model(
         rotation_x=0.0,
         rotation_y=angles,
@@ -141,9 +142,25 @@ def make_demo_data(n_particles: int, *, seed: int = 0, chunks: int = 100_000) ->
         experiment_id=EXPERIMENT,
         pixel_spacing=BIN1_SPACING * TILT_BINNING,
         source="cryoxr demo",
-        extra={"pre_exposure": np.arange(n) * 3.0},
+        # what a RELION 5 project knows about each tilt, as columns (they travel with the model)
+        extra={
+            PTC.TOMOGRAM_SIZE_X: BIN1_TOMOGRAM[0] // TILT_BINNING,
+            PTC.TOMOGRAM_SIZE_Y: BIN1_TOMOGRAM[1] // TILT_BINNING,
+            PTC.TOMOGRAM_SIZE_Z: BIN1_TOMOGRAM[2] // TILT_BINNING,
+            PTC.IMAGE_SIZE_X: tilt_shape[1],
+            PTC.IMAGE_SIZE_Y: tilt_shape[0],
+            PTC.TILT_IMAGE_CENTER_X: tilt_shape[1] // 2,  # RELION's rule: int(N / 2)
+            PTC.TILT_IMAGE_CENTER_Y: tilt_shape[0] // 2,
+            PTC.DEFOCUS_U: 30_000.0 + rng.normal(0, 500, n),
+            PTC.DEFOCUS_V: 29_500.0 + rng.normal(0, 500, n),
+            PTC.DEFOCUS_ANGLE: 45.0,
+            PTC.VOLTAGE: 300.0,
+            PTC.SPHERICAL_ABERRATION: 2.7,
+            PTC.AMPLITUDE_CONTRAST: 0.07,
+            PTC.PRE_EXPOSURE: np.arange(n) * 3.0,  # 3 e/Å² per tilt, in acquisition order
+            PTC.ACQUISITION_ORDER: np.arange(n),
+        },
     )
-    tilt_shape = (BIN1_TOMOGRAM[1] // TILT_BINNING, BIN1_TOMOGRAM[0] // TILT_BINNING)
     zyx = (int(dims[2]), int(dims[1]), int(dims[0]))
     tomogram = _synthetic_tomogram(zyx, position[:2000], spacing, seed)
     return {
@@ -393,7 +410,8 @@ def _write_inputs(data: dict[str, Any], out: Path, *, overwrite: bool, progress:
         write_relion_particles(poses, files["particles"], version=5, tomograms=sizes, overwrite=overwrite)
     write_relion_tilt_series(model, files["tilt series"], tomograms=sizes, overwrite=overwrite)
     # an .xf/.tlt holds no dose (the RELION files above keep it): leave it out, no warning
-    geometry = model.drop(columns=["pre_exposure"], errors="ignore")
+    # IMOD's .xf/.tlt hold the alignment only: the per-tilt optics stay in the RELION files
+    geometry = model[[c for c in model.columns if c in PMDL.ALL]]
     write_imod_alignment(geometry, files["imod"], out / f"{EXPERIMENT}.tlt", overwrite=overwrite)
     return files
 

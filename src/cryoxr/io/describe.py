@@ -58,7 +58,7 @@ from cryoxr.io.tables import (
     takes_pixel_spacing,
 )
 from cryoxr.poseset import experiment_ids
-from cryoxr.projection_model import PMDL
+from cryoxr.projection_model import PER_TILT_COLUMNS, PMDL, PTC
 
 __all__ = ["CONVERTIBLE_KINDS", "DESCRIBERS", "describe", "file_kind"]
 
@@ -240,30 +240,24 @@ def _ranges(table: pd.DataFrame, columns: dict[str, str]) -> dict[str, list[floa
     return found
 
 
-#: per-tilt columns of a ProjectionModel that ``cryoxr info`` shows as ranges when present
-#: (cryoxr.projection_model.PER_TILT_COLUMNS: per-tilt values as ``*_range``, per-experiment
-#: constants under their own name; ``excluded`` is bool, not a range)
-MODEL_RANGES = {
-    "tomogram_size_x": "tomogram_size_x",
-    "tomogram_size_y": "tomogram_size_y",
-    "tomogram_size_z": "tomogram_size_z",
-    "image_size_x": "image_size_x",
-    "image_size_y": "image_size_y",
-    "tilt_image_center_x": "tilt_image_center_x",
-    "tilt_image_center_y": "tilt_image_center_y",
-    "defocus_u": "defocus_u_range",
-    "defocus_v": "defocus_v_range",
-    "defocus_angle": "defocus_angle_range",
-    "phase_shift": "phase_shift_range",
-    "voltage": "voltage",
-    "spherical_aberration": "spherical_aberration",
-    "amplitude_contrast": "amplitude_contrast",
-    "ctf_scale": "ctf_scale_range",
-    "ctf_bfactor": "ctf_bfactor_range",
-    "pre_exposure": "pre_exposure_range",
-    "acquisition_order": "acquisition_order_range",
-    "defocus_handedness": "defocus_handedness",
-}
+def _per_tilt_summary(model: pd.DataFrame) -> dict[str, str]:
+    """The per-tilt columns present, each as ``"300 kV"`` (one value) or ``"2.9e+04..3.1e+04 Å"``."""
+    summary = {}
+    for column, (unit, _) in PER_TILT_COLUMNS.items():
+        if column not in model.columns:
+            continue
+        series = model[column]
+        if column == PTC.EXCLUDED:
+            summary[column] = f"{int(series.fillna(False).astype(bool).sum())} of {len(series)} tilts"
+            continue
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if not values.size:
+            continue
+        low, high = float(values.min()), float(values.max())
+        text = f"{low:.6g}" if low == high else f"{low:.6g}..{high:.6g}"
+        summary[column] = f"{text} {unit}" if unit not in ("1", "index", "bool", "+1/-1") else text
+    return summary
 
 
 def _describe_alignment(path: Path, *, pixel_spacing: float | None = None, **_: Any) -> dict[str, Any]:
@@ -277,8 +271,8 @@ def _describe_alignment(path: Path, *, pixel_spacing: float | None = None, **_: 
         "tilts_per_experiment": {str(k): int(v) for k, v in list(per.items())[:10]},
         "pixel_spacing": sorted({float(v) for v in model[PMDL.PIXEL_SPACING]}),
         "tilt_range": [float(model[PMDL.ROTATION_Y].min()), float(model[PMDL.ROTATION_Y].max())],
-        **_ranges(model, MODEL_RANGES),
-        "extra_columns": [str(c) for c in model.columns if c not in PMDL.ALL],
+        **_per_tilt_summary(model),
+        "extra_columns": [str(c) for c in model.columns if c not in PMDL.ALL and c not in PER_TILT_COLUMNS],
     }
 
 

@@ -81,3 +81,15 @@ def test_demo_particle_figure_says_what_it_shows(tmp_path: Path, monkeypatch: py
     (title,) = [t for t in titles if "particles" in t]
     assert "a sample of 2,000 of 5,000 particles" in title
     assert "tilt +0°" in title
+
+
+def test_demo_lists_every_file_it_writes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = run_demo(1_000, out, progress=False)
+    listed = {p.resolve() for p in summary.files.values()}
+    on_disk = set()
+    for path in out.rglob("*"):
+        inside_store = any(parent.suffix == ".zarr" for parent in path.relative_to(out).parents)
+        if path.suffix == ".zarr" or (path.is_file() and not inside_store):
+            on_disk.add(path.resolve())
+    assert on_disk == listed

@@ -408,11 +408,12 @@ def _write_inputs(data: dict[str, Any], out: Path, *, overwrite: bool, progress:
     with show_progress(progress), dask.config.set(scheduler="threads"):
         write_ome_zarr(data["tomogram"], files["tomogram"], levels=3, overwrite=overwrite)
         write_relion_particles(poses, files["particles"], version=5, tomograms=sizes, overwrite=overwrite)
-    write_relion_tilt_series(model, files["tilt series"], tomograms=sizes, overwrite=overwrite)
-    # an .xf/.tlt holds no dose (the RELION files above keep it): leave it out, no warning
+    written = write_relion_tilt_series(model, files["tilt series"], tomograms=sizes, overwrite=overwrite)
+    files.update({f"tilt series ({path.stem})": path for path in written[1:]})
     # IMOD's .xf/.tlt hold the alignment only: the per-tilt optics stay in the RELION files
     geometry = model[[c for c in model.columns if c in PMDL.ALL]]
-    write_imod_alignment(geometry, files["imod"], out / f"{EXPERIMENT}.tlt", overwrite=overwrite)
+    files["imod tilt angles"] = out / f"{EXPERIMENT}.tlt"
+    write_imod_alignment(geometry, files["imod"], files["imod tilt angles"], overwrite=overwrite)
     return files
 
 

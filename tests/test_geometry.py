@@ -20,7 +20,7 @@ from cryoxr.testing import raise_if_dask_computes, random_poses
 def relion_projection(
     point: np.ndarray, size: np.ndarray, image: np.ndarray, px: float, row: pd.Series
 ) -> np.ndarray:
-    """RELION 5's Tomogram::setProjectionMatrix written out (CONVENTIONS 3.6), from the file's labels."""
+    """RELION 5's Tomogram::setProjectionMatrix written out (docs/CONVENTIONS.md §6.2), from the file's labels."""
     xt, yt, zr = np.deg2rad([row.rlnTomoXTilt, row.rlnTomoYTilt, row.rlnTomoZRot])
     rx = np.array([[1, 0, 0], [0, np.cos(xt), -np.sin(xt)], [0, np.sin(xt), np.cos(xt)]])
     ry = np.array([[np.cos(yt), 0, np.sin(yt)], [0, 1, 0], [-np.sin(yt), 0, np.cos(yt)]])

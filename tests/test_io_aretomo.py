@@ -74,7 +74,7 @@ def test_read_sample(tmp_path: Path) -> None:
 
 
 def test_aretomo_to_xf_worked_numbers(tmp_path: Path) -> None:
-    """CONVENTIONS 5: ROT 85, TX 5, TY -10 gives the worked xf line, as AreTomo2's CSaveXF computes it."""
+    """docs/CONVENTIONS.md §8: ROT 85, TX 5, TY -10 gives the worked xf line, as AreTomo2's CSaveXF computes it."""
     df = read_aln(_write(tmp_path / "a.aln", SAMPLE))
     one = df.iloc[[1]]
     with pytest.warns(

@@ -61,7 +61,7 @@ def test_column_table_is_complete() -> None:
 
 
 def test_worked_euler_matrix(tmp_path: Path) -> None:
-    # CONVENTIONS.md section 7: Dynamo tdrot=10, tilt=20, narot=30
+    # docs/CONVENTIONS.md §3: Dynamo tdrot=10, tilt=20, narot=30
     ds = read_dynamo_table(_write_rows(tmp_path / "a.tbl", [_row(eulers=(10, 20, 30))]))
     expected = [[0.7713, 0.6337, 0.0594], [-0.6131, 0.7146, 0.3368], [0.1710, -0.2962, 0.9397]]
     np.testing.assert_allclose(ds.cryo.rotation.as_matrix()[0], expected, atol=5e-5)

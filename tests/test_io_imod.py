@@ -39,7 +39,7 @@ def _write(path: Path, text: str | bytes) -> Path:
 
 
 def test_worked_numbers_read(tmp_path: Path) -> None:
-    # CONVENTIONS.md section 4: (0, 30, 85, dx=5, dy=-10) <=> this xf line and tlt 30
+    # docs/CONVENTIONS.md §7: (0, 30, 85, dx=5, dy=-10) <=> this xf line and tlt 30
     df = read_imod(_write(tmp_path / "a.xf", WORKED_XF + "\n"), _write(tmp_path / "a.tlt", "30.0\n"))
     row = df.iloc[0]
     assert row.rotation_x == 0.0

@@ -45,7 +45,7 @@ def _good(tmp_path: Path, name: str = "bad.mrc") -> Path:
 
 
 def test_coords_and_worked_example(tmp_path: Path) -> None:
-    # CONVENTIONS 1.3: cella 12509.44 over mx 928 is 13.48 Å; voxel size is cella / mx, not / nx
+    # docs/CONVENTIONS.md §10: cella 12509.44 over mx 928 is 13.48 Å; voxel size is cella / mx, not / nx
     path = tmp_path / "tomo.rec"
     with mrcfile.new(path) as mrc:
         mrc.set_data(np.zeros((4, 8, 8), np.float32))

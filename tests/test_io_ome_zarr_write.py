@@ -62,7 +62,7 @@ def test_written_store_is_valid_ngff(tmp_path: Path, tomo: Tomogram, version: st
     assert "omero" not in json.dumps(attrs)
     assert ms["axes"] == [{"name": a, "type": "space", "unit": "angstrom"} for a in "zyx"]
     transforms = [d["coordinateTransformations"] for d in ms["datasets"]]
-    # CONVENTIONS 2: pixel centres, s0 = 10 -> level 1 (20, 5), level 2 (40, 15)
+    # docs/CONVENTIONS.md §11: pixel centres, s0 = 10 -> level 1 (20, 5), level 2 (40, 15)
     assert [t[0]["scale"][0] for t in transforms] == [10.0, 20.0, 40.0]
     assert [t[1]["translation"][0] for t in transforms] == [0.0, 5.0, 15.0]
     if version == "0.5":

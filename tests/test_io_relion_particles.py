@@ -50,7 +50,7 @@ def particles_file(tmp_path: Path, labels: list[str], rows: list[str], *, versio
 
 
 def test_relion4_origin_worked_example(tmp_path: Path) -> None:
-    """CONVENTIONS 3.2: coordinate (1000, 1500, 400), origin (1.35, -2.70, 0) Å, 1.35 Å/px."""
+    """docs/CONVENTIONS.md §6.1: coordinate (1000, 1500, 400), origin (1.35, -2.70, 0) Å, 1.35 Å/px."""
     path = particles_file(
         tmp_path,
         [
@@ -74,7 +74,7 @@ def test_relion4_origin_worked_example(tmp_path: Path) -> None:
 
 
 def test_relion5_centred_worked_example(tmp_path: Path) -> None:
-    """CONVENTIONS 3.3: (-1414.8, -739.8, -135.0) Å in a 4096 x 4096 x 1000 tomogram -> (1000, 1500, 400)."""
+    """docs/CONVENTIONS.md §6.1: (-1414.8, -739.8, -135.0) Å in a 4096 x 4096 x 1000 tomogram -> (1000, 1500, 400)."""
     path = particles_file(
         tmp_path,
         [
@@ -114,7 +114,7 @@ def test_relion5_odd_size_uses_half_float_centre(tmp_path: Path) -> None:
 
 
 def test_relion_euler_matrix_worked_example(tmp_path: Path) -> None:
-    """CONVENTIONS 7: rot 10, tilt 20, psi 30 -> RELION's particle -> tomogram matrix."""
+    """docs/CONVENTIONS.md §3: rot 10, tilt 20, psi 30 -> RELION's particle -> tomogram matrix."""
     path = particles_file(
         tmp_path,
         [

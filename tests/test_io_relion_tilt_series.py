@@ -53,7 +53,7 @@ def tilt_series_files(
 
 # ----------------------------------------------------------------------------- worked numbers
 def test_relion5_projection_worked_example(tmp_path: Path) -> None:
-    """CONVENTIONS 3.6: (1000, 1500, 400) -> (2515.4548, 1036.2880) through cryoxr.project."""
+    """docs/CONVENTIONS.md §6.2: (1000, 1500, 400) -> (2515.4548, 1036.2880) through cryoxr.project."""
     path = tilt_series_files(tmp_path, alignment=[(0.0, 30.0, 85.0, 6.75, -13.5)])
     model = read_relion_tilt_series(path, tilt_image_size=(4096, 4096))
     poses = cryoxr.make_poseset([[1000.0, 1500.0, 400.0]], experiment_id="TS_01", pixel_spacing=1.35)
@@ -71,7 +71,7 @@ def test_relion5_projection_worked_example(tmp_path: Path) -> None:
 def relion_projection(
     point: np.ndarray, size: np.ndarray, image: np.ndarray, px: float, row: np.ndarray
 ) -> np.ndarray:
-    """CONVENTIONS 3.6 written out: S(c_img) S(shift/px) Rz Ry Rx S(-int(N/2))."""
+    """docs/CONVENTIONS.md §4 written out: S(c_img) S(shift/px) Rz Ry Rx S(-int(N/2))."""
     xt, yt, zr, sx, sy = np.deg2rad(row[0]), np.deg2rad(row[1]), np.deg2rad(row[2]), row[3], row[4]
     rx = np.array([[1, 0, 0], [0, np.cos(xt), -np.sin(xt)], [0, np.sin(xt), np.cos(xt)]])
     ry = np.array([[np.cos(yt), 0, np.sin(yt)], [0, 1, 0], [-np.sin(yt), 0, np.cos(yt)]])

@@ -60,7 +60,7 @@ def test_single_tilt_matches_cryotypes() -> None:
 
 
 def test_relion5_worked_example() -> None:
-    """CONVENTIONS 3.6: XTilt 0, YTilt 30, ZRot 85, shifts (6.75, -13.5) Å at 1.35 Å/px."""
+    """docs/CONVENTIONS.md §6.2: XTilt 0, YTilt 30, ZRot 85, shifts (6.75, -13.5) Å at 1.35 Å/px."""
     df = cryoxr.make_projection_model(
         rotation_y=[30.0],
         rotation_z=85.0,

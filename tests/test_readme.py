@@ -72,3 +72,18 @@ def test_the_demo_writes_the_files_the_readme_lists(tmp_path: Path) -> None:
     summary = run_demo(500, tmp_path / "cryoxr-demo", progress=False)
     written = sorted(str(p.relative_to(tmp_path / "cryoxr-demo")) for p in summary.files.values())
     assert sorted(listed) == written
+
+
+def test_sources_cite_the_conventions_the_repository_ships() -> None:
+    """Docstrings and tests point at docs/CONVENTIONS.md, which users have, by section."""
+    text = (ROOT / "docs" / "CONVENTIONS.md").read_text(encoding="utf-8")
+    sections = set(re.findall(r"^##+ (\d+(?:\.\d+)?)\.? ", text, flags=re.M))
+    for path in [*(ROOT / "src").rglob("*.py"), *(ROOT / "tests").glob("*.py")]:
+        if path == Path(__file__).resolve():
+            continue
+        source = path.read_text(encoding="utf-8")
+        assert "../shared/" not in source, f"{path}: cites the project workspace, which users do not have"
+        for cited in re.findall(r"CONVENTIONS\.md §(\d+(?:\.\d+)?)", source):
+            assert cited in sections, f"{path}: cites docs/CONVENTIONS.md §{cited}, which does not exist"
+        bare = re.findall(r"(?<!docs/)CONVENTIONS(?:\.md)? (?:\d|section)", source)
+        assert not bare, f"{path}: cites CONVENTIONS without the docs/ path: {bare}"

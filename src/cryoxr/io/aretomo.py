@@ -14,7 +14,7 @@ Layout (AreTomo2 ``CSaveAlnFile.cpp``; AreTomo3 adds ``Thickness``)::
     # Local Alignment
        0   0 -1537.16  -1363.14     -6.93    -36.22   1.0
 
-Conversion (as RELION 5, and consistent with AreTomo2's own ``.xf`` export, CONVENTIONS.md
+Conversion (as RELION 5, and consistent with AreTomo2's own ``.xf`` export, docs/CONVENTIONS.md §8
 section 5): ``rotation_z = ROT``, ``rotation_y = TILT``, ``rotation_x = 0``,
 ``(dx, dy) = (TX, TY)`` in pixels of AreTomo's *input* stack. One row per aligned tilt
 (dark frames have no row; ``excluded`` rows written become ``DarkFrame`` lines);

@@ -6,7 +6,7 @@ column is kept: geometry goes into the PoseSet's schema, every other column beco
 data variable on ``particle`` named as in :data:`DYNAMO_COLUMNS` (unknown columns
 ``col<n>``), so writing back loses nothing.
 
-Geometry (CONVENTIONS.md sections 6, 7 and the decisions table)::
+Geometry (docs/CONVENTIONS.md §9 and §3)::
 
     position    = (x, y, z) - origin_offset        # columns 24-26
     shift       = (dx, dy, dz)                     # columns 4-6

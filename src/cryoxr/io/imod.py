@@ -12,7 +12,7 @@ file        columns                        meaning
 ``.xtilt``  ``angle``                      per-view tilt about x (deg)
 ==========  =============================  =============================================
 
-Conversion (CONVENTIONS.md section 4 and its "settled from the tools' own source" table)::
+Conversion (docs/CONVENTIONS.md §7)::
 
     rotation_z = atan2(A12, A11)                      # tilt-axis angle, CCW from y
     (dx, dy)   = -A^-1 (DX, DY)                       # pixels of the raw stack
@@ -308,7 +308,7 @@ def read_imod_alignment(
 
     Examples
     --------
-    The worked numbers of CONVENTIONS.md section 4:
+    The worked numbers of docs/CONVENTIONS.md §7:
 
     >>> import tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -445,7 +445,7 @@ def write_imod_alignment(
 
     Examples
     --------
-    The worked numbers of CONVENTIONS.md section 4, written:
+    The worked numbers of docs/CONVENTIONS.md §7, written:
 
     >>> import tempfile, pathlib
     >>> import cryoxr

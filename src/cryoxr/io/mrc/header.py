@@ -4,7 +4,7 @@ Reading parses the 1024-byte header (:func:`_read_header`, either byte order), d
 voxel size from ``cella / (mx, my, mz)`` (:func:`_voxel_size`) and keeps the fields cryoxr
 does not model *raw* in the DataArray's attrs, under ``mrc_*`` keys
 (:func:`_header_attrs`), so that :func:`cryoxr.io.mrc.write_mrc` restores them
-(:func:`_build_header`; CONVENTIONS 1.4: the ``origin`` is not combined with ``nxstart``
+(:func:`_build_header`; docs/CONVENTIONS.md §10: the ``origin`` is not combined with ``nxstart``
 nor sign-flipped; both are kept as stored):
 
 ========================  ===================================================

@@ -81,7 +81,7 @@ def read_mrc(
     transpose of volumes. Every MRC mode mrcfile supports (0, 1, 2, 4, 6, 12) in either
     byte order is read, into native byte order; mode 0 is int8, or uint8 when IMOD's stamp
     says unsigned (:mod:`cryoxr.io.mrc.header`). The pixel spacing is ``cella / mx``
-    (CONVENTIONS 1.3) rounded to the 7 significant digits a float32 ``cella`` holds;
+    (docs/CONVENTIONS.md §10) rounded to the 7 significant digits a float32 ``cella`` holds;
     the other header fields are kept raw in ``attrs["mrc_*"]`` (:mod:`cryoxr.io.mrc.header`).
     gzip- and bzip2-compressed files (recognised by their first bytes, whatever the
     suffix) are decompressed into memory when opened (:mod:`cryoxr.io.mrc.compressed`);

@@ -3,7 +3,7 @@
 Reading finds the first multiscale (0.5 keeps it under ``attributes["ome"]``, 0.4 at the
 top of ``.zattrs``) and checks its ``axes`` and ``datasets``; a level's pixel spacing is
 its spatial ``scale`` (dataset transforms, then the multiscale's own), converted to Å with
-:data:`UNIT_TO_ANGSTROM`. Writing builds the same structure, following CONVENTIONS
+:data:`UNIT_TO_ANGSTROM`. Writing builds the same structure, following docs/CONVENTIONS.md
 section 2 (pixel centres: ``scale_l = 2**l * s0``, ``translation_l = t0 + s0 * (2**l - 1) / 2``),
 axes ``z, y, x`` of type ``space`` and unit ``angstrom`` (a stack's ``image`` axis has no
 type), no ``omero``.

@@ -6,7 +6,7 @@
   <-> ProjectionModel (:func:`read_relion_tilt_series`, :func:`write_relion_tilt_series`);
 - :func:`relion_tomograms_table`: the tomogram table both use for tomogram sizes.
 
-Each module's docstring gives the conversion (CONVENTIONS.md sections 3 and 7). The
+Each module's docstring gives the conversion (docs/CONVENTIONS.md §6 and §3). The
 STAR table layer itself is :mod:`cryoxr.io.star`.
 
 Examples

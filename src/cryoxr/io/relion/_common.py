@@ -1,7 +1,7 @@
 """What the RELION particle and tilt-series modules share.
 
 - the writers' :data:`VERSIONS` and :data:`DECIMALS`, the tomogram-size labels;
-- RELION's ZYZ Euler angles <-> cryoxr's quaternions (CONVENTIONS.md section 7), in
+- RELION's ZYZ Euler angles <-> cryoxr's quaternions (docs/CONVENTIONS.md §3), in
   closed form (vectorised);
 - numeric columns checked (finite, numbers) and turned from Å into pixels, errors naming
   file, block, row and column;

@@ -1,6 +1,6 @@
 """RELION particle STAR files (3.0, 3.1, 4 and 5) <-> PoseSet.
 
-Particles -> PoseSet (CONVENTIONS.md sections 3 and 7)
+Particles -> PoseSet (docs/CONVENTIONS.md §6.1 and §3)
 ------------------------------------------------------
 - ``orientation = A_sub * A`` with ``A = Rotation.from_euler("ZYZ", [rot, tilt, psi],
   degrees=True).inv()`` (RELION's particle -> tomogram matrix) and ``A_sub`` the same
@@ -126,7 +126,7 @@ def read_relion_particles(
 
     Examples
     --------
-    The RELION 5 worked example of CONVENTIONS.md 3.3:
+    The RELION 5 worked example of docs/CONVENTIONS.md §6.1:
 
     >>> import tempfile, pathlib
     >>> import cryoxr

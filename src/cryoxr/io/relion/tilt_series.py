@@ -14,7 +14,7 @@ hold (:mod:`cryoxr.io.relion._columns` lists the labels):
   ``rlnImageSizeX/Y`` (written by cryoxr), else the header of the first tilt image named
   by ``rlnMicrographName`` (where RELION 5 itself reads it); never assumed. From it,
   ``tilt_image_center_x/_y = (nx // 2, ny // 2)``, RELION's ``int(N / 2)``
-  (``Tomogram::setProjectionMatrix``; IMOD's centre is ``(N - 1) / 2``, CONVENTIONS.md);
+  (``Tomogram::setProjectionMatrix``; IMOD's centre is ``(N - 1) / 2``, docs/CONVENTIONS.md §2);
 - per tilt: ``defocus_u/_v``, ``defocus_angle``, ``phase_shift``, ``ctf_scale``,
   ``ctf_bfactor``, ``pre_exposure``, ``acquisition_order`` (``rlnTomoTiltMovieIndex - 1``);
   ``excluded`` when cryoxr wrote it. Other labels (``rlnTomoNominalStageTiltAngle``,

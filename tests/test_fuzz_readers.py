@@ -1111,3 +1111,39 @@ def test_links_pipes_folders_and_lying_sizes(seeds: dict[str, Any], reader: str,
         if case == "lying_size":
             assert any(w in str(value) for w in ("bytes", "truncated", "NUL")), str(value)
     done(folder)
+
+
+# ------------------------------------------------------------------------------------------
+# issue 19: the field's other doors (SerialEM mdoc, ...)
+# ------------------------------------------------------------------------------------------
+MDOC_SEEDS = [
+    b"PixelSpacing = 1.35\nVoltage = 300\nImageSize = 64 64\n\n"
+    b"[T = SerialEM: Digitized on Krios   14-Nov-23  15:29:40 ]\n"
+    b"[T =     Tilt axis angle = 85.3, binning = 1  spot = 8  camera = 0]\n\n"
+    + b"".join(
+        f"[ZValue = {z}]\nTiltAngle = {a}\nExposureDose = 2.5\nTargetDefocus = -3.5\n"
+        f"PixelSpacing = 1.35\nDateTime = 14-Nov-23  15:3{z}:00\n\n".encode()
+        for z, a in enumerate([0.0, 3.0, -3.0])
+    ),
+    b"[T =     Tilt axis angle = -95, binning = 2]\n[ZValue = 0]\nTiltAngle = 1.5\n"
+    b"PriorRecordDose = 0\nDefocus = -2\n[ZValue = 1]\nTiltAngle = -1.5\nPriorRecordDose = 3\n",
+]
+
+
+@fuzz_settings(250, 2000)
+@given(seed=st.integers(0, len(MDOC_SEEDS) - 1), ops=text_ops, door=st.booleans())
+def test_fuzz_mdoc(seeds: dict[str, Any], seed: int, ops: list[Any], door: bool) -> None:
+    from cryoxr.io import mdoc
+
+    CURRENT[0] = repr(locals())
+    folder = fresh_dir(seeds, "mdoc")
+    path = folder / "TS_01.mrc.mdoc"
+    path.write_bytes(mutate_text(MDOC_SEEDS[seed], ops))
+    read: Callable[[], Any] = (
+        (lambda: read_alignment(path))
+        if door
+        else (lambda: mdoc.read_mdoc_alignment(path, pixel_spacing=1.35, tilt_axis=85.0))
+    )
+    check_reader("mdoc", read, _check_model, [path.name])
+    check_reader("mdoc_table", lambda: mdoc.read_mdoc(path, pixel_spacing=1.35), lambda t: None, [path.name])
+    done(folder)

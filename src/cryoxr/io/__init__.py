@@ -11,6 +11,9 @@ RELION tilt series  :func:`read_relion_tilt_series`     :func:`write_relion_tilt
 IMOD xf/tlt/xtilt   :func:`read_imod_alignment`         :func:`write_imod_alignment`
 AreTomo aln         :func:`read_aretomo_alignment`      :func:`write_aretomo_alignment`
 Dynamo tbl/doc      :func:`read_dynamo_table`           :func:`write_dynamo_table`
+SerialEM mdoc       :func:`read_mdoc`,                  --
+                    :func:`read_mdoc_alignment`,
+                    :func:`merge_mdoc`
 any of the above    :func:`open_image`, :func:`read_poses`, :func:`read_alignment`,
                     :func:`describe`, :func:`convert`
 ==================  ==================================  ===================================
@@ -28,6 +31,7 @@ from cryoxr.io.describe import describe, file_kind
 from cryoxr.io.dynamo import read_dynamo_table, read_tomogram_map, write_dynamo_table, write_tomogram_map
 from cryoxr.io.images import open_image
 from cryoxr.io.imod import imod_centers, read_imod_alignment, write_imod_alignment
+from cryoxr.io.mdoc import merge_mdoc, read_mdoc, read_mdoc_alignment
 from cryoxr.io.mrc import read_mrc, write_mrc
 from cryoxr.io.ome_zarr import open_ome_zarr_pyramid, read_ome_zarr, write_ome_zarr
 from cryoxr.io.relion import (
@@ -44,12 +48,15 @@ __all__ = [
     "describe",
     "file_kind",
     "imod_centers",
+    "merge_mdoc",
     "open_image",
     "open_ome_zarr_pyramid",
     "read_alignment",
     "read_aretomo_alignment",
     "read_dynamo_table",
     "read_imod_alignment",
+    "read_mdoc",
+    "read_mdoc_alignment",
     "read_mrc",
     "read_ome_zarr",
     "read_poses",

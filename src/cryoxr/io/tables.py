@@ -7,6 +7,7 @@ suffix            reader                      module
 ``.tbl``          particles                   :mod:`cryoxr.io.dynamo` (Dynamo table)
 ``.xf`` + ``.tlt``  alignment                 :mod:`cryoxr.io.imod` (IMOD; sibling ``.tlt``)
 ``.aln``          alignment                   :mod:`cryoxr.io.aretomo` (AreTomo)
+``.mdoc``         nominal alignment           :mod:`cryoxr.io.mdoc` (SerialEM)
 ================  ==========================  ==========================================
 
 A file with another suffix is recognised by its first lines (``data_`` / ``loop_`` ->
@@ -86,6 +87,7 @@ KNOWN_ALIGNMENT_FORMATS: dict[str, tuple[str, str]] = {
     ".star": ("cryoxr.io.relion", "read_relion_tilt_series"),
     ".xf": ("cryoxr.io.imod", "read_imod_alignment"),
     ".aln": ("cryoxr.io.aretomo", "read_aretomo_alignment"),
+    ".mdoc": ("cryoxr.io.mdoc", "read_mdoc_alignment"),
 }
 
 
@@ -97,6 +99,8 @@ def _sniff(path: Path) -> str | None:
         return None
     if lines[0].startswith("# AreTomo Alignment"):
         return ".aln"
+    if any(ln.startswith(("[ZValue", "[T = SerialEM")) for ln in lines[:60]):
+        return ".mdoc"
     for ln in lines[:50]:
         if ln.startswith(("data_", "loop_", "_rln")):
             return ".star"

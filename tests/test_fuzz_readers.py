@@ -1147,3 +1147,42 @@ def test_fuzz_mdoc(seeds: dict[str, Any], seed: int, ops: list[Any], door: bool)
     check_reader("mdoc", read, _check_model, [path.name])
     check_reader("mdoc_table", lambda: mdoc.read_mdoc(path, pixel_spacing=1.35), lambda t: None, [path.name])
     done(folder)
+
+
+WARP_XML_SEED = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n<TiltSeries AreAnglesInverted="True" LevelAngleX="1.5" '
+    b'LevelAngleY="-0.5" ImageDimensionsAngstrom="540, 540" VolumeDimensionsAngstrom="540, 540, 135">\n'
+    b"<Angles>-3\n0\n3</Angles>\n<Dose>3\n0\n6</Dose>\n<UseTilt>True\nTrue\nFalse</UseTilt>\n"
+    b"<AxisAngle>85\n85\n85</AxisAngle>\n<AxisOffsetX>1\n0\n-2</AxisOffsetX>\n<AxisOffsetY>0\n0\n0</AxisOffsetY>\n"
+    b'<OptionsCTF><Param Name="PixelSize" Value="1.35" /></OptionsCTF>\n'
+    b'<CTF><Param Name="Voltage" Value="300" /><Param Name="Cs" Value="2.7" /></CTF>\n'
+    b'<GridCTF Width="1" Height="1" Depth="3"><Node X="0" Y="0" Z="0" Value="3" />\n'
+    b'<Node X="0" Y="0" Z="1" Value="3.1" />\n<Node X="0" Y="0" Z="2" Value="3.2" /></GridCTF>\n'
+    b"</TiltSeries>\n"
+)
+WARP_STAR_SEED = (
+    b"\ndata_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n_rlnCoordinateZ #3\n_rlnAngleRot #4\n"
+    b"_rlnAngleTilt #5\n_rlnAnglePsi #6\n_rlnMicrographName #7\n_rlnMagnification #8\n"
+    b"_rlnDetectorPixelSize #9\n100.5 200 50 10 20 30 TS_01.tomostar 10000 10\n"
+    b"110 210 55 0 0 0 TS_02.tomostar 10000 10\n"
+)
+
+
+@fuzz_settings(250, 2000)
+@given(which=st.sampled_from(["xml", "star"]), ops=text_ops, door=st.booleans())
+def test_fuzz_warp(seeds: dict[str, Any], which: str, ops: list[Any], door: bool) -> None:
+    from cryoxr.io import warp
+
+    CURRENT[0] = repr(locals())
+    folder = fresh_dir(seeds, "warp")
+    if which == "xml":
+        path = folder / "TS_01.xml"
+        path.write_bytes(mutate_text(WARP_XML_SEED, ops))
+        call = (lambda: read_alignment(path)) if door else (lambda: warp.read_warp_tilt_series(path))
+        check_reader("warp_xml", call, _check_model, [path.name])
+    else:
+        path = folder / "matches.star"
+        path.write_bytes(mutate_text(WARP_STAR_SEED, ops))
+        call = (lambda: read_poses(path)) if door else (lambda: warp.read_warp_particles(path))
+        check_reader("warp_star", call, _check_poses, [path.name])
+    done(folder)

@@ -14,6 +14,8 @@ Dynamo tbl/doc      :func:`read_dynamo_table`           :func:`write_dynamo_tabl
 SerialEM mdoc       :func:`read_mdoc`,                  --
                     :func:`read_mdoc_alignment`,
                     :func:`merge_mdoc`
+Warp/M XML, STAR    :func:`read_warp_tilt_series`,      --
+                    :func:`read_warp_particles`
 any of the above    :func:`open_image`, :func:`read_poses`, :func:`read_alignment`,
                     :func:`describe`, :func:`convert`
 ==================  ==================================  ===================================
@@ -42,6 +44,7 @@ from cryoxr.io.relion import (
     write_relion_tilt_series,
 )
 from cryoxr.io.tables import read_alignment, read_poses
+from cryoxr.io.warp import read_warp_particles, read_warp_tilt_series
 
 __all__ = [
     "convert",
@@ -63,6 +66,8 @@ __all__ = [
     "read_relion_particles",
     "read_relion_tilt_series",
     "read_tomogram_map",
+    "read_warp_particles",
+    "read_warp_tilt_series",
     "relion_tomograms_table",
     "write_aretomo_alignment",
     "write_dynamo_table",

@@ -1186,3 +1186,45 @@ def test_fuzz_warp(seeds: dict[str, Any], which: str, ops: list[Any], door: bool
         call = (lambda: read_poses(path)) if door else (lambda: warp.read_warp_particles(path))
         check_reader("warp_star", call, _check_poses, [path.name])
     done(folder)
+
+
+def _em_seeds() -> list[bytes]:
+    from cryoxr.io.em import em_header_bytes
+
+    volume = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    motl = np.zeros((1, 2, 20), np.float32)
+    motl[0, :, [4, 7, 8, 9, 16, 17, 18]] = [[1, 1], [11, 12], [21, 22], [31, 32], [10, 0], [20, 0], [30, 0]]
+    return [
+        em_header_bytes(volume.shape, volume.dtype) + volume.tobytes(),
+        em_header_bytes(motl.shape, motl.dtype) + motl.tobytes(),
+    ]
+
+
+EM_SEEDS = _em_seeds()
+
+
+@fuzz_settings(250, 2000)
+@given(seed=st.integers(0, 1), ops=text_ops, door=st.booleans())
+def test_fuzz_em(seeds: dict[str, Any], seed: int, ops: list[Any], door: bool) -> None:
+    from cryoxr.io import em
+
+    CURRENT[0] = repr(locals())
+    folder = fresh_dir(seeds, "em")
+    path = folder / "a.em"
+    path.write_bytes(mutate_text(EM_SEEDS[seed], ops))
+    if seed == 0:
+        call = (
+            (lambda: open_image(path, pixel_spacing=2.0))
+            if door
+            else (lambda: em.read_em(path, pixel_spacing=2.0))
+        )
+        check_reader("em", call, _check_image, [path.name])
+    else:
+        call = (
+            (lambda: read_poses(path, pixel_spacing=2.0))
+            if door
+            else (lambda: em.read_em_motive_list(path, pixel_spacing=2.0))
+        )
+        check_reader("em_motl", call, _check_poses, [path.name])
+    check_reader("em_describe", lambda: describe(path, pixel_spacing=2.0), _check_describe, [path.name])
+    done(folder)

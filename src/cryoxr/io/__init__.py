@@ -14,6 +14,8 @@ Dynamo tbl/doc      :func:`read_dynamo_table`           :func:`write_dynamo_tabl
 SerialEM mdoc       :func:`read_mdoc`,                  --
                     :func:`read_mdoc_alignment`,
                     :func:`merge_mdoc`
+EM volume, motl     :func:`read_em`,                    --
+                    :func:`read_em_motive_list`
 Warp/M XML, STAR    :func:`read_warp_tilt_series`,      --
                     :func:`read_warp_particles`
 any of the above    :func:`open_image`, :func:`read_poses`, :func:`read_alignment`,
@@ -31,6 +33,7 @@ from cryoxr.io.aretomo import read_aretomo_alignment, write_aretomo_alignment
 from cryoxr.io.convert import convert
 from cryoxr.io.describe import describe, file_kind
 from cryoxr.io.dynamo import read_dynamo_table, read_tomogram_map, write_dynamo_table, write_tomogram_map
+from cryoxr.io.em import read_em, read_em_motive_list
 from cryoxr.io.images import open_image
 from cryoxr.io.imod import imod_centers, read_imod_alignment, write_imod_alignment
 from cryoxr.io.mdoc import merge_mdoc, read_mdoc, read_mdoc_alignment
@@ -57,6 +60,8 @@ __all__ = [
     "read_alignment",
     "read_aretomo_alignment",
     "read_dynamo_table",
+    "read_em",
+    "read_em_motive_list",
     "read_imod_alignment",
     "read_mdoc",
     "read_mdoc_alignment",

@@ -9,6 +9,7 @@ suffix            reader                      module
 ``.aln``          alignment                   :mod:`cryoxr.io.aretomo` (AreTomo)
 ``.mdoc``         nominal alignment           :mod:`cryoxr.io.mdoc` (SerialEM)
 ``.xml``          alignment                   :mod:`cryoxr.io.warp` (Warp/M tilt series)
+``.em``           particles                   :mod:`cryoxr.io.em` (TOM/AV3 motive list)
 ``.star`` (Warp)  particles                   :mod:`cryoxr.io.warp` (no optics block, ``.tomostar``)
 ================  ==========================  ==========================================
 
@@ -83,6 +84,7 @@ PathLike = str | os.PathLike[str]
 KNOWN_POSE_FORMATS: dict[str, tuple[str, str]] = {
     ".star": ("cryoxr.io.relion", "read_relion_particles"),
     ".tbl": ("cryoxr.io.dynamo", "read_dynamo_table"),
+    ".em": ("cryoxr.io.em", "read_em_motive_list"),
 }
 #: suffix -> (module, reader) for tilt-series alignments
 KNOWN_ALIGNMENT_FORMATS: dict[str, tuple[str, str]] = {

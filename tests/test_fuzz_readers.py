@@ -1228,3 +1228,40 @@ def test_fuzz_em(seeds: dict[str, Any], seed: int, ops: list[Any], door: bool) -
         check_reader("em_motl", call, _check_poses, [path.name])
     check_reader("em_describe", lambda: describe(path, pixel_spacing=2.0), _check_describe, [path.name])
     done(folder)
+
+
+def _cs_seed() -> bytes:
+    import io
+
+    dtype = [
+        ("uid", "<u8"),
+        ("location/micrograph_path", "S12"),
+        ("location/micrograph_shape", "<u4", (2,)),
+        ("location/center_x_frac", "<f4"),
+        ("location/center_y_frac", "<f4"),
+        ("location/micrograph_psize_A", "<f4"),
+        ("alignments3D/pose", "<f4", (3,)),
+        ("alignments3D/shift", "<f4", (2,)),
+        ("alignments3D/psize_A", "<f4"),
+    ]
+    rows = [(1, b"J1/mic_a.mrc", (400, 600), 0.25, 0.5, 1.5, (0.1, 0.2, 0.3), (1, -1), 3.0)] * 3
+    buffer = io.BytesIO()
+    np.save(buffer, np.array(rows, dtype=dtype))
+    return buffer.getvalue()
+
+
+CS_SEED = _cs_seed()
+
+
+@fuzz_settings(250, 2000)
+@given(ops=text_ops, door=st.booleans())
+def test_fuzz_cryosparc(seeds: dict[str, Any], ops: list[Any], door: bool) -> None:
+    from cryoxr.io import cryosparc
+
+    CURRENT[0] = repr(locals())
+    folder = fresh_dir(seeds, "cryosparc")
+    path = folder / "P1_J2_particles.cs"
+    path.write_bytes(mutate_text(CS_SEED, ops))
+    call = (lambda: read_poses(path)) if door else (lambda: cryosparc.read_cryosparc(path))
+    check_reader("cryosparc", call, _check_poses, [path.name])
+    done(folder)

@@ -14,6 +14,7 @@ Dynamo tbl/doc      :func:`read_dynamo_table`           :func:`write_dynamo_tabl
 SerialEM mdoc       :func:`read_mdoc`,                  --
                     :func:`read_mdoc_alignment`,
                     :func:`merge_mdoc`
+cryoSPARC .cs       :func:`read_cryosparc`              --
 EM volume, motl     :func:`read_em`,                    --
                     :func:`read_em_motive_list`
 Warp/M XML, STAR    :func:`read_warp_tilt_series`,      --
@@ -31,6 +32,7 @@ image writers that :meth:`cryoxr.Image.to_mrc` and :meth:`cryoxr.Image.to_zarr` 
 from cryoxr._writers import register_image_writer
 from cryoxr.io.aretomo import read_aretomo_alignment, write_aretomo_alignment
 from cryoxr.io.convert import convert
+from cryoxr.io.cryosparc import read_cryosparc
 from cryoxr.io.describe import describe, file_kind
 from cryoxr.io.dynamo import read_dynamo_table, read_tomogram_map, write_dynamo_table, write_tomogram_map
 from cryoxr.io.em import read_em, read_em_motive_list
@@ -59,6 +61,7 @@ __all__ = [
     "open_ome_zarr_pyramid",
     "read_alignment",
     "read_aretomo_alignment",
+    "read_cryosparc",
     "read_dynamo_table",
     "read_em",
     "read_em_motive_list",

@@ -71,6 +71,7 @@ CONVERTIBLE_KINDS = ("image", "poses", "alignment")
 #: suffix -> kind, for files whose suffix alone says what they hold
 SUFFIX_KINDS = {
     ".tbl": "poses",
+    ".cs": "poses",
     ".xf": "alignment",
     ".aln": "alignment",
     ".mdoc": "alignment",
@@ -180,6 +181,7 @@ FORMAT_NAMES = {
     ("poses", ".star"): "RELION STAR",
     ("poses", ".tbl"): "Dynamo table",
     ("poses", ".em"): "TOM/AV3 motive list (.em)",
+    ("poses", ".cs"): "cryoSPARC particles (.cs)",
     ("image", ".em"): "EM (TOM/Dynamo)",
     ("alignment", ".star"): "RELION 5 tilt series",
     ("alignment", ".xf"): "IMOD xf/tlt",

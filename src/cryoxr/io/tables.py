@@ -10,6 +10,7 @@ suffix            reader                      module
 ``.mdoc``         nominal alignment           :mod:`cryoxr.io.mdoc` (SerialEM)
 ``.xml``          alignment                   :mod:`cryoxr.io.warp` (Warp/M tilt series)
 ``.em``           particles                   :mod:`cryoxr.io.em` (TOM/AV3 motive list)
+``.cs``           particles                   :mod:`cryoxr.io.cryosparc` (cryoSPARC)
 ``.star`` (Warp)  particles                   :mod:`cryoxr.io.warp` (no optics block, ``.tomostar``)
 ================  ==========================  ==========================================
 
@@ -85,6 +86,7 @@ KNOWN_POSE_FORMATS: dict[str, tuple[str, str]] = {
     ".star": ("cryoxr.io.relion", "read_relion_particles"),
     ".tbl": ("cryoxr.io.dynamo", "read_dynamo_table"),
     ".em": ("cryoxr.io.em", "read_em_motive_list"),
+    ".cs": ("cryoxr.io.cryosparc", "read_cryosparc"),
 }
 #: suffix -> (module, reader) for tilt-series alignments
 KNOWN_ALIGNMENT_FORMATS: dict[str, tuple[str, str]] = {
@@ -104,6 +106,8 @@ def _sniff(path: Path) -> str | None:
         return None
     if lines[0].startswith("# AreTomo Alignment"):
         return ".aln"
+    if "NUMPY" in lines[0][:8]:  # np.save's magic: a cryoSPARC .cs particle set
+        return ".cs"
     if any(ln.startswith(("[ZValue", "[T = SerialEM")) for ln in lines[:60]):
         return ".mdoc"
     if any(ln.startswith("<TiltSeries") for ln in lines[:3]):

@@ -1265,3 +1265,39 @@ def test_fuzz_cryosparc(seeds: dict[str, Any], ops: list[Any], door: bool) -> No
     call = (lambda: read_poses(path)) if door else (lambda: cryosparc.read_cryosparc(path))
     check_reader("cryosparc", call, _check_poses, [path.name])
     done(folder)
+
+
+COPICK_PICKS_SEED = json.dumps(
+    {
+        "pickable_object_name": "ribosome",
+        "user_id": "alice",
+        "session_id": "0",
+        "run_name": "TS_001",
+        "unit": "angstrom",
+        "points": [
+            {
+                "location": {"x": 100.0, "y": 200.0, "z": 40.0},
+                "transformation_": [[1, 0, 0, 10], [0, 1, 0, 0], [0, 0, 1, -5], [0, 0, 0, 1]],
+                "instance_id": 0,
+                "score": 0.5,
+            },
+            {"location": {"x": 1.0, "y": 2.0, "z": 3.0}},
+        ],
+    },
+    indent=1,
+).encode()
+
+
+@fuzz_settings(250, 2000)
+@given(ops=text_ops)
+def test_fuzz_copick_picks(seeds: dict[str, Any], ops: list[Any]) -> None:
+    from cryoxr.io import copick
+
+    CURRENT[0] = repr(locals())
+    folder = fresh_dir(seeds, "copick")
+    path = folder / "alice_0_ribosome.json"
+    path.write_bytes(mutate_text(COPICK_PICKS_SEED, ops))
+    check_reader(
+        "copick_picks", lambda: copick.read_copick_picks(path, voxel_spacing=10.0), _check_poses, [path.name]
+    )
+    done(folder)

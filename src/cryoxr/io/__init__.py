@@ -15,6 +15,7 @@ SerialEM mdoc       :func:`read_mdoc`,                  --
                     :func:`read_mdoc_alignment`,
                     :func:`merge_mdoc`
 cryoSPARC .cs       :func:`read_cryosparc`              --
+copick project      :func:`open_copick` (catalogue)     :func:`write_copick_picks`
 EM volume, motl     :func:`read_em`,                    --
                     :func:`read_em_motive_list`
 Warp/M XML, STAR    :func:`read_warp_tilt_series`,      --
@@ -32,6 +33,7 @@ image writers that :meth:`cryoxr.Image.to_mrc` and :meth:`cryoxr.Image.to_zarr` 
 from cryoxr._writers import register_image_writer
 from cryoxr.io.aretomo import read_aretomo_alignment, write_aretomo_alignment
 from cryoxr.io.convert import convert
+from cryoxr.io.copick import open_copick, write_copick_picks
 from cryoxr.io.cryosparc import read_cryosparc
 from cryoxr.io.describe import describe, file_kind
 from cryoxr.io.dynamo import read_dynamo_table, read_tomogram_map, write_dynamo_table, write_tomogram_map
@@ -57,6 +59,7 @@ __all__ = [
     "file_kind",
     "imod_centers",
     "merge_mdoc",
+    "open_copick",
     "open_image",
     "open_ome_zarr_pyramid",
     "read_alignment",
@@ -78,6 +81,7 @@ __all__ = [
     "read_warp_tilt_series",
     "relion_tomograms_table",
     "write_aretomo_alignment",
+    "write_copick_picks",
     "write_dynamo_table",
     "write_imod_alignment",
     "write_mrc",

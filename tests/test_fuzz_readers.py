@@ -1301,3 +1301,28 @@ def test_fuzz_copick_picks(seeds: dict[str, Any], ops: list[Any]) -> None:
         "copick_picks", lambda: copick.read_copick_picks(path, voxel_spacing=10.0), _check_poses, [path.name]
     )
     done(folder)
+
+
+PORTAL_NDJSON_SEED = (
+    b'{"type": "orientedPoint", "location": {"x": 4.0, "y": 5.0, "z": 6.0}, '
+    b'"xyz_rotation_matrix": [[1, 0, 0], [0, 0, -1], [0, 1, 0]]}\n'
+    b'{"type": "point", "location": {"x": 0, "y": 7, "z": 1.5}}\n'
+)
+
+
+@fuzz_settings(250, 2000)
+@given(ops=text_ops)
+def test_fuzz_portal_ndjson(seeds: dict[str, Any], ops: list[Any]) -> None:
+    from cryoxr.io import portal
+
+    CURRENT[0] = repr(locals())
+    folder = fresh_dir(seeds, "portal")
+    path = folder / "ribosome_orientedpoint.ndjson"
+    path.write_bytes(mutate_text(PORTAL_NDJSON_SEED, ops))
+    check_reader(
+        "portal_ndjson",
+        lambda: portal.read_portal_points(path, voxel_spacing=13.48, experiment_id="TS_01"),
+        _check_poses,
+        [path.name],
+    )
+    done(folder)

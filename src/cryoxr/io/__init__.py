@@ -16,6 +16,7 @@ SerialEM mdoc       :func:`read_mdoc`,                  --
                     :func:`merge_mdoc`
 cryoSPARC .cs       :func:`read_cryosparc`              --
 copick project      :func:`open_copick` (catalogue)     :func:`write_copick_picks`
+Portal download     :func:`open_portal` (catalogue)     --
 EM volume, motl     :func:`read_em`,                    --
                     :func:`read_em_motive_list`
 Warp/M XML, STAR    :func:`read_warp_tilt_series`,      --
@@ -43,6 +44,7 @@ from cryoxr.io.imod import imod_centers, read_imod_alignment, write_imod_alignme
 from cryoxr.io.mdoc import merge_mdoc, read_mdoc, read_mdoc_alignment
 from cryoxr.io.mrc import read_mrc, write_mrc
 from cryoxr.io.ome_zarr import open_ome_zarr_pyramid, read_ome_zarr, write_ome_zarr
+from cryoxr.io.portal import open_portal
 from cryoxr.io.relion import (
     read_relion_particles,
     read_relion_tilt_series,
@@ -62,6 +64,7 @@ __all__ = [
     "open_copick",
     "open_image",
     "open_ome_zarr_pyramid",
+    "open_portal",
     "read_alignment",
     "read_aretomo_alignment",
     "read_cryosparc",

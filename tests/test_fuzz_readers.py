@@ -1111,3 +1111,218 @@ def test_links_pipes_folders_and_lying_sizes(seeds: dict[str, Any], reader: str,
         if case == "lying_size":
             assert any(w in str(value) for w in ("bytes", "truncated", "NUL")), str(value)
     done(folder)
+
+
+# ------------------------------------------------------------------------------------------
+# issue 19: the field's other doors (SerialEM mdoc, ...)
+# ------------------------------------------------------------------------------------------
+MDOC_SEEDS = [
+    b"PixelSpacing = 1.35\nVoltage = 300\nImageSize = 64 64\n\n"
+    b"[T = SerialEM: Digitized on Krios   14-Nov-23  15:29:40 ]\n"
+    b"[T =     Tilt axis angle = 85.3, binning = 1  spot = 8  camera = 0]\n\n"
+    + b"".join(
+        f"[ZValue = {z}]\nTiltAngle = {a}\nExposureDose = 2.5\nTargetDefocus = -3.5\n"
+        f"PixelSpacing = 1.35\nDateTime = 14-Nov-23  15:3{z}:00\n\n".encode()
+        for z, a in enumerate([0.0, 3.0, -3.0])
+    ),
+    b"[T =     Tilt axis angle = -95, binning = 2]\n[ZValue = 0]\nTiltAngle = 1.5\n"
+    b"PriorRecordDose = 0\nDefocus = -2\n[ZValue = 1]\nTiltAngle = -1.5\nPriorRecordDose = 3\n",
+]
+
+
+@fuzz_settings(250, 2000)
+@given(seed=st.integers(0, len(MDOC_SEEDS) - 1), ops=text_ops, door=st.booleans())
+def test_fuzz_mdoc(seeds: dict[str, Any], seed: int, ops: list[Any], door: bool) -> None:
+    from cryoxr.io import mdoc
+
+    CURRENT[0] = repr(locals())
+    folder = fresh_dir(seeds, "mdoc")
+    path = folder / "TS_01.mrc.mdoc"
+    path.write_bytes(mutate_text(MDOC_SEEDS[seed], ops))
+    read: Callable[[], Any] = (
+        (lambda: read_alignment(path))
+        if door
+        else (lambda: mdoc.read_mdoc_alignment(path, pixel_spacing=1.35, tilt_axis=85.0))
+    )
+    check_reader("mdoc", read, _check_model, [path.name])
+    check_reader("mdoc_table", lambda: mdoc.read_mdoc(path, pixel_spacing=1.35), lambda t: None, [path.name])
+    done(folder)
+
+
+WARP_XML_SEED = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n<TiltSeries AreAnglesInverted="True" LevelAngleX="1.5" '
+    b'LevelAngleY="-0.5" ImageDimensionsAngstrom="540, 540" VolumeDimensionsAngstrom="540, 540, 135">\n'
+    b"<Angles>-3\n0\n3</Angles>\n<Dose>3\n0\n6</Dose>\n<UseTilt>True\nTrue\nFalse</UseTilt>\n"
+    b"<AxisAngle>85\n85\n85</AxisAngle>\n<AxisOffsetX>1\n0\n-2</AxisOffsetX>\n<AxisOffsetY>0\n0\n0</AxisOffsetY>\n"
+    b'<OptionsCTF><Param Name="PixelSize" Value="1.35" /></OptionsCTF>\n'
+    b'<CTF><Param Name="Voltage" Value="300" /><Param Name="Cs" Value="2.7" /></CTF>\n'
+    b'<GridCTF Width="1" Height="1" Depth="3"><Node X="0" Y="0" Z="0" Value="3" />\n'
+    b'<Node X="0" Y="0" Z="1" Value="3.1" />\n<Node X="0" Y="0" Z="2" Value="3.2" /></GridCTF>\n'
+    b"</TiltSeries>\n"
+)
+WARP_STAR_SEED = (
+    b"\ndata_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n_rlnCoordinateZ #3\n_rlnAngleRot #4\n"
+    b"_rlnAngleTilt #5\n_rlnAnglePsi #6\n_rlnMicrographName #7\n_rlnMagnification #8\n"
+    b"_rlnDetectorPixelSize #9\n100.5 200 50 10 20 30 TS_01.tomostar 10000 10\n"
+    b"110 210 55 0 0 0 TS_02.tomostar 10000 10\n"
+)
+
+
+@fuzz_settings(250, 2000)
+@given(which=st.sampled_from(["xml", "star"]), ops=text_ops, door=st.booleans())
+def test_fuzz_warp(seeds: dict[str, Any], which: str, ops: list[Any], door: bool) -> None:
+    from cryoxr.io import warp
+
+    CURRENT[0] = repr(locals())
+    folder = fresh_dir(seeds, "warp")
+    if which == "xml":
+        path = folder / "TS_01.xml"
+        path.write_bytes(mutate_text(WARP_XML_SEED, ops))
+        call = (lambda: read_alignment(path)) if door else (lambda: warp.read_warp_tilt_series(path))
+        check_reader("warp_xml", call, _check_model, [path.name])
+    else:
+        path = folder / "matches.star"
+        path.write_bytes(mutate_text(WARP_STAR_SEED, ops))
+        call = (lambda: read_poses(path)) if door else (lambda: warp.read_warp_particles(path))
+        check_reader("warp_star", call, _check_poses, [path.name])
+    done(folder)
+
+
+def _em_seeds() -> list[bytes]:
+    from cryoxr.io.em import em_header_bytes
+
+    volume = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    motl = np.zeros((1, 2, 20), np.float32)
+    motl[0, :, [4, 7, 8, 9, 16, 17, 18]] = [[1, 1], [11, 12], [21, 22], [31, 32], [10, 0], [20, 0], [30, 0]]
+    return [
+        em_header_bytes(volume.shape, volume.dtype) + volume.tobytes(),
+        em_header_bytes(motl.shape, motl.dtype) + motl.tobytes(),
+    ]
+
+
+EM_SEEDS = _em_seeds()
+
+
+@fuzz_settings(250, 2000)
+@given(seed=st.integers(0, 1), ops=text_ops, door=st.booleans())
+def test_fuzz_em(seeds: dict[str, Any], seed: int, ops: list[Any], door: bool) -> None:
+    from cryoxr.io import em
+
+    CURRENT[0] = repr(locals())
+    folder = fresh_dir(seeds, "em")
+    path = folder / "a.em"
+    path.write_bytes(mutate_text(EM_SEEDS[seed], ops))
+    if seed == 0:
+        call = (
+            (lambda: open_image(path, pixel_spacing=2.0))
+            if door
+            else (lambda: em.read_em(path, pixel_spacing=2.0))
+        )
+        check_reader("em", call, _check_image, [path.name])
+    else:
+        call = (
+            (lambda: read_poses(path, pixel_spacing=2.0))
+            if door
+            else (lambda: em.read_em_motive_list(path, pixel_spacing=2.0))
+        )
+        check_reader("em_motl", call, _check_poses, [path.name])
+    check_reader("em_describe", lambda: describe(path, pixel_spacing=2.0), _check_describe, [path.name])
+    done(folder)
+
+
+def _cs_seed() -> bytes:
+    import io
+
+    dtype = [
+        ("uid", "<u8"),
+        ("location/micrograph_path", "S12"),
+        ("location/micrograph_shape", "<u4", (2,)),
+        ("location/center_x_frac", "<f4"),
+        ("location/center_y_frac", "<f4"),
+        ("location/micrograph_psize_A", "<f4"),
+        ("alignments3D/pose", "<f4", (3,)),
+        ("alignments3D/shift", "<f4", (2,)),
+        ("alignments3D/psize_A", "<f4"),
+    ]
+    rows = [(1, b"J1/mic_a.mrc", (400, 600), 0.25, 0.5, 1.5, (0.1, 0.2, 0.3), (1, -1), 3.0)] * 3
+    buffer = io.BytesIO()
+    np.save(buffer, np.array(rows, dtype=dtype))
+    return buffer.getvalue()
+
+
+CS_SEED = _cs_seed()
+
+
+@fuzz_settings(250, 2000)
+@given(ops=text_ops, door=st.booleans())
+def test_fuzz_cryosparc(seeds: dict[str, Any], ops: list[Any], door: bool) -> None:
+    from cryoxr.io import cryosparc
+
+    CURRENT[0] = repr(locals())
+    folder = fresh_dir(seeds, "cryosparc")
+    path = folder / "P1_J2_particles.cs"
+    path.write_bytes(mutate_text(CS_SEED, ops))
+    call = (lambda: read_poses(path)) if door else (lambda: cryosparc.read_cryosparc(path))
+    check_reader("cryosparc", call, _check_poses, [path.name])
+    done(folder)
+
+
+COPICK_PICKS_SEED = json.dumps(
+    {
+        "pickable_object_name": "ribosome",
+        "user_id": "alice",
+        "session_id": "0",
+        "run_name": "TS_001",
+        "unit": "angstrom",
+        "points": [
+            {
+                "location": {"x": 100.0, "y": 200.0, "z": 40.0},
+                "transformation_": [[1, 0, 0, 10], [0, 1, 0, 0], [0, 0, 1, -5], [0, 0, 0, 1]],
+                "instance_id": 0,
+                "score": 0.5,
+            },
+            {"location": {"x": 1.0, "y": 2.0, "z": 3.0}},
+        ],
+    },
+    indent=1,
+).encode()
+
+
+@fuzz_settings(250, 2000)
+@given(ops=text_ops)
+def test_fuzz_copick_picks(seeds: dict[str, Any], ops: list[Any]) -> None:
+    from cryoxr.io import copick
+
+    CURRENT[0] = repr(locals())
+    folder = fresh_dir(seeds, "copick")
+    path = folder / "alice_0_ribosome.json"
+    path.write_bytes(mutate_text(COPICK_PICKS_SEED, ops))
+    check_reader(
+        "copick_picks", lambda: copick.read_copick_picks(path, voxel_spacing=10.0), _check_poses, [path.name]
+    )
+    done(folder)
+
+
+PORTAL_NDJSON_SEED = (
+    b'{"type": "orientedPoint", "location": {"x": 4.0, "y": 5.0, "z": 6.0}, '
+    b'"xyz_rotation_matrix": [[1, 0, 0], [0, 0, -1], [0, 1, 0]]}\n'
+    b'{"type": "point", "location": {"x": 0, "y": 7, "z": 1.5}}\n'
+)
+
+
+@fuzz_settings(250, 2000)
+@given(ops=text_ops)
+def test_fuzz_portal_ndjson(seeds: dict[str, Any], ops: list[Any]) -> None:
+    from cryoxr.io import portal
+
+    CURRENT[0] = repr(locals())
+    folder = fresh_dir(seeds, "portal")
+    path = folder / "ribosome_orientedpoint.ndjson"
+    path.write_bytes(mutate_text(PORTAL_NDJSON_SEED, ops))
+    check_reader(
+        "portal_ndjson",
+        lambda: portal.read_portal_points(path, voxel_spacing=13.48, experiment_id="TS_01"),
+        _check_poses,
+        [path.name],
+    )
+    done(folder)

@@ -11,6 +11,16 @@ RELION tilt series  :func:`read_relion_tilt_series`     :func:`write_relion_tilt
 IMOD xf/tlt/xtilt   :func:`read_imod_alignment`         :func:`write_imod_alignment`
 AreTomo aln         :func:`read_aretomo_alignment`      :func:`write_aretomo_alignment`
 Dynamo tbl/doc      :func:`read_dynamo_table`           :func:`write_dynamo_table`
+SerialEM mdoc       :func:`read_mdoc`,                  --
+                    :func:`read_mdoc_alignment`,
+                    :func:`merge_mdoc`
+cryoSPARC .cs       :func:`read_cryosparc`              --
+copick project      :func:`open_copick` (catalogue)     :func:`write_copick_picks`
+Portal download     :func:`open_portal` (catalogue)     --
+EM volume, motl     :func:`read_em`,                    --
+                    :func:`read_em_motive_list`
+Warp/M XML, STAR    :func:`read_warp_tilt_series`,      --
+                    :func:`read_warp_particles`
 any of the above    :func:`open_image`, :func:`read_poses`, :func:`read_alignment`,
                     :func:`describe`, :func:`convert`
 ==================  ==================================  ===================================
@@ -24,12 +34,17 @@ image writers that :meth:`cryoxr.Image.to_mrc` and :meth:`cryoxr.Image.to_zarr` 
 from cryoxr._writers import register_image_writer
 from cryoxr.io.aretomo import read_aretomo_alignment, write_aretomo_alignment
 from cryoxr.io.convert import convert
+from cryoxr.io.copick import open_copick, write_copick_picks
+from cryoxr.io.cryosparc import read_cryosparc
 from cryoxr.io.describe import describe, file_kind
 from cryoxr.io.dynamo import read_dynamo_table, read_tomogram_map, write_dynamo_table, write_tomogram_map
+from cryoxr.io.em import read_em, read_em_motive_list
 from cryoxr.io.images import open_image
 from cryoxr.io.imod import imod_centers, read_imod_alignment, write_imod_alignment
+from cryoxr.io.mdoc import merge_mdoc, read_mdoc, read_mdoc_alignment
 from cryoxr.io.mrc import read_mrc, write_mrc
 from cryoxr.io.ome_zarr import open_ome_zarr_pyramid, read_ome_zarr, write_ome_zarr
+from cryoxr.io.portal import open_portal
 from cryoxr.io.relion import (
     read_relion_particles,
     read_relion_tilt_series,
@@ -38,26 +53,38 @@ from cryoxr.io.relion import (
     write_relion_tilt_series,
 )
 from cryoxr.io.tables import read_alignment, read_poses
+from cryoxr.io.warp import read_warp_particles, read_warp_tilt_series
 
 __all__ = [
     "convert",
     "describe",
     "file_kind",
     "imod_centers",
+    "merge_mdoc",
+    "open_copick",
     "open_image",
     "open_ome_zarr_pyramid",
+    "open_portal",
     "read_alignment",
     "read_aretomo_alignment",
+    "read_cryosparc",
     "read_dynamo_table",
+    "read_em",
+    "read_em_motive_list",
     "read_imod_alignment",
+    "read_mdoc",
+    "read_mdoc_alignment",
     "read_mrc",
     "read_ome_zarr",
     "read_poses",
     "read_relion_particles",
     "read_relion_tilt_series",
     "read_tomogram_map",
+    "read_warp_particles",
+    "read_warp_tilt_series",
     "relion_tomograms_table",
     "write_aretomo_alignment",
+    "write_copick_picks",
     "write_dynamo_table",
     "write_imod_alignment",
     "write_mrc",

@@ -48,6 +48,7 @@ import xarray as xr
 from cryoxr.errors import CryoxrFileNotFoundError, UnknownFormatError
 from cryoxr.image import Image
 from cryoxr.io._paths import read_head
+from cryoxr.io.em import EM_SUFFIXES, describe_em_header, is_motive_list
 from cryoxr.io.images import IMAGE_READERS, open_image
 from cryoxr.io.star import read_star
 from cryoxr.io.tables import (
@@ -70,8 +71,11 @@ CONVERTIBLE_KINDS = ("image", "poses", "alignment")
 #: suffix -> kind, for files whose suffix alone says what they hold
 SUFFIX_KINDS = {
     ".tbl": "poses",
+    ".cs": "poses",
     ".xf": "alignment",
     ".aln": "alignment",
+    ".mdoc": "alignment",
+    ".xml": "alignment",
     ".tlt": "tilt angles",
     ".rawtlt": "tilt angles",
     ".xtilt": "tilt angles",
@@ -145,6 +149,8 @@ def file_kind(path: PathLike) -> str:
     suffix = suffix_of(p)
     if suffix == ".zarr" and p.is_dir() and not _is_ome_zarr(p):
         return "projected"
+    if suffix in EM_SUFFIXES and p.is_file() and is_motive_list(p):
+        return "poses"  # a TOM motive list is an .em file too
     if suffix in IMAGE_READERS:
         return "image"
     if suffix == ".star":
@@ -174,9 +180,14 @@ FORMAT_NAMES = {
     ("image", ".ome.zarr"): "OME-Zarr",
     ("poses", ".star"): "RELION STAR",
     ("poses", ".tbl"): "Dynamo table",
+    ("poses", ".em"): "TOM/AV3 motive list (.em)",
+    ("poses", ".cs"): "cryoSPARC particles (.cs)",
+    ("image", ".em"): "EM (TOM/Dynamo)",
     ("alignment", ".star"): "RELION 5 tilt series",
     ("alignment", ".xf"): "IMOD xf/tlt",
     ("alignment", ".aln"): "AreTomo aln",
+    ("alignment", ".mdoc"): "SerialEM mdoc (nominal)",
+    ("alignment", ".xml"): "Warp/M tilt-series XML",
     ("tilt series", ".star"): "RELION 5 per-tilt-series STAR",
     ("tilt angles", ".tlt"): "IMOD tlt",
     ("tilt angles", ".rawtlt"): "IMOD rawtlt",
@@ -191,8 +202,13 @@ def _format_name(path: Path, kind: str) -> str:
     return FORMAT_NAMES.get((kind, suffix), "MRC" if kind == "image" else suffix or "?")
 
 
-def _describe_image(path: Path, **_: Any) -> dict[str, Any]:
-    image: Image = open_image(path)
+def _describe_image(path: Path, *, pixel_spacing: float | None = None, **_: Any) -> dict[str, Any]:
+    if suffix_of(path) in EM_SUFFIXES:  # EM stores no pixel size: the header alone, or the given one
+        if pixel_spacing is None:
+            return describe_em_header(path)
+        image: Image = open_image(path, pixel_spacing=pixel_spacing)
+    else:
+        image = open_image(path)
     data = image.data
     kind = "stack" if image.stack else {2: "micrograph", 3: "tomogram"}[data.ndim]
     chunks = data.data.chunksize if hasattr(data.data, "chunksize") else data.shape

@@ -3,7 +3,8 @@
 The suffix table :data:`IMAGE_READERS` is the whole dispatch: MRC for ``.mrc .mrcs .st
 .ali .rec .map``, each also gzip- or bzip2-compressed (``.mrc.gz``, ``.rec.bz2``, ...;
 :func:`cryoxr.io.mrc.read_mrc`), OME-Zarr for ``.zarr`` and
-``.ome.zarr`` (:func:`cryoxr.io.ome_zarr.read_ome_zarr`, level 0). Suffixes are matched
+``.ome.zarr`` (:func:`cryoxr.io.ome_zarr.read_ome_zarr`, level 0), TOM/Dynamo ``.em``
+(:func:`cryoxr.io.em.read_em`, which needs ``pixel_spacing=``). Suffixes are matched
 case-insensitively, longest first.
 
 Examples
@@ -28,6 +29,7 @@ from typing import Any
 
 from cryoxr.errors import UnknownFormatError
 from cryoxr.image import Chunks, Image
+from cryoxr.io.em import EM_SUFFIXES, read_em
 from cryoxr.io.mrc import MRC_SUFFIXES, read_mrc
 from cryoxr.io.mrc.compressed import COMPRESSED_SUFFIXES
 from cryoxr.io.ome_zarr import OME_ZARR_SUFFIXES, read_ome_zarr
@@ -40,6 +42,7 @@ IMAGE_READERS: dict[str, Callable[..., Image]] = {
     **dict.fromkeys(MRC_SUFFIXES, read_mrc),
     **dict.fromkeys((f"{s}{c}" for s in MRC_SUFFIXES for c in COMPRESSED_SUFFIXES), read_mrc),
     **dict.fromkeys(OME_ZARR_SUFFIXES, read_ome_zarr),
+    **dict.fromkeys(EM_SUFFIXES, read_em),  # TOM/Dynamo .em: pixel_spacing= required
 }
 
 
@@ -59,7 +62,7 @@ def image_reader(path: str | os.PathLike[str]) -> Callable[..., Image]:
     Traceback (most recent call last):
     ...
     cryoxr.errors.UnknownFormatError: TS_01.tif: unknown image suffix '.tif'; cryoxr reads \
-.ali, .map, .mrc, .mrcs, .ome.zarr, .rec, .st, .zarr (the MRC ones also compressed: .gz, .bz2)
+.ali, .em, .map, .mrc, .mrcs, .ome.zarr, .rec, .st, .zarr (the MRC ones also compressed: .gz, .bz2)
     """
     name = Path(path).name.lower()
     for suffix in sorted(IMAGE_READERS, key=len, reverse=True):

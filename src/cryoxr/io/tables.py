@@ -7,6 +7,11 @@ suffix            reader                      module
 ``.tbl``          particles                   :mod:`cryoxr.io.dynamo` (Dynamo table)
 ``.xf`` + ``.tlt``  alignment                 :mod:`cryoxr.io.imod` (IMOD; sibling ``.tlt``)
 ``.aln``          alignment                   :mod:`cryoxr.io.aretomo` (AreTomo)
+``.mdoc``         nominal alignment           :mod:`cryoxr.io.mdoc` (SerialEM)
+``.xml``          alignment                   :mod:`cryoxr.io.warp` (Warp/M tilt series)
+``.em``           particles                   :mod:`cryoxr.io.em` (TOM/AV3 motive list)
+``.cs``           particles                   :mod:`cryoxr.io.cryosparc` (cryoSPARC)
+``.star`` (Warp)  particles                   :mod:`cryoxr.io.warp` (no optics block, ``.tomostar``)
 ================  ==========================  ==========================================
 
 A file with another suffix is recognised by its first lines (``data_`` / ``loop_`` ->
@@ -80,12 +85,16 @@ PathLike = str | os.PathLike[str]
 KNOWN_POSE_FORMATS: dict[str, tuple[str, str]] = {
     ".star": ("cryoxr.io.relion", "read_relion_particles"),
     ".tbl": ("cryoxr.io.dynamo", "read_dynamo_table"),
+    ".em": ("cryoxr.io.em", "read_em_motive_list"),
+    ".cs": ("cryoxr.io.cryosparc", "read_cryosparc"),
 }
 #: suffix -> (module, reader) for tilt-series alignments
 KNOWN_ALIGNMENT_FORMATS: dict[str, tuple[str, str]] = {
     ".star": ("cryoxr.io.relion", "read_relion_tilt_series"),
     ".xf": ("cryoxr.io.imod", "read_imod_alignment"),
     ".aln": ("cryoxr.io.aretomo", "read_aretomo_alignment"),
+    ".mdoc": ("cryoxr.io.mdoc", "read_mdoc_alignment"),
+    ".xml": ("cryoxr.io.warp", "read_warp_tilt_series"),
 }
 
 
@@ -97,6 +106,12 @@ def _sniff(path: Path) -> str | None:
         return None
     if lines[0].startswith("# AreTomo Alignment"):
         return ".aln"
+    if "NUMPY" in lines[0][:8]:  # np.save's magic: a cryoSPARC .cs particle set
+        return ".cs"
+    if any(ln.startswith(("[ZValue", "[T = SerialEM")) for ln in lines[:60]):
+        return ".mdoc"
+    if any(ln.startswith("<TiltSeries") for ln in lines[:3]):
+        return ".xml"
     for ln in lines[:50]:
         if ln.startswith(("data_", "loop_", "_rln")):
             return ".star"
@@ -215,6 +230,8 @@ def read_poses(path: PathLike, *, pixel_spacing: float | None = None, **kwargs: 
     1
     """
     p, reader = _reader(path, KNOWN_POSE_FORMATS, "pose")
+    if reader.__name__ == "read_relion_particles" and _is_warp_star(p):
+        from cryoxr.io.warp import read_warp_particles as reader  # a Warp STAR: its pixel-size columns
     kwargs = _with_pixel_spacing(p, reader, kwargs, pixel_spacing)
     if reader.__name__ == "read_relion_particles" and kwargs.get("tomograms") is None:
         sibling = p.with_name("tomograms.star")
@@ -223,6 +240,12 @@ def read_poses(path: PathLike, *, pixel_spacing: float | None = None, **kwargs: 
             kwargs["tomograms"] = sibling
     result: xr.Dataset = reader(p, **kwargs)
     return result
+
+
+def _is_warp_star(path: Path) -> bool:
+    """A Warp particle STAR: RELION 3.0 style (no optics block) naming ``.tomostar`` series."""
+    head = read_head(path, what="particle STAR")
+    return b"data_optics" not in head and b".tomostar" in head
 
 
 def _needs_tomogram_sizes(path: Path) -> bool:

@@ -187,7 +187,7 @@ def _halves(poses: xr.Dataset, values: np.ndarray | None, index: np.ndarray, whe
     if bad.any():
         first = int(np.argmax(bad))
         raise InvalidValueError(
-            f"{where}: PoseSet variable {HALF_COLUMN} must hold 1 or 2, found {values[first]!r} "
+            f"{where}: PoseSet variable {HALF_COLUMN} must hold 1 or 2, found {numbers[first]:g} "
             f"at particle {int(index[first])}"
         )
     return numbers.astype(np.int64) - 1

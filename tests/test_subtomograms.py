@@ -145,33 +145,52 @@ def test_a_crop_keeps_its_place_in_angstrom() -> None:
     )
 
 
-def test_building_reads_nothing_and_compute_reads_only_regions_with_particles(
-    planted: dict[str, Any], tmp_path: Any
-) -> None:
-    class Counting:
-        """A read-through array that records the voxels each read asks for."""
+class Counting:
+    """A read-through array that records what each read asks for."""
 
-        def __init__(self, array: np.ndarray) -> None:
-            self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, array.ndim
-            self.voxels = 0
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, array.ndim
+        self.reads: list[tuple[slice, ...]] = []
 
-        def __getitem__(self, key: Any) -> np.ndarray:
-            out = self.array[key]
-            self.voxels += out.size
-            return out
+    def __getitem__(self, key: Any) -> np.ndarray:
+        self.reads.append(key)
+        return self.array[key]
 
+    @property
+    def voxels(self) -> int:
+        return sum(self.array[key].size for key in self.reads)
+
+
+def test_building_reads_nothing(planted: dict[str, Any]) -> None:
+    with raise_if_dask_computes():
+        for on_disk in ("mrc", "zarr"):
+            tomo = cryoxr.io.open_image(planted[on_disk])
+            extract_subtomograms(tomo, planted["poses"], box_size=20)
+            extract_subtomograms({"TS_01": tomo}, planted["poses"], box_size=20, order=3, rotate=False)
+
+
+def test_only_the_regions_around_particles_are_read(planted: dict[str, Any]) -> None:
     source = Counting(planted["volume"])
-    tomo = _tomo(source, spacing=10.0, eid="TS_01", chunks=(16, 64, 64))  # type: ignore[arg-type]
+    tomo = _tomo(source, spacing=10.0, eid="TS_01", chunks=(16, 16, 16))  # type: ignore[arg-type]
     poses = planted["poses"]
-    corner = poses.isel(particle=np.flatnonzero((poses.position.values[:, :2] < 64).all(axis=1)))
+    corner = poses.isel(particle=np.flatnonzero((poses.position.values[:, :2] < 40).all(axis=1)))
+    assert corner.sizes["particle"] == 2
     with raise_if_dask_computes():
         boxes = extract_subtomograms(tomo, corner, box_size=20)
-        for on_disk in ("mrc", "zarr"):
-            extract_subtomograms(cryoxr.io.open_image(planted[on_disk]), poses, box_size=20)
-    assert source.voxels == 0
-    boxes.values  # noqa: B018
-    # particles in one quarter of x-y: about that quarter plus their boxes' reach is read
-    assert 0 < source.voxels < 0.6 * planted["volume"].size
+    assert source.reads == []
+    values = boxes.values
+    position = corner.position.values
+    reach = np.ceil(np.sqrt(3) * 11) + 1  # the farthest sample of a rotated 20-box, and its neighbour
+    high = int(np.floor((position[:, :2] + reach).max()))  # in x and y
+    assert max(key[2].stop for key in source.reads) <= high + 1  # only the region, x and y <= high
+    assert max(key[1].stop for key in source.reads) <= high + 1
+    assert all(
+        key[0].stop - key[0].start < 16 or key[0].stop % 16 == 0 for key in source.reads
+    )  # within chunks
+    assert source.voxels < 0.35 * planted["volume"].size
+    np.testing.assert_allclose(
+        values, extract_subtomograms(_tomo(planted["volume"], spacing=10.0), corner, box_size=20).values
+    )
 
 
 def test_particle_coordinate_gives_the_poseset_order(planted: dict[str, Any]) -> None:

@@ -49,11 +49,10 @@ from cryoxr.subtomograms import (
     box_coords,
     check_box,
     common_spacing,
-    dask_volume,
     plan_tasks,
     pose_particles,
-    region_of,
     resolve_tomograms,
+    task_array,
 )
 
 __all__ = ["HALF_COLUMN", "HalfMaps", "average_subtomograms", "missing_wedge_mask"]
@@ -408,18 +407,22 @@ def average_subtomograms(
         )
         for h in range(n_halves):
             counts[h] += int((half[keep] == h).sum())
-        volume = dask_volume(tomos[eid])
         shape = np.asarray(tomos[eid].shape)
         wedge = None if wedges is None else wedges[eid]
-        for task in plan_tasks(particles, keep, tomos[eid].shape, box=box, order=order, per_task=per_task):
-            m = task.members
-            partial = dask.delayed(average_block, pure=False)(
-                region_of(volume, task), task.start, shape, particles.position[m], particles.matrix[m],
-                particles.at_edge[m], half[m], box, order, n_halves, count_voxels, wedge,
-            )  # fmt: skip
-            planes = 3 if wedge is not None else 2 if count_voxels else 1
-            grid = (box, box, box) if wedge is None else (box, box, box // 2 + 1)
-            partials.append(da.from_delayed(partial, shape=(1, n_halves, planes, *grid), dtype=np.float64))
+        tasks = plan_tasks(particles, keep, tomos[eid].shape, box=box, order=order, per_task=per_task)
+        if not tasks:
+            continue
+        arguments = [
+            (t.start, shape, particles.position[t.members], particles.matrix[t.members],
+             particles.at_edge[t.members], half[t.members], box, order, n_halves, count_voxels, wedge)
+            for t in tasks
+        ]  # fmt: skip
+        planes = 3 if wedge is not None else 2 if count_voxels else 1
+        grid = (box, box, box) if wedge is None else (box, box, box // 2 + 1)
+        block = (1, n_halves, planes, *grid)
+        partials.append(
+            task_array(tomos[eid], tasks, average_block, arguments, [block] * len(tasks), np.float64)
+        )
     n_total = sum(counts)
     if n_total == 0:
         raise InvalidValueError(

@@ -38,7 +38,7 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -248,16 +248,33 @@ def plan_tasks(
     ]
 
 
-def dask_volume(tomogram: xr.DataArray) -> da.Array:
-    """The tomogram as a dask array, without reading it (lazily indexed files stay lazy)."""
-    if tomogram.chunks is not None:
-        return tomogram.data
-    return tomogram.chunk().data
+def task_array(
+    tomogram: xr.DataArray,
+    tasks: list[Task],
+    kernel: Callable[..., np.ndarray],
+    arguments: list[tuple[Any, ...]],
+    shapes: Sequence[tuple[int, ...]],
+    dtype: Any,
+) -> da.Array:
+    """One lazy block per task, ``kernel(region, *arguments[i])`` of shape ``shapes[i]``, stacked on axis 0.
 
-
-def region_of(volume: da.Array, task: Task) -> da.Array:
-    """The slice of the tomogram a task reads (dask fuses it into the read of the file)."""
-    return volume[tuple(slice(int(a), int(b)) for a, b in zip(task.start, task.stop, strict=True))]
+    Each task's region is a dask slice of the tomogram handed to one ``delayed`` call:
+    dask then reads just that region from a file-backed chunk (MRC slabs, zarr chunks),
+    in tasks that feed only that kernel, so the scheduler reads a region when its kernel
+    is about to run and memory stays at a few regions. (Reading shared whole chunks once
+    instead would save zarr's repeated decompression of chunks on region borders, but
+    lets the threaded scheduler read chunks far ahead of the kernels: memory then grows
+    with the tomogram.) Planning costs a few ms per task. Lazily indexed tomograms (not
+    dask) are wrapped in one chunk first (xarray's ``chunk()``, nothing read).
+    """
+    volume = tomogram.data if tomogram.chunks is not None else tomogram.chunk().data
+    meta = np.empty((0,) * len(shapes[0]), dtype=dtype)
+    parts = []
+    for task, args, shape in zip(tasks, arguments, shapes, strict=True):
+        region = volume[tuple(slice(int(a), int(b)) for a, b in zip(task.start, task.stop, strict=True))]
+        block = dask.delayed(kernel, pure=False)(region, *args)
+        parts.append(da.from_delayed(block, shape=shape, dtype=dtype, meta=meta))
+    return da.concatenate(parts, axis=0)
 
 
 def box_grid(box: int) -> np.ndarray:
@@ -486,19 +503,21 @@ def extract_subtomograms(
     edge: list[np.ndarray] = []
     for eid, particles in groups.items():
         tomo = tomos[eid]
-        volume = dask_volume(tomo)
         out_dtype = np.float64 if tomo.dtype == np.float64 else np.float32
         shape = np.asarray(tomo.shape)
         everyone = np.arange(particles.index.size)
-        for task in plan_tasks(particles, everyone, tomo.shape, box=box, order=order, per_task=per_task):
-            m = task.members
-            boxes = dask.delayed(extract_block, pure=False)(
-                region_of(volume, task), task.start, shape, particles.position[m], particles.matrix[m],
-                particles.at_edge[m], box, order, fill,
-            )  # fmt: skip
-            pieces.append(da.from_delayed(boxes, shape=(m.size, box, box, box), dtype=out_dtype))
-            index.append(particles.index[m])
-            edge.append(particles.at_edge[m])
+        tasks = plan_tasks(particles, everyone, tomo.shape, box=box, order=order, per_task=per_task)
+        if not tasks:
+            continue
+        arguments = [
+            (t.start, shape, particles.position[t.members], particles.matrix[t.members], particles.at_edge[t.members],
+             box, order, fill)
+            for t in tasks
+        ]  # fmt: skip
+        shapes = [(t.members.size, box, box, box) for t in tasks]
+        pieces.append(task_array(tomo, tasks, extract_block, arguments, shapes, out_dtype))
+        index.extend(particles.index[t.members] for t in tasks)
+        edge.extend(particles.at_edge[t.members] for t in tasks)
     order_index = np.concatenate(index) if index else np.zeros(0, dtype=np.int64)
     dtype = np.result_type(np.float32, *(p.dtype for p in pieces))
     if pieces:

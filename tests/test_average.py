@@ -109,8 +109,12 @@ def test_edge_boxes_are_left_out_or_averaged_voxel_by_voxel() -> None:
     np.testing.assert_allclose(inside[0, 0], [3.0, 4.0, (5 + 0) / 2, (6 + 1) / 2, (7 + 2) / 2, (8 + 3) / 2])
     only_edge = average_subtomograms(tomo, poses.isel(particle=[0]), box_size=6, rotate=False, edge="include")
     assert np.isnan(only_edge.data.values[..., :2]).all()
-    with pytest.raises(InvalidValueError, match="no particle to average: 1 particles, 1 of them"):
+    with pytest.raises(
+        InvalidValueError, match="no particle to average: all 1 boxes cross the tomogram edge"
+    ):
         average_subtomograms(tomo, poses.isel(particle=[0]), box_size=6)
+    with pytest.raises(InvalidValueError, match="no particle to average: the PoseSet is empty"):
+        average_subtomograms(tomo, poses.isel(particle=[]), box_size=6)
     with pytest.raises(InvalidValueError, match="edge must be 'exclude' or 'include', found 'keep'"):
         average_subtomograms(tomo, poses, box_size=6, edge="keep")  # type: ignore[call-overload]
 

@@ -425,9 +425,11 @@ def average_subtomograms(
         )
     n_total = sum(counts)
     if n_total == 0:
+        if poses.sizes["particle"] == 0:
+            raise InvalidValueError(f"{where}: no particle to average: the PoseSet is empty")
         raise InvalidValueError(
-            f"{where}: no particle to average: {len(poses.particle)} particles, {n_at_edge} of them with a "
-            "box crossing the tomogram edge (edge='exclude'); pass edge='include' or a smaller box_size"
+            f"{where}: no particle to average: all {poses.sizes['particle']} boxes cross the tomogram "
+            "edge (edge='exclude'); pass edge='include' or a smaller box_size"
         )
     total = da.concatenate(partials, axis=0).sum(axis=0, split_every=int(split_every))
     attrs: dict[str, Any] = {

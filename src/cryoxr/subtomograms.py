@@ -64,7 +64,8 @@ ORDERS = (1, 3)
 SPLINE_MARGIN = 12
 #: a sample is inside the tomogram when 0 - TOLERANCE <= index <= n - 1 + TOLERANCE
 TOLERANCE = 1e-6
-#: largest region a task reads, in voxels (64 MiB of float32): sets the cell size
+#: largest region a task reads, in voxels (64 MiB of float32; a quarter for order 3): sets
+#: the cell size
 REGION_VOXELS = 2**24
 #: output bytes per extraction task (its boxes)
 TASK_BYTES = 32 * 2**20
@@ -113,7 +114,8 @@ def resolve_tomograms(tomograms: Tomograms, ids: list[str], where: str) -> dict[
                 f"{where}: the poses span {len(ids)} experiments ({', '.join(ids[:5])}...), one "
                 "tomogram was given; pass a mapping experiment_id -> tomogram or a function opening one"
             )
-        return {ids[0]: validate_image(tomograms, ndim=3, stack=False)}
+        data = validate_image(tomograms, ndim=3, stack=False)
+        return {ids[0] if ids else str(data.attrs["experiment_id"]): data}
     for eid in ids:
         if isinstance(tomograms, Mapping):
             if eid not in tomograms:
@@ -221,7 +223,9 @@ def plan_tasks(
         return []
     margin = 1 + (SPLINE_MARGIN if order == 3 else 0)
     reach = math.ceil(math.sqrt(3.0) * (box // 2 + 1)) + margin
-    cell = max(box, round(REGION_VOXELS ** (1.0 / 3.0)) - 2 * reach)
+    # order 3 holds the region prefiltered in float64 too: a quarter of the voxels
+    budget = REGION_VOXELS // (4 if order == 3 else 1)
+    cell = max(box, round(budget ** (1.0 / 3.0)) - 2 * reach)
     position = particles.position[members]
     sub = np.clip(np.floor(position / box), 0, None).astype(np.int64)
     cells = sub // max(1, cell // box)
@@ -235,8 +239,8 @@ def plan_tasks(
     piece = (np.arange(sorted_cells.size) - run_start[run_of]) // per_task
     starts = np.flatnonzero(np.r_[True, (run_of[1:] != run_of[:-1]) | (piece[1:] != piece[:-1])])
     ordered = members[order_idx]
-    lo = np.floor(particles.lo[ordered][:, ::-1]).astype(np.int64) - (margin - 1)
-    hi = np.floor(particles.hi[ordered][:, ::-1]).astype(np.int64) + 1 + margin
+    lo = np.floor(particles.lo[ordered][:, ::-1] - TOLERANCE).astype(np.int64) - (margin - 1)
+    hi = np.floor(particles.hi[ordered][:, ::-1] + TOLERANCE).astype(np.int64) + 1 + margin
     lo_task = np.minimum.reduceat(lo, starts, axis=0)
     hi_task = np.maximum.reduceat(hi, starts, axis=0)
     shape = np.asarray(shape_zyx, dtype=np.int64)
@@ -283,33 +287,25 @@ def box_grid(box: int) -> np.ndarray:
     return np.ascontiguousarray(zyx[::-1])
 
 
-def _trilinear(flat: np.ndarray, shape: tuple[int, ...], top: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-    """Trilinear samples of a (z, y, x) volume (raveled) at (3, m) xyz index coordinates.
+def _trilinear(
+    views: list[np.ndarray], strides: np.ndarray, top: np.ndarray | None, xyz: np.ndarray
+) -> np.ndarray:
+    """Trilinear samples of a (z, y, x) volume at (3, m) xyz index coordinates.
 
-    ``top`` is (3, 1) xyz ``shape - 2``: the last voxel a lower neighbour may be.
+    ``views`` are the raveled volume starting at the eight corner offsets of a voxel
+    (``0, 1, sy, sy + 1, sz, ...``): one ``take`` per corner, no index arithmetic.
+    ``top`` is (3, 1) xyz ``shape - 2`` (the last voxel a lower corner may be), or None
+    when every coordinate is known to lie inside.
     """
-    ny, nx = shape[1], shape[2]
     floor = np.floor(xyz)
-    np.minimum(floor, top, out=floor)
-    np.maximum(floor, 0.0, out=floor)
-    xyz -= floor
-    weight = xyz.astype(flat.dtype, copy=False)
-    base = (np.array([1.0, nx, nx * ny]) @ floor).astype(np.intp)
-    sy, sz = nx, nx * ny
+    if top is not None:
+        np.minimum(floor, top, out=floor)
+        np.maximum(floor, 0.0, out=floor)
+    weight = np.empty(xyz.shape, dtype=views[0].dtype)
+    np.subtract(xyz, floor, out=weight, casting="same_kind" if weight.dtype == np.float64 else "unsafe")
+    base = (strides @ floor).astype(np.intp)
+    v000, v001, v010, v011, v100, v101, v110, v111 = (view.take(base) for view in views)
     wx, wy, wz = weight
-    v000, v001, v010, v011 = (
-        flat.take(base),
-        flat.take(base + 1),
-        flat.take(base + sy),
-        flat.take(base + sy + 1),
-    )
-    base += sz
-    v100, v101, v110, v111 = (
-        flat.take(base),
-        flat.take(base + 1),
-        flat.take(base + sy),
-        flat.take(base + sy + 1),
-    )
     for a, b in ((v000, v001), (v010, v011), (v100, v101), (v110, v111)):
         b -= a
         b *= wx
@@ -332,6 +328,11 @@ class Sampler:
     ) -> None:
         dtype = np.float64 if region.dtype == np.float64 else np.float32
         region = np.asarray(region, dtype=dtype)
+        # a region that stops short of the tomogram's faces holds the 8 corners of every
+        # sample (plan_tasks adds the neighbours and a TOLERANCE of slack)
+        start_zyx = np.asarray(start)
+        inside = (start_zyx > 0) & (start_zyx + np.asarray(region.shape) < np.asarray(shape_zyx))
+        self.needs_clip = not bool(inside.all())
         # the trilinear kernel needs two voxels along every axis
         pad = [(0, max(0, 2 - n)) for n in region.shape]
         if any(p[1] for p in pad):
@@ -344,6 +345,11 @@ class Sampler:
         self.limit = (np.asarray(shape_zyx, dtype=np.float64)[::-1] - 1.0).reshape(3, 1)
         self.upper = np.array(self.region.shape[::-1], dtype=np.float64).reshape(3, 1) - 1.0
         self.top = self.upper - 1.0
+        ny, nx = self.region.shape[1], self.region.shape[2]
+        self.strides = np.array([1.0, nx, nx * ny])
+        self.views = [
+            self.flat[o:] for o in (0, 1, nx, nx + 1, nx * ny, nx * ny + 1, nx * ny + nx, nx * ny + nx + 1)
+        ]
         self.order = order
         self.dtype = np.dtype(dtype)
         self.grid = box_grid(box)
@@ -366,7 +372,8 @@ class Sampler:
             valid = ((tomo >= -TOLERANCE) & (tomo <= self.limit + TOLERANCE)).all(axis=0)
             np.clip(xyz, 0.0, self.upper, out=xyz)
         if self.order == 1:
-            values = _trilinear(self.flat, self.region.shape, self.top, xyz)
+            top = self.top if (self.needs_clip or check_edge) else None
+            values = _trilinear(self.views, self.strides, top, xyz)
         else:
             values = ndimage.map_coordinates(
                 self.region, xyz[::-1], order=3, mode="mirror", prefilter=False, output=np.float64

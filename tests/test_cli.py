@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -345,3 +346,13 @@ def test_average_takes_a_map_file_or_one_tomogram_and_names_what_is_missing(
     mapping.write_text("TS_01\n")
     assert main([*base, "--tomograms", str(mapping), "--out", str(tmp_path / "c.mrc")]) == 2
     assert "tomograms.txt, line 1: expected 'experiment_id path'" in capsys.readouterr().err
+    from cryoxr.io.star import StarBlock, write_star
+
+    table = pd.DataFrame({"rlnTomoName": ["TS_01"], "rlnTomoReconstructedTomogram": ["../TS_01.mrc"]})
+    star = tmp_path / "sub" / "tomograms.star"
+    write_star([StarBlock("global", table)], star)
+    assert main([*base, "--tomograms", str(star), "--out", str(tmp_path / "d.mrc")]) == 0
+    np.testing.assert_array_equal(cryoxr.io.open_image(tmp_path / "d.mrc").data.values, a)
+    write_star([StarBlock("global", table.drop(columns="rlnTomoReconstructedTomogram"))], star, overwrite=True)
+    assert main([*base, "--tomograms", str(star), "--out", str(tmp_path / "e.mrc")]) == 2
+    assert "no block with columns rlnTomoName and rlnTomoReconstructedTomogram" in capsys.readouterr().err

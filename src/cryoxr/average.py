@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple, overload
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -177,7 +176,7 @@ def _wedges(missing_wedge: Any, ids: list[str], where: str) -> dict[str, Wedge] 
     return out
 
 
-def _halves(poses: xr.Dataset, values: np.ndarray | None, index: np.ndarray, where: str) -> np.ndarray:
+def _halves(values: np.ndarray | None, index: np.ndarray, where: str) -> np.ndarray:
     """0 / 1 per particle: ``rlnRandomSubset - 1`` when given, else even / odd PoseSet index."""
     if values is None:
         return (index % 2).astype(np.int64)
@@ -250,6 +249,8 @@ def finish_block(
             mean = np.where(summed[1] > 0, summed[0] / summed[1], np.nan)
         return mean.astype(np.float32)
     n = sum(counts) if which is None else counts[which]
+    if n == 0:  # an empty half
+        return np.full(summed.shape[1:], np.nan, dtype=np.float32)
     return (summed[0] / n).astype(np.float32)
 
 
@@ -401,7 +402,7 @@ def average_subtomograms(
         if edge == "exclude":
             keep = keep[~particles.at_edge]
         half = (
-            _halves(poses, particles.columns.get(HALF_COLUMN), particles.index, where)
+            _halves(particles.columns.get(HALF_COLUMN), particles.index, where)
             if half_maps
             else np.zeros(particles.index.size, dtype=np.int64)
         )
@@ -442,8 +443,11 @@ def average_subtomograms(
     }
 
     def one(which: int | None, name: str, n: int) -> Tomogram:
-        finished = dask.delayed(finish_block, pure=False)(total, which, counts, box, wedges is not None)
-        data = da.from_delayed(finished, shape=(box, box, box), dtype=np.float32)
+        data = total.map_blocks(
+            finish_block, which, counts, box, wedges is not None,
+            drop_axis=(0, 1), chunks=((box,), (box,), (box,)), dtype=np.float32,
+            meta=np.empty((0, 0, 0), np.float32),
+        )  # fmt: skip
         return _image(data, spacing, name, {**attrs, "n_particles": n})
 
     average = one(None, "average", n_total)

@@ -278,7 +278,9 @@ def task_array(
         region = volume[tuple(slice(int(a), int(b)) for a, b in zip(task.start, task.stop, strict=True))]
         block = dask.delayed(kernel, pure=False)(region, *args)
         parts.append(da.from_delayed(block, shape=shape, dtype=dtype, meta=meta))
-    return da.concatenate(parts, axis=0)
+    stacked = da.concatenate(parts, axis=0)
+    # one layer instead of one per task: optimising thousands of layers costs more than the tasks
+    return da.Array(stacked.__dask_graph__().to_dict(), stacked.name, stacked.chunks, meta=meta)
 
 
 def box_grid(box: int) -> np.ndarray:

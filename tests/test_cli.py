@@ -353,6 +353,8 @@ def test_average_takes_a_map_file_or_one_tomogram_and_names_what_is_missing(
     write_star([StarBlock("global", table)], star)
     assert main([*base, "--tomograms", str(star), "--out", str(tmp_path / "d.mrc")]) == 0
     np.testing.assert_array_equal(cryoxr.io.open_image(tmp_path / "d.mrc").data.values, a)
-    write_star([StarBlock("global", table.drop(columns="rlnTomoReconstructedTomogram"))], star, overwrite=True)
+    write_star(
+        [StarBlock("global", table.drop(columns="rlnTomoReconstructedTomogram"))], star, overwrite=True
+    )
     assert main([*base, "--tomograms", str(star), "--out", str(tmp_path / "e.mrc")]) == 2
     assert "no block with columns rlnTomoName and rlnTomoReconstructedTomogram" in capsys.readouterr().err

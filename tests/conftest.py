@@ -175,3 +175,70 @@ def pytest_configure(config: pytest.Config) -> None:
     # set before collection: tests/test_fuzz_readers.py reads it at import
     if config.getoption("--fuzz-long", default=False):
         os.environ["CRYOXR_FUZZ_LONG"] = "1"
+
+
+#: a chiral tripod in reference pixels: (centre xyz, sigma, amplitude) of Gaussian blobs;
+#: arms of different lengths along +x, +y and -z, so no rotation maps it onto its mirror image
+CHIRAL_BLOBS = (
+    ((0.0, 0.0, 0.0), 1.2, 0.3),
+    ((5.0, 0.0, 0.0), 1.3, 1.0),
+    ((0.0, 3.5, 0.0), 1.2, 1.0),
+    ((0.0, 0.0, -3.5), 1.2, 1.0),
+)
+
+
+def _chiral_template(u: np.ndarray) -> np.ndarray:
+    """The tripod at (..., 3) xyz reference coordinates (pixels)."""
+    out = np.zeros(u.shape[:-1])
+    for centre, sigma, amplitude in CHIRAL_BLOBS:
+        d = u - np.asarray(centre)
+        out += amplitude * np.exp(-(d * d).sum(-1) / (2 * sigma * sigma))
+    return out
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A synthetic tomogram with a chiral template planted at known poses, on disk.
+
+    32 particles on a jittered 4 x 4 x 2 grid (sub-pixel positions, uniform random
+    orientations, every box inside) in a (64, 128, 128) float32 volume at 10 Å/px with
+    Gaussian noise 0.15. Each
+    particle is the template evaluated analytically at ``R.T @ (x - p)`` (cryotypes: the
+    orientation turns the reference into the tomogram). Keys: ``volume``, ``poses``,
+    ``template`` (on the box grid, (z, y, x)), ``template_at`` (the function), ``box``
+    (20), ``mrc`` and ``zarr`` paths.
+    """
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(7)
+    shape = (64, 128, 128)
+    grid = np.stack(np.meshgrid(np.arange(4), np.arange(4), np.arange(2), indexing="ij"), -1).reshape(-1, 3)
+    position = (
+        np.array([22.0, 22.0, 22.0])
+        + grid * np.array([28.0, 28.0, 20.0])
+        + rng.uniform(-2, 2, size=grid.shape)
+    )
+    rotation = Rotation.random(len(position), random_state=11)
+    volume = rng.normal(0.0, 0.15, size=shape).astype(np.float32)
+    reach = 11
+    offsets = np.stack(np.meshgrid(*(np.arange(-reach, reach + 1),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    for p, matrix in zip(position, rotation.as_matrix(), strict=True):
+        voxels = np.floor(p).astype(int) + offsets  # xyz
+        voxels = voxels[((voxels >= 0) & (voxels < np.array(shape[::-1]))).all(axis=1)]
+        volume[voxels[:, 2], voxels[:, 1], voxels[:, 0]] += _chiral_template((voxels - p) @ matrix)
+    box = 20
+    u = np.stack(np.meshgrid(*(np.arange(box) - box // 2,) * 3, indexing="ij"), -1)[..., ::-1].astype(float)
+    poses = cryoxr.make_poseset(position, orientation=rotation, experiment_id="TS_01", pixel_spacing=10.0)
+    tomo = cryoxr.Tomogram.from_array(volume, pixel_spacing=10.0, experiment_id="TS_01")
+    folder = tmp_path_factory.mktemp("planted")
+    mrc = cryoxr.io.write_mrc(tomo, folder / "TS_01.mrc")
+    zarr = cryoxr.io.write_ome_zarr(tomo, folder / "TS_01.ome.zarr", chunks=(16, 32, 32), levels=1)
+    return {
+        "volume": volume,
+        "poses": poses,
+        "template": _chiral_template(u),
+        "template_at": _chiral_template,
+        "box": box,
+        "mrc": mrc,
+        "zarr": zarr,
+    }

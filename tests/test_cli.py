@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -346,3 +347,76 @@ def test_library_warnings_are_one_line_each_on_stderr(
     lines = [line for line in err.splitlines() if line.startswith("cryoxr: warning: ")]
     assert lines, err
     assert all("Warning" not in line.split(":", 2)[1] for line in lines)  # no Python category names
+
+
+# -- cryoxr average ----------------------------------------------------------------------
+
+
+def _average_inputs(planted: dict[str, Any], folder: Path) -> Path:
+    """The planted tomogram as folder/TS_01.mrc and its poses as a RELION 4 particle file."""
+    import shutil
+
+    shutil.copy(planted["mrc"], folder / "TS_01.mrc")
+    particles = folder / "particles.star"
+    cryoxr.io.write_relion_particles(planted["poses"], particles, version=4)
+    return particles
+
+
+def test_average_writes_the_map_half_maps_and_figure(
+    planted: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    particles = _average_inputs(planted, tmp_path)
+    out = tmp_path / "avg.mrc"
+    args = ["average", "--particles", str(particles), "--tomograms", str(tmp_path), "--box-size", "20"]
+    args += ["--out", str(out), "--half-maps", "--figure", str(tmp_path / "avg.png"), "--no-progress"]
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    assert "averaged 32 particles (0 with boxes crossing the edge, edge=exclude)" in stdout
+    assert "half-map FSC 0.143 resolution:" in stdout
+    average = cryoxr.io.open_image(out)
+    assert average.shape == (20, 20, 20)
+    assert average.pixel_spacing == pytest.approx(10.0)
+    # the RELION angles written and read back mean the same orientation: the template returns
+    assert np.corrcoef(average.data.values.ravel(), planted["template"].ravel())[0, 1] > 0.9
+    halves = [cryoxr.io.open_image(tmp_path / f"avg_half{i}.mrc").data.values for i in (1, 2)]
+    np.testing.assert_allclose((halves[0] + halves[1]) / 2, average.data.values, atol=1e-5)
+    assert (tmp_path / "avg.png").stat().st_size > 0
+    assert main(args) == 2  # nothing replaced without --overwrite, checked before the work
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--tilt-range", "-60", "60"]) == 0
+
+
+def test_average_takes_a_map_file_or_one_tomogram_and_names_what_is_missing(
+    planted: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    particles = _average_inputs(planted, tmp_path)
+    (tmp_path / "sub").mkdir()
+    mapping = tmp_path / "sub" / "tomograms.txt"
+    mapping.write_text("# experiment_id path\nTS_01 ../TS_01.mrc\n")
+    base = ["average", "--particles", str(particles), "--box-size", "8", "--no-progress"]
+    assert main([*base, "--tomograms", str(mapping), "--out", str(tmp_path / "a.mrc")]) == 0
+    assert main([*base, "--tomograms", str(tmp_path / "TS_01.mrc"), "--out", str(tmp_path / "b.mrc")]) == 0
+    a, b = (cryoxr.io.open_image(tmp_path / name).data.values for name in ("a.mrc", "b.mrc"))
+    np.testing.assert_array_equal(a, b)
+    capsys.readouterr()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*base, "--tomograms", str(empty), "--out", str(tmp_path / "c.mrc")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cryoxr: error: ")
+    assert "no tomogram for experiment_id 'TS_01'" in err
+    mapping.write_text("TS_01\n")
+    assert main([*base, "--tomograms", str(mapping), "--out", str(tmp_path / "c.mrc")]) == 2
+    assert "tomograms.txt, line 1: expected 'experiment_id path'" in capsys.readouterr().err
+    from cryoxr.io.star import StarBlock, write_star
+
+    table = pd.DataFrame({"rlnTomoName": ["TS_01"], "rlnTomoReconstructedTomogram": ["../TS_01.mrc"]})
+    star = tmp_path / "sub" / "tomograms.star"
+    write_star([StarBlock("global", table)], star)
+    assert main([*base, "--tomograms", str(star), "--out", str(tmp_path / "d.mrc")]) == 0
+    np.testing.assert_array_equal(cryoxr.io.open_image(tmp_path / "d.mrc").data.values, a)
+    write_star(
+        [StarBlock("global", table.drop(columns="rlnTomoReconstructedTomogram"))], star, overwrite=True
+    )
+    assert main([*base, "--tomograms", str(star), "--out", str(tmp_path / "e.mrc")]) == 2
+    assert "no block with columns rlnTomoName and rlnTomoReconstructedTomogram" in capsys.readouterr().err

@@ -30,6 +30,7 @@ from cryoxr.errors import CryoxrError
 
 if TYPE_CHECKING:  # what the lazy table below resolves to, for type checkers and IDEs
     from cryoxr import io
+    from cryoxr.average import HalfMaps, average_subtomograms
     from cryoxr.defocus import particle_defocus
     from cryoxr.extraction import extract_subtilts
     from cryoxr.field_of_view import count_in_field_of_view, in_field_of_view
@@ -52,6 +53,8 @@ if TYPE_CHECKING:  # what the lazy table below resolves to, for type checkers an
         projection_model_to_projection_matrices,
         validate_projection_model,
     )
+    from cryoxr.resolution import fsc
+    from cryoxr.subtomograms import extract_subtomograms
 
 __version__ = "0.1.0"
 
@@ -59,7 +62,11 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "io": "cryoxr.io",
     "particle_defocus": "cryoxr.defocus",
+    "HalfMaps": "cryoxr.average",
+    "average_subtomograms": "cryoxr.average",
     "extract_subtilts": "cryoxr.extraction",
+    "extract_subtomograms": "cryoxr.subtomograms",
+    "fsc": "cryoxr.resolution",
     "count_in_field_of_view": "cryoxr.field_of_view",
     "in_field_of_view": "cryoxr.field_of_view",
     **dict.fromkeys(["Image", "Micrograph", "Tomogram", "bin_image", "validate_image"], "cryoxr.image"),
@@ -92,6 +99,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "CryoxrError",
+    "HalfMaps",
     "Image",
     "Micrograph",
     "PoseSet",
@@ -99,12 +107,15 @@ __all__ = [
     "ProjectionModelDataLabels",
     "Tomogram",
     "absolute_position",
+    "average_subtomograms",
     "bin_image",
     "convert",
     "count_in_field_of_view",
     "describe",
     "extract_subtilts",
+    "extract_subtomograms",
     "from_cryotypes",
+    "fsc",
     "in_field_of_view",
     "io",
     "make_poseset",

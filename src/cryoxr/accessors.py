@@ -81,6 +81,18 @@ class ImageAccessor:
 
         return napari.to_napari(self._da, **kwargs)
 
+    def fsc(self, other: Image | xr.DataArray, **kwargs: Any) -> xr.DataArray:
+        """:func:`cryoxr.fsc` of this map and ``other``."""
+        from cryoxr import resolution
+
+        return resolution.fsc(self._da, other, **kwargs)
+
+    def plot_average(self, fsc_curve: xr.DataArray | None = None, **kwargs: Any) -> Any:
+        """:func:`cryoxr.plot.plot_average` of this average (needs matplotlib)."""
+        from cryoxr import plot
+
+        return plot.plot_average(self._da, fsc_curve, **kwargs)
+
 
 @xr.register_dataset_accessor("cryo")
 class PoseSetAccessor:
@@ -126,6 +138,18 @@ class PoseSetAccessor:
         from cryoxr import projection
 
         return projection.project(self._ds, model, **kwargs)
+
+    def extract_subtomograms(self, tomogram: Any, **kwargs: Any) -> xr.DataArray:
+        """:func:`cryoxr.extract_subtomograms` of these poses from ``tomogram``."""
+        from cryoxr import subtomograms
+
+        return subtomograms.extract_subtomograms(tomogram, self._ds, **kwargs)
+
+    def average_subtomograms(self, tomogram: Any, **kwargs: Any) -> Any:
+        """:func:`cryoxr.average_subtomograms` of these poses in ``tomogram``."""
+        from cryoxr import average
+
+        return average.average_subtomograms(tomogram, self._ds, **kwargs)
 
     def plot_orientations(self, **kwargs: Any) -> Any:
         """:func:`cryoxr.plot.plot_orientations` (needs matplotlib)."""

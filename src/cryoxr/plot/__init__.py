@@ -37,6 +37,7 @@ Examples
 """
 
 from cryoxr.errors import MissingDependencyError
+from cryoxr.plot.average import plot_average
 from cryoxr.plot.images import IN_VIEW_COLOR as IN_VIEW_COLOR
 from cryoxr.plot.images import OUT_OF_VIEW_COLOR as OUT_OF_VIEW_COLOR
 from cryoxr.plot.images import plot_orthoslices, plot_projected
@@ -48,6 +49,7 @@ from cryoxr.plot.tilts import plot_tilt_scheme
 __all__ = [
     "MissingDependencyError",
     "orientation_histogram",
+    "plot_average",
     "plot_orientations",
     "plot_orthoslices",
     "plot_projected",

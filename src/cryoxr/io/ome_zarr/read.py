@@ -228,6 +228,8 @@ def _read_level(
     if chunks is None:
         chunked = _ZarrChunks(array, where, str(path))
         var = xr.Variable(names, indexing.LazilyIndexedArray(_LazyZarrArray(chunked)))[squeeze]
+        # what xarray's ``open_dataarray(..., chunks=...)`` chunks along: the stored chunks
+        var.encoding["preferred_chunks"] = dict(zip(dims, array.chunks[lead:], strict=True))
         data = xr.DataArray(var, coords=image_coords(var.shape, dims, spacing), name=experiment_id)
         data.attrs.update(attrs, experiment_id=experiment_id, pixel_spacing=spacing, source=str(source))
         return cls(data)

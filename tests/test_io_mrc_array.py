@@ -15,6 +15,7 @@ import xarray as xr
 
 from cryoxr import Tomogram
 from cryoxr.io.mrc import MrcArray, read_mrc, write_mrc
+from cryoxr.io.mrc.array import NanCheckedArray
 from cryoxr.testing import raise_if_dask_computes
 
 
@@ -139,10 +140,12 @@ def _nan_write(path: Path, values: np.ndarray) -> Path:
         return _mrcfile_write(path, values)
 
 
+@pytest.mark.parametrize("chunks", [(1, 5, 6), (2, 2, 6), (4, 5, 4)])  # planes, rows, boxes
 @pytest.mark.parametrize("nan_at", [None, (2, 1, 3)])
-def test_reductions_as_typed_equal_numpy_nan_reductions(tmp_path: Path, nan_at: Any) -> None:
+def test_reductions_as_typed_equal_numpy_nan_reductions(tmp_path: Path, nan_at: Any, chunks: Any) -> None:
     path, values = _float_volume(tmp_path, nan_at=nan_at)
-    data = read_mrc(path, chunks=(1, 5, 6)).data  # one chunk per plane: NaN in one of them
+    data = read_mrc(path, chunks=chunks).data  # NaN in one of the chunks
+    assert all(isinstance(block, NanCheckedArray) for block in dask.compute(*data.data.to_delayed().ravel()))
     np.testing.assert_allclose(float(data.mean()), np.nanmean(values.astype(np.float64)), rtol=1e-6)
     np.testing.assert_allclose(float(data.std()), np.nanstd(values.astype(np.float64)), rtol=1e-5)
     assert float(data.max()) == np.nanmax(values)

@@ -169,7 +169,7 @@ def _advise_random(view: _Mapped) -> None:
 
 
 class NanCheckedArray(np.ndarray):
-    """Planes read from a file, whose NaN-skipping reductions try the plain reduction first.
+    """Values read from a file (MRC, OME-Zarr), whose NaN-skipping reductions try the plain one first.
 
     xarray reduces floating-point data with ``skipna=True`` by default, which dask runs as
     ``np.nansum`` and a count of the non-NaN values per chunk: about 5 passes over the
@@ -371,7 +371,7 @@ class MrcArray:
             _, planes_view = _map_planes(
                 self._open(), self.offset, (lo, hi), self.file_shape, self.file_dtype
             )
-            out = planes_view[zrel].view(NanCheckedArray)
+            out = planes_view[zrel]
         elif _whole_rows(basic, nx):
             # runs of whole rows: plain reads into the result, one per plane. (A memory map
             # would map whole page-cache folios around them: several times the bytes read
@@ -396,7 +396,7 @@ class MrcArray:
         dropped = [i for i, k in enumerate(basic) if isinstance(k, int | np.integer)]
         for axis, rel in arrays:
             out = np.take(out, rel, axis=axis - sum(d < axis for d in dropped))
-        return out
+        return out.view(NanCheckedArray)  # NaN-skipping reductions try the plain one first
 
     def __repr__(self) -> str:
         return f"MrcArray({self.path!r}, shape={self.shape}, dtype={self.dtype})"

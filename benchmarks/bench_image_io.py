@@ -117,6 +117,7 @@ def _median(fn: Callable[[], Any], repeats: int, budget: float = 0.5) -> float:
 def _openers(method: str, path: str) -> Callable[[], Any]:
     """A function that opens the file and returns an object with ``zslice/yslice/box/mean``."""
     import mrcfile
+    import xarray as xr
 
     from cryoxr.io.mrc import read_mrc
     from cryoxr.io.ome_zarr import read_ome_zarr
@@ -139,9 +140,11 @@ def _openers(method: str, path: str) -> Callable[[], Any]:
         def mean(self) -> float:
             return float(self.data.mean())
 
+        mean_typed = mean
+
     class Cryo:
         def __init__(self, image: Any) -> None:
-            self.da = image.data
+            self.da = image if isinstance(image, xr.DataArray) else image.data  # from xarray, or an Image
             self.nz, self.ny, self.nx = image.shape
 
         # in memory, owning its bytes, copied once: dask's result already is (a copy of
@@ -160,6 +163,9 @@ def _openers(method: str, path: str) -> Callable[[], Any]:
         def mean(self) -> float:
             return float(self.da.mean(skipna=False))  # xarray's default is nanmean
 
+        def mean_typed(self) -> float:
+            return float(self.da.mean())  # as a user types it: xarray's skipna default
+
     def mmap_open() -> Raw:
         mrc = mrcfile.mmap(path, mode="r")
         return Raw(mrc.data)
@@ -174,6 +180,7 @@ def _openers(method: str, path: str) -> Callable[[], Any]:
         "cryoxr read_mrc (dask)": lambda: Cryo(read_mrc(path)),
         "cryoxr read_mrc(chunks=None)": lambda: Cryo(read_mrc(path, chunks=None)),
         "cryoxr read_mrc(chunks=(128, 128, -1))": lambda: Cryo(read_mrc(path, chunks=(128, 128, -1))),
+        "xr.open_dataarray(engine='cryoxr')": lambda: Cryo(xr.open_dataarray(path, engine="cryoxr")),
         "cryoxr read_ome_zarr (dask)": lambda: Cryo(read_ome_zarr(path)),
         "cryoxr read_ome_zarr(chunks=None)": lambda: Cryo(read_ome_zarr(path, chunks=None)),
     }
@@ -190,6 +197,8 @@ def worker_access(method: str, path: str, repeats: int) -> dict[str, Any]:
         handle = opener()
         handle.mean()  # warm
         out["mean (warm)"] = _median(handle.mean, 5)
+        handle.mean_typed()  # warm
+        out["mean as typed (warm)"] = _median(handle.mean_typed, 5)
         if "full read" not in method:  # cold: open + mean of a file evicted from the page cache
             del handle
             cold = []
@@ -299,6 +308,7 @@ def main() -> None:
         ("cryoxr read_mrc (dask)", src),
         ("cryoxr read_mrc(chunks=None)", src),
         ("cryoxr read_mrc(chunks=(128, 128, -1))", src),
+        ("xr.open_dataarray(engine='cryoxr')", src),
         ("cryoxr read_ome_zarr (dask)", zarr128),
         ("cryoxr read_ome_zarr(chunks=None)", zarr128),
         ("cryoxr read_ome_zarr (dask), 256^3", zarr256),
@@ -309,7 +319,14 @@ def main() -> None:
 
     # -- tables ------------------------------------------------------------------------------
     raw = access["raw mrcfile.mmap + numpy"]
-    ops = ["open + zslice", "open + yslice", "open + box", "mean (warm)", "mean (cold)"]
+    ops = [
+        "open + zslice",
+        "open + yslice",
+        "open + box",
+        "mean (warm)",
+        "mean as typed (warm)",
+        "mean (cold)",
+    ]
     print("\n## Access (median; ratio = time / raw mmap time, lower is better)\n")
     print("| method | " + " | ".join(ops) + " | peak RSS |")
     print("|---|" + "---|" * (len(ops) + 1))
@@ -354,6 +371,15 @@ def main() -> None:
     print(
         f"- open + z-slice without dask, read_mrc(chunks=None) / raw mmap: "
         f"{none['open + zslice'] / raw['open + zslice']:.1f}x"
+    )
+    engine = access["xr.open_dataarray(engine='cryoxr')"]
+    print(
+        f"- open + z-slice, xr.open_dataarray(engine='cryoxr') / raw mmap: "
+        f"{engine['open + zslice'] / raw['open + zslice']:.1f}x (target <= 5x)"
+    )
+    print(
+        f"- .mean() as typed (skipna default), cryoxr read_mrc (dask) / numpy on a memory map: "
+        f"{cryo['mean as typed (warm)'] / raw['mean (warm)']:.2f}x (target <= 2x)"
     )
     peak = conversions["cryoxr write_ome_zarr, 4 levels"]["peak_rss"]
     print(f"- conversion peak RSS (4 levels): {mib(peak)} (target < 1 GiB)")

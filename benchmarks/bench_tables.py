@@ -13,7 +13,10 @@ Tasks
 - ``read PoseSet``: ``cryoxr.io.relion.read_relion_particles`` (table -> PoseSet, quaternions);
 - ``write``: ``cryoxr.io.star.write_star`` vs ``starfile.write`` (default ``%.6f``) of the
   same DataFrames (read with cryoxr first, outside the timed part);
-- ``write PoseSet``: ``cryoxr.io.relion.write_relion_particles`` of the PoseSet.
+- ``write PoseSet``: ``cryoxr.io.relion.write_relion_particles`` of the PoseSet;
+- ``parse vs pyarrow``: ``read_relion_particles`` against pyarrow's CSV parser on the same
+  ``data_particles`` loop body alone (pyarrow parses single-space files only: ``--unpadded``;
+  the file is read into memory before the timed call, for pyarrow only).
 
 Usage::
 
@@ -62,6 +65,14 @@ elif task == "cryoxr write":
     prepared = read_star(path)
 elif task == "cryoxr write PoseSet":
     prepared = read_relion_particles(path, tomograms=sizes)
+elif task == "pyarrow parse":
+    import pyarrow as pa, pyarrow.csv as pacsv
+    text = path.read_bytes()
+    start = text.index(b"data_particles")
+    lines = text[start:].split(b"\n", 200)
+    labels = [x.split()[0][1:].decode() for x in lines if x.startswith(b"_")]
+    offset = start + sum(len(x) + 1 for x in lines[: max(i for i, x in enumerate(lines) if x.startswith(b"_")) + 1])
+    body = memoryview(text)[offset:]
 import resource
 def cpu():
     use = resource.getrusage(resource.RUSAGE_SELF)
@@ -72,7 +83,13 @@ try:
 except OSError:
     pass
 t0, c0 = time.perf_counter(), cpu()
-if task == "starfile read":
+if task == "pyarrow parse":
+    # the baseline: pyarrow's CSV parser on the data_particles loop body alone (single spaces only)
+    result = pacsv.read_csv(
+        pa.py_buffer(body), read_options=pacsv.ReadOptions(column_names=labels),
+        parse_options=pacsv.ParseOptions(delimiter=" ", quote_char=False),
+    )
+elif task == "starfile read":
     result = starfile.read(path)
 elif task == "cryoxr read":
     result = read_star(path)
@@ -91,6 +108,7 @@ print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_mib": rs
 TASKS = [
     ("read", "starfile read", "cryoxr read"),
     ("read -> PoseSet", "starfile read", "cryoxr read PoseSet"),
+    ("parse vs pyarrow", "pyarrow parse", "cryoxr read PoseSet"),
     ("write", "starfile write", "cryoxr write"),
     ("PoseSet -> write", "starfile write", "cryoxr write PoseSet"),
 ]
@@ -224,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
                 for task in (baseline, ours):
                     if task.startswith("starfile") and n > args.baseline_max_rows:
                         continue
+                    if task == "pyarrow parse" and not args.unpadded:
+                        continue  # pyarrow's parser takes single spaces only: run with --unpadded
                     if len(runs.setdefault(task, [])) <= repeat:
                         runs[task].append(run(task, path, folder / f"out_{n}.star"))
         measured = {task: median_run(results) for task, results in runs.items()}
@@ -237,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
             base = measured.get(baseline)
             for task in (baseline, ours):
                 if task not in measured:
-                    print(f"{label:<18}{task:<22}{'skipped (memory/time)':>30}")
+                    why = "run with --unpadded" if task == "pyarrow parse" else "skipped (memory/time)"
+                    print(f"{label:<18}{task:<22}{why:>30}")
                     continue
                 m = measured[task]
                 ratio = cpu = mem = ""

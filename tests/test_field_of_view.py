@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +11,7 @@ import xarray as xr
 from cryoxr.errors import InvalidValueError
 from cryoxr.field_of_view import count_in_field_of_view, in_field_of_view
 from cryoxr.projection import project
+from cryoxr.testing import raise_if_dask_computes, random_poses
 
 DIMS = (4096, 4096, 1000)
 CENTRE = (2048.0, 2048.0)
@@ -47,3 +49,52 @@ def test_in_field_of_view_edges_and_nan() -> None:
     assert in_field_of_view(xy, image_shape=(10, 10)).values.tolist() == [[True, False, True, False]]
     with pytest.raises(InvalidValueError, match="image_shape"):
         in_field_of_view(xy, image_shape=(10,))
+
+
+# -- the composed path: project -> in_field_of_view fused --------------------------------
+
+
+def _two_experiments(rng: np.random.Generator, tilt_model: pd.DataFrame) -> tuple[xr.Dataset, pd.DataFrame]:
+    """Particles of two tomograms, interleaved, and a model where the second lacks tilts (NaN)."""
+    ids = np.where(rng.random(700) < 0.5, "TS_01", "TS_02")
+    poses = random_poses(rng, 700, experiment_id=ids)
+    second = tilt_model.iloc[:30].assign(experiment_id="TS_02", rotation_z=80.0)
+    return poses, pd.concat([tilt_model, second], ignore_index=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_in_field_of_view_of_project_is_fused_and_equal(
+    rng: np.random.Generator, tilt_model: pd.DataFrame, dtype: type
+) -> None:
+    poses, model = _two_experiments(rng, tilt_model)
+    projected = project(
+        poses, model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE, chunks=200, dtype=dtype
+    )
+    shape, margin = (3838, 3710), 10.5
+    with raise_if_dask_computes():
+        fused = in_field_of_view(projected, image_shape=shape, margin=margin)
+        counts = fused.sum("particle")
+    # one fused kernel: the projected positions are not computed on the way
+    assert projected.data.name not in fused.data.dask.layers
+    graph = dask.optimize(counts.data)[0].__dask_graph__()
+    names = [k[0] for k in graph if isinstance(k, tuple)]
+    assert sum("fov_mask_block" in name for name in names) == 4  # one task per particle chunk (700 / 200)
+    assert not any("project_block" in name for name in names)
+    # the same mask as the test on the computed positions (generic path: numpy input)
+    eager = in_field_of_view(projected.compute(), image_shape=shape, margin=margin)
+    np.testing.assert_array_equal(fused.values, eager.values)
+    assert not fused.values[poses.experiment_id.values == "TS_02", 30:].any()  # missing tilts are outside
+    assert 0 < fused.values.mean() < 1
+    np.testing.assert_array_equal(counts.values, eager.values.sum(axis=0))
+    xr.testing.assert_identical(fused.drop_vars(list(fused.coords)), eager.drop_vars(list(eager.coords)))
+
+
+def test_in_field_of_view_of_a_modified_projection_is_not_fused(
+    poses: xr.Dataset, tilt_model: pd.DataFrame
+) -> None:
+    projected = project(poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE, chunks=300)
+    shifted = projected + 100.0  # no longer what project() made: tested as given
+    mask = in_field_of_view(shifted, image_shape=(4096, 4096))
+    expected = (np.abs(projected.values + 100.0 - 2047.5) <= 2047.5).all(axis=2)
+    np.testing.assert_array_equal(mask.values, expected)
+    assert shifted.data.name in mask.data.dask.layers

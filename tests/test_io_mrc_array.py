@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import xarray as xr
 
 from cryoxr import Tomogram
 from cryoxr.io.mrc import MrcArray, read_mrc, write_mrc
+from cryoxr.io.mrc.array import NanCheckedArray
 from cryoxr.testing import raise_if_dask_computes
 
 
@@ -120,3 +122,78 @@ def test_whole_planes_are_zero_copy_read_only_views(tmp_path: Path) -> None:
         overwrite=True,
     )
     np.testing.assert_array_equal(plane, data[2])
+
+
+# -- NaN-skipping reductions: the plain reduction first ----------------------------------
+
+
+def _float_volume(tmp_path: Path, *, nan_at: tuple[int, int, int] | None) -> tuple[Path, np.ndarray]:
+    values = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6) / 7
+    if nan_at is not None:
+        values[nan_at] = np.nan
+    return _nan_write(tmp_path / "f.mrc", values), values
+
+
+def _nan_write(path: Path, values: np.ndarray) -> Path:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Data array contains NaN", RuntimeWarning)  # mrcfile's header stats
+        return _mrcfile_write(path, values)
+
+
+@pytest.mark.parametrize("chunks", [(1, 5, 6), (2, 2, 6), (4, 5, 4)])  # planes, rows, boxes
+@pytest.mark.parametrize("nan_at", [None, (2, 1, 3)])
+def test_reductions_as_typed_equal_numpy_nan_reductions(tmp_path: Path, nan_at: Any, chunks: Any) -> None:
+    path, values = _float_volume(tmp_path, nan_at=nan_at)
+    data = read_mrc(path, chunks=chunks).data  # NaN in one of the chunks
+    assert all(isinstance(block, NanCheckedArray) for block in dask.compute(*data.data.to_delayed().ravel()))
+    np.testing.assert_allclose(float(data.mean()), np.nanmean(values.astype(np.float64)), rtol=1e-6)
+    np.testing.assert_allclose(float(data.std()), np.nanstd(values.astype(np.float64)), rtol=1e-5)
+    assert float(data.max()) == np.nanmax(values)
+    assert float(data.min()) == np.nanmin(values)
+    np.testing.assert_allclose(data.sum("z").values, np.nansum(values, axis=0), rtol=1e-6)
+    # skipna=False still propagates NaN
+    assert np.isnan(float(data.mean(skipna=False))) == (nan_at is not None)
+
+
+def test_nan_free_planes_skip_the_nan_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cryoxr.io.mrc.array as mrc_array
+
+    path, values = _float_volume(tmp_path, nan_at=None)
+    chunk = read_mrc(path).data.data.blocks[0].compute()
+    assert isinstance(chunk, mrc_array.NanCheckedArray)  # whole planes, as the reader maps them
+    nan_passes: list[str] = []
+    for name in ("nansum", "nanmax"):
+        original = getattr(np, name)
+
+        def counting(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
+            nan_passes.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setitem(
+            mrc_array._PLAIN_FIRST,
+            original,
+            mrc_array._plain_first(getattr(np, name.removeprefix("nan")), counting),
+        )
+    data = read_mrc(path).data
+    assert float(data.max()) == values.max()
+    np.testing.assert_allclose(float(data.mean()), values.astype(np.float64).mean(), rtol=1e-6)
+    assert nan_passes == []  # numpy's NaN-skipping functions never ran
+    with_nan = values.copy()
+    with_nan[0, 0, 0] = np.nan
+    path = _nan_write(tmp_path / "n.mrc", with_nan)
+    assert float(read_mrc(path).data.max()) == np.nanmax(with_nan)
+    assert nan_passes == ["nanmax"]  # the plain max found NaN: computed again, skipping it
+
+
+def test_nannumel_sum_is_reused_by_nansum(tmp_path: Path) -> None:
+    from dask.array.reductions import nannumel
+
+    path, values = _float_volume(tmp_path, nan_at=None)
+    chunk = read_mrc(path).data.data.blocks[0].compute()
+    count = nannumel(chunk, axis=(0, 1, 2), keepdims=True, dtype=np.float32)
+    assert count.item() == values.size
+    first = np.nansum(chunk, axis=(0, 1, 2), keepdims=True, dtype=np.float32)
+    assert first is np.nansum(chunk, axis=(0, 1, 2), keepdims=True, dtype=np.float32)  # the kept sum
+    np.testing.assert_allclose(first.item(), values.sum(dtype=np.float64), rtol=1e-6)
+    other = np.nansum(chunk, axis=0)  # other axes: computed, not the kept one
+    np.testing.assert_allclose(other, values.sum(axis=0), rtol=1e-6)

@@ -285,3 +285,20 @@ def test_chunk_file_larger_than_it_can_be_is_refused(tmp_path: Path, version: st
         FormatError, match=rf"zarr chunk file of {4 * 2**30} bytes .*expected at most {bound} bytes"
     ):
         image.data.values  # noqa: B018
+
+
+@pytest.mark.parametrize("nan", [False, True])
+def test_reductions_as_typed_skip_nan_only_where_there_is_nan(tmp_path: Path, nan: bool) -> None:
+    from cryoxr.io.mrc.array import NanCheckedArray
+
+    values = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8) / 3
+    if nan:
+        values[1, 2, 3] = np.nan
+    tomo = Tomogram.from_array(values, pixel_spacing=2.0, experiment_id="t")
+    path = write_ome_zarr(tomo, tmp_path / "t.ome.zarr", chunks=(2, 3, 8))
+    data = read_ome_zarr(path).data
+    assert isinstance(data.data.blocks[0, 0, 0].compute(), NanCheckedArray)  # the plain reduction first
+    np.testing.assert_allclose(float(data.mean()), np.nanmean(values.astype(np.float64)), rtol=1e-6)
+    np.testing.assert_allclose(float(data.std()), np.nanstd(values.astype(np.float64)), rtol=1e-5)
+    assert float(data.max()) == np.nanmax(values)
+    assert np.isnan(float(data.mean(skipna=False))) == nan

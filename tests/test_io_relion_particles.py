@@ -591,3 +591,44 @@ def test_empty_tomogram_name_names_the_file(tmp_path: Path) -> None:
         FormatError, match=r"particles.star, data_particles, row 2, column rlnTomoName: expected a"
     ):
         read_relion_particles(path)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["a@TS_01/stack.mrcs", "000123@TS_01/Subtomograms/long_name_stack2d.mrcs", "b"],
+        ["ä@TS_01.mrcs", "b", "c"],  # not ASCII: the general conversion
+    ],
+)
+def test_text_extra_columns_are_fixed_width_str(tmp_path: Path, names: list[str]) -> None:
+    path = particles_file(
+        tmp_path,
+        [
+            "rlnTomoName",
+            "rlnCoordinateX",
+            "rlnCoordinateY",
+            "rlnCoordinateZ",
+            "rlnImageName",
+            "rlnOpticsGroup",
+        ],
+        [f"TS_01 1 2 3 {name} 1" for name in names],
+    )
+    poses = read_relion_particles(path)
+    values = poses["rlnImageName"].values
+    width = max(len(n) for n in names)
+    assert values.dtype == np.dtype(f"<U{width}")
+    assert values.tolist() == names
+    assert poses["rlnOpticsGroup"].values.tolist() == [1, 1, 1]
+
+
+def test_ascii_text_from_arrow_buffers_equals_str(rng: np.random.Generator) -> None:
+    from cryoxr.io.relion.particles import _ascii_text
+
+    words = ["".join(rng.choice(list("abc/@_.0123"), size=rng.integers(0, 12))) for _ in range(200)]
+    column = pd.Series(words, dtype="string[pyarrow]").iloc[7:150]  # a slice: buffers with an offset
+    got = _ascii_text(column)
+    assert got is not None
+    assert got.dtype == np.dtype(f"<U{max(len(w) for w in words[7:150])}")
+    assert got.tolist() == words[7:150]
+    assert _ascii_text(pd.Series(["é", "a"], dtype="string[pyarrow]")) is None
+    assert _ascii_text(pd.Series(["a", None], dtype="string[pyarrow]")) is None

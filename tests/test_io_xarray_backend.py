@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import dask.array as da
+import mrcfile
 import numpy as np
 import pytest
 import xarray as xr
+from xarray.core import indexing
 
 import cryoxr
 from cryoxr.io import open_image, read_ome_zarr
+from cryoxr.io.mrc.array import MrcArray
+from cryoxr.io.ome_zarr.read import _ZarrChunks
 from cryoxr.io.xarray_backend import CryoxrBackendEntrypoint
 from cryoxr.testing import raise_if_dask_computes
 
@@ -28,7 +32,7 @@ def test_both_doors_agree(image_path: Path) -> None:
     direct = read_ome_zarr(image_path) if image_path.name.endswith(".zarr") else open_image(image_path)
     with raise_if_dask_computes():
         through_xarray = xr.open_dataarray(image_path, engine="cryoxr")
-    assert isinstance(through_xarray.data, da.Array)
+    assert not isinstance(through_xarray.variable._data, da.Array)
     xr.testing.assert_identical(through_xarray.drop_attrs(), direct.data.drop_attrs())
     assert through_xarray.attrs["pixel_spacing"] == pytest.approx(4.2)
     assert cryoxr.Image(through_xarray).experiment_id == "TS_07"
@@ -49,3 +53,75 @@ def test_pyramid_level(tmp_path: Path) -> None:
     level1 = xr.open_dataarray(path, engine="cryoxr", level=1)
     assert level1.shape == (4, 4, 4)
     assert level1.attrs["pixel_spacing"] == pytest.approx(4.0)
+
+
+class _Reads:
+    """Records the keys each read of an MRC data block or a zarr array was asked for."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.keys: list[tuple[str, object]] = []
+        for cls in (MrcArray, _ZarrChunks):
+            original = cls.__getitem__
+
+            def counting(this: object, key: object, _original=original, _name=cls.__name__) -> np.ndarray:
+                self.keys.append((_name, key))
+                return _original(this, key)
+
+            monkeypatch.setattr(cls, "__getitem__", counting)
+
+
+def _planes(key: object) -> set[int]:
+    """The z planes an outer-indexing key (int, slice or integer array first) touches."""
+    first = key[0] if isinstance(key, tuple) else key
+    if isinstance(first, slice):
+        return set(range(6)[first])
+    return {int(i) for i in np.atleast_1d(first)}
+
+
+def test_engine_reads_without_dask_and_nothing_at_open(
+    image_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = _Reads(monkeypatch)
+    with raise_if_dask_computes():
+        opened = xr.open_dataarray(image_path, engine="cryoxr")
+        assert reads.keys == []  # opening read no voxels
+        assert opened.chunks is None
+        assert not isinstance(opened.variable._data, da.Array)
+        assert isinstance(opened.variable._data, indexing.ExplicitlyIndexed)  # xarray's lazy indexing
+        plane = opened.sel(z=opened.z[2]).values
+    assert len(reads.keys) == 1  # one read, of plane 2 only
+    assert _planes(reads.keys[0][1]) == {2}
+    expected = (
+        read_ome_zarr(image_path, chunks=None).data.values[2]
+        if image_path.name.endswith(".zarr")
+        else mrcfile.mmap(image_path, mode="r").data[2]
+    )
+    np.testing.assert_array_equal(plane, expected)
+
+
+def test_engine_slices_equal_mrcfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    values = np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7)
+    path = tmp_path / "v.mrc"
+    mrcfile.write(path, values, voxel_size=2.0)
+    reads = _Reads(monkeypatch)
+    opened = xr.open_dataarray(path, engine="cryoxr")
+    with mrcfile.mmap(path, mode="r") as mrc:
+        np.testing.assert_array_equal(opened[1:3].values, mrc.data[1:3])
+        assert _planes(reads.keys[-1][1]) == {1, 2}
+        np.testing.assert_array_equal(opened[:, 4].values, mrc.data[:, 4])
+        np.testing.assert_array_equal(opened[3, 1:4, [0, 6]].values, mrc.data[3, 1:4][:, [0, 6]])
+        assert _planes(reads.keys[-1][1]) == {3}
+        np.testing.assert_array_equal(opened.values, mrc.data)
+    assert opened.dtype == np.int16
+
+
+def test_dask_only_with_chunks(image_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = _Reads(monkeypatch)
+    with raise_if_dask_computes():
+        chunked = xr.open_dataarray(image_path, engine="cryoxr", chunks={})
+    assert reads.keys == []
+    assert isinstance(chunked.data, da.Array)
+    # the readers' own chunks: one slab of the small MRC volume, the stored zarr chunks
+    direct = read_ome_zarr(image_path) if image_path.name.endswith(".zarr") else open_image(image_path)
+    assert chunked.chunks == direct.data.chunks
+    xr.testing.assert_identical(chunked.drop_attrs().compute(), direct.data.drop_attrs().compute())

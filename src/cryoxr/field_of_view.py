@@ -16,7 +16,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask.array as da
@@ -33,6 +33,7 @@ from cryoxr.projection import (
     _kernel_inputs,
     _operator,
     _particle_chunks,
+    projection_of,
 )
 from cryoxr.projection_model import PMDL, PTC
 
@@ -115,7 +116,18 @@ def in_field_of_view(
     _check_projected(projected, "in_field_of_view")
     centre, half = _image_half_extent(image_shape, margin, "in_field_of_view")
     data = projected.data
-    if isinstance(data, da.Array):
+    recipe = projection_of(data)
+    if recipe is not None:
+        # straight from project(): one fused kernel per particle chunk projects and tests,
+        # never holding the projected positions (a reduction downstream fuses into it too)
+        t_max = recipe.weights.shape[2] // 2
+        mask = da.blockwise(
+            _fov_mask_block, "pt",
+            *recipe.kernel_inputs(recipe.bias - np.tile(centre, t_max)[None, :]),
+            half, None, recipe.dtype, None,
+            concatenate=True, new_axes={"t": t_max}, dtype=bool, meta=np.empty((0, 0), bool),
+        )  # fmt: skip
+    elif isinstance(data, da.Array):
         data = data.rechunk({2: 2})
         mask = data.map_blocks(_fov_block, centre, half, drop_axis=2, dtype=bool, meta=np.empty((0, 0), bool))
     else:
@@ -134,6 +146,61 @@ def in_field_of_view(
 _COUNT_ROWS = 1024
 
 
+def _fov_steps(
+    position: np.ndarray,
+    shift: np.ndarray,
+    codes: np.ndarray,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    half: np.ndarray,
+    dtype: Any,
+) -> Iterator[tuple[Any, np.ndarray]]:
+    """Project a chunk ``_COUNT_ROWS`` particles at a time and test them against the image.
+
+    ``bias`` is centred on the image. Yields ``(rows, inside)``: the chunk's row indices (or
+    a slice) and, for those rows, a ``(m, T)`` bool view of a reused buffer, True where both
+    x and y lie inside. The projected block is tested while still in cache; no ``(n, 2T)``
+    temporary is ever allocated (the loop is over row blocks, never tilts or particles).
+    """
+    points = _homogeneous(position, shift, dtype)
+    width = weights.shape[2]
+    limit = np.tile(np.asarray(half, dtype=dtype), width // 2)
+    step = max(1, min(points.shape[0], _COUNT_ROWS))
+    xy = np.empty((step, width), dtype=dtype)
+    inside = np.empty((step, width), dtype=bool)
+    both = np.empty((step, width // 2), dtype=bool)
+    present = np.unique(codes) if weights.shape[0] > 1 else np.zeros(1, dtype=np.int64)
+    for code in present:  # experiments in this chunk: usually one
+        operator = _operator(weights, bias, code, dtype)
+        rows: Any = slice(None) if len(present) == 1 else np.flatnonzero(codes == code)
+        mine = points[rows]
+        for start in range(0, mine.shape[0], step):
+            m = min(step, mine.shape[0] - start)
+            np.matmul(mine[start : start + m], operator, out=xy[:m])
+            np.abs(xy[:m], out=xy[:m])
+            np.less_equal(xy[:m], limit, out=inside[:m])  # NaN (missing tilt) -> False
+            # inside in x and in y <=> both bytes of the (x, y) pair are 1
+            np.equal(inside[:m].view(np.uint16), 0x0101, out=both[:m])
+            picked = slice(start, start + m) if isinstance(rows, slice) else rows[start : start + m]
+            yield picked, both[:m]
+
+
+def _fov_mask_block(
+    position: np.ndarray,
+    shift: np.ndarray,
+    codes: np.ndarray,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    half: np.ndarray,
+    dtype: Any,
+) -> np.ndarray:
+    """Fused kernel: project a chunk and test it, ``(n, T)`` bool (see :func:`_fov_steps`)."""
+    mask = np.empty((position.shape[0], weights.shape[2] // 2), dtype=bool)
+    for rows, inside in _fov_steps(position, shift, codes, weights, bias, half, dtype):
+        mask[rows] = inside
+    return mask
+
+
 def _count_block(
     position: np.ndarray,
     shift: np.ndarray,
@@ -145,28 +212,12 @@ def _count_block(
 ) -> np.ndarray:
     """Fused kernel: project a chunk and count points inside the image, per tilt.
 
-    Works through the chunk ``_COUNT_ROWS`` particles at a time in two reused buffers,
-    so the projected block is tested while still in cache and no (n, 2T) temporary is
-    ever allocated (the loop is over row blocks, never over tilts or particles).
+    Works through the chunk ``_COUNT_ROWS`` particles at a time in reused buffers
+    (:func:`_fov_steps`), so no (n, 2T) temporary is ever allocated.
     """
-    points = _homogeneous(position, shift, dtype)  # bias is centred
-    width = weights.shape[2]
-    limit = np.tile(np.asarray(half, dtype=dtype), width // 2)
-    counts = np.zeros(width // 2, dtype=np.int64)
-    step = max(1, min(points.shape[0], _COUNT_ROWS))
-    xy = np.empty((step, width), dtype=dtype)
-    inside = np.empty((step, width), dtype=bool)
-    present = np.unique(codes) if weights.shape[0] > 1 else np.zeros(1, dtype=np.int64)
-    for code in present:  # experiments in this chunk: usually one
-        operator = _operator(weights, bias, code, dtype)
-        mine = points if len(present) == 1 else points[codes == code]
-        for start in range(0, mine.shape[0], step):
-            m = min(step, mine.shape[0] - start)
-            np.matmul(mine[start : start + m], operator, out=xy[:m])
-            np.abs(xy[:m], out=xy[:m])
-            np.less_equal(xy[:m], limit, out=inside[:m])  # NaN (missing tilt) -> False
-            # inside in x and in y <=> both bytes of the (x, y) pair are 1
-            counts += np.count_nonzero(inside[:m].view(np.uint16) == 0x0101, axis=0)
+    counts = np.zeros(weights.shape[2] // 2, dtype=np.int64)
+    for _, inside in _fov_steps(position, shift, codes, weights, bias, half, dtype):
+        counts += np.count_nonzero(inside, axis=0)
     return counts[None, :]
 
 

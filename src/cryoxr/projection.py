@@ -187,6 +187,42 @@ def _chunked(arr: Any, chunks: tuple[int, ...]) -> da.Array:
 CLUSTER_PARTICLE_CHUNK = 1_000_000
 
 
+class _Projection:
+    """How :func:`project` built a dask array: kernels downstream fuse the projection into theirs.
+
+    Held by the dask array :func:`project` returns (attribute ``_cryoxr_projection``);
+    any operation on that array makes a new dask array without it, so only the very
+    array :func:`project` returned (same dask name) is recognised by :func:`projection_of`.
+    """
+
+    __slots__ = ("bias", "dtype", "experiments", "name", "pchunks", "poses", "weights")
+
+    def __init__(
+        self,
+        name: str,
+        poses: xr.Dataset,
+        experiments: list[str],
+        weights: np.ndarray,
+        bias: np.ndarray,
+        dtype: np.dtype,
+        pchunks: tuple[int, ...],
+    ) -> None:
+        self.name, self.poses, self.experiments = name, poses, experiments
+        self.weights, self.bias, self.dtype, self.pchunks = weights, bias, dtype, pchunks
+
+    def kernel_inputs(self, bias: np.ndarray) -> list[Any]:
+        """:func:`_kernel_inputs` of this projection, with another bias (a centred one, say)."""
+        return _kernel_inputs(self.poses, self.experiments, self.weights, bias, self.dtype, self.pchunks)
+
+
+def projection_of(data: Any) -> _Projection | None:
+    """How :func:`project` made ``data``, when ``data`` is exactly the dask array it returned."""
+    recipe = getattr(data, "_cryoxr_projection", None)
+    if isinstance(recipe, _Projection) and isinstance(data, da.Array) and data.name == recipe.name:
+        return recipe
+    return None
+
+
 def _particle_chunks(poses: xr.Dataset, chunks: int | None) -> tuple[int, ...]:
     n = poses.sizes["particle"]
     if chunks is not None:
@@ -341,6 +377,8 @@ def project(
         attrs["pixel_spacing"] = float(spacing[0])
     dims = ("particle", "image", "axis")
     if not return_depth:
+        # what a fused kernel (the field-of-view test) needs to redo this projection itself
+        out._cryoxr_projection = _Projection(out.name, poses, experiments, weights, bias, dtype, pchunks)
         return xr.DataArray(out, dims=dims, coords=coords, attrs=attrs, name="projected")
     projected = xr.DataArray(out[:, :, :2], dims=dims, coords=coords, attrs=attrs, name="projected")
     depth_coords = {k: v for k, v in coords.items() if k != "axis"}

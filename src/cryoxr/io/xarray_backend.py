@@ -3,9 +3,16 @@
 The backend is registered as the entry point ``cryoxr`` of ``xarray.backends``. It opens
 MRC (guessed from the suffix: ``.mrc .mrcs .st .ali .rec .map``) and OME-Zarr (with
 ``engine="cryoxr"`` explicitly, since xarray's zarr backend also claims ``.zarr``) through
-:func:`cryoxr.io.open_image` and :func:`cryoxr.io.read_ome_zarr`: the same lazy arrays,
-coords in Å and attrs as the functions, in a Dataset with one variable named after the
-experiment.
+:func:`cryoxr.io.open_image` and :func:`cryoxr.io.read_ome_zarr`: the same values, coords
+in Å and attrs as the functions, in a Dataset with one variable named after the experiment.
+
+As xarray's own backends do, the variable is not a dask array: it is lazily indexed by
+xarray over a :class:`~xarray.backends.BackendArray` (the readers' ``chunks=None`` path),
+so opening reads no voxels and a selection (a z-slice for a viewer) reads only its own
+planes from the memory map or the zarr chunks, without dask's per-compute cost. Dask comes
+in only when ``chunks=`` is given: ``chunks={}`` chunks as cryoxr's readers do
+(``encoding["preferred_chunks"]``: MRC slabs of about 64 MiB, one image of a stack, the
+stored zarr chunks), ``chunks="auto"`` lets dask choose around them.
 
 Examples
 --------
@@ -17,6 +24,10 @@ Examples
 >>> da = xr.open_dataarray(path, engine="cryoxr")
 >>> da.dims, float(da.x[1]), da.attrs["pixel_spacing"]
 (('z', 'y', 'x'), 5.0, 5.0)
+>>> da.chunks is None, float(da[1].sum())  # no dask; the slice reads one plane
+(True, 12.0)
+>>> xr.open_dataarray(path, engine="cryoxr", chunks={}).chunks
+((2,), (3,), (4,))
 """
 
 from __future__ import annotations
@@ -51,13 +62,13 @@ class CryoxrBackendEntrypoint(BackendEntrypoint):
         level: int = 0,
         experiment_id: str | None = None,
     ) -> xr.Dataset:
-        """Open one image file as a Dataset holding one lazy variable."""
+        """Open one image file as a Dataset holding one lazily indexed variable (no dask)."""
         path = Path(filename_or_obj)
         name = path.name.lower()
         if name.endswith(".zarr"):
-            image = read_ome_zarr(path, level=level, experiment_id=experiment_id)
+            image = read_ome_zarr(path, level=level, experiment_id=experiment_id, chunks=None)
         else:
-            image = open_image(path, experiment_id=experiment_id)
+            image = open_image(path, experiment_id=experiment_id, chunks=None)
         data = image.data
         ds = data.to_dataset(name=str(data.name or image.experiment_id))
         ds.attrs = dict(data.attrs)

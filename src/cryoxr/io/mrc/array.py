@@ -29,13 +29,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+from dask.array.dispatch import nannumel_lookup, numel_lookup
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from cryoxr.errors import FormatError
 from cryoxr.io._paths import open_file
 
-__all__ = ["MAP_ALIGNMENT", "MrcArray"]
+__all__ = ["MAP_ALIGNMENT", "MrcArray", "NanCheckedArray"]
 
 #: maps start at a file offset that is a multiple of 2 MiB, so that the kernel can map
 #: large page-cache folios whole (about 4x fewer page faults than 4 KiB-aligned maps)
@@ -165,6 +166,87 @@ def _advise_random(view: _Mapped) -> None:
     """No read-around: a scattered selection pages in only the pages it touches."""
     if hasattr(mmap, "MADV_RANDOM"):  # not on Windows
         view.mm.madvise(mmap.MADV_RANDOM)
+
+
+class NanCheckedArray(np.ndarray):
+    """Values read from a file (MRC, OME-Zarr), whose NaN-skipping reductions try the plain one first.
+
+    xarray reduces floating-point data with ``skipna=True`` by default, which dask runs as
+    ``np.nansum`` and a count of the non-NaN values per chunk: about 5 passes over the
+    data (a NaN mask, a copy with the NaNs replaced, the sum, a second mask, its count)
+    where ``np.sum`` makes one. Voxels of a file are seldom NaN, so here ``np.nansum``,
+    ``np.nanmax``, ``np.nanmin``, ``np.nanmean``, ``np.nanvar`` and ``np.nanstd`` first
+    run the plain reduction: NaN propagates through it, so a result without NaN is the
+    NaN-skipping result, and only a result holding NaN is computed again the NaN-skipping
+    way. dask's count of non-NaN values (``nannumel``) is the plain count when a sum
+    finds no NaN, and that sum is kept for the ``np.nansum`` that follows on the same
+    chunk with the same axes and dtype. Everything else behaves as for :class:`numpy.ndarray`.
+
+    Examples
+    --------
+    >>> a = np.array([1.0, 2.0, 3.0], np.float32).view(NanCheckedArray)
+    >>> float(np.nanmean(a)), float(np.nanmax(np.append(a, np.nan).view(NanCheckedArray)))
+    (2.0, 3.0)
+    """
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        fast = _PLAIN_FIRST.get(func)
+        if fast is not None:
+            return fast(*args, **kwargs)
+        return super().__array_function__(func, types, args, kwargs)
+
+
+def _plain(a: Any) -> Any:
+    return a.view(np.ndarray) if isinstance(a, NanCheckedArray) else a
+
+
+def _sum_key(a: np.ndarray, axis: Any, keepdims: bool, dtype: Any) -> tuple[Any, ...]:
+    axis = tuple(axis) if isinstance(axis, list) else axis
+    return axis, bool(keepdims), np.dtype(a.dtype if dtype is None else dtype)
+
+
+def _plain_first(plain: Any, nan: Any) -> Any:
+    def reduce(a: Any, *args: Any, **kwargs: Any) -> Any:
+        cached = getattr(a, "_cryoxr_sum", None)
+        if (
+            nan is np.nansum
+            and not args
+            and cached is not None
+            and cached[0]
+            == _sum_key(a, kwargs.get("axis"), kwargs.get("keepdims", False), kwargs.get("dtype"))
+        ):
+            # dask's nannumel just summed this chunk over these axes: reuse it
+            return cached[1]
+        base = _plain(a)
+        result = plain(base, *args, **kwargs)
+        if np.isnan(result).any():
+            return nan(base, *args, **kwargs)
+        return result
+
+    return reduce
+
+
+_PLAIN_FIRST = {
+    nan: _plain_first(plain, nan)
+    for plain, nan in [
+        (np.sum, np.nansum), (np.max, np.nanmax), (np.min, np.nanmin),
+        (np.mean, np.nanmean), (np.var, np.nanvar), (np.std, np.nanstd),
+    ]
+}  # fmt: skip
+
+
+@nannumel_lookup.register(NanCheckedArray)
+def _nannumel(x: NanCheckedArray, axis: Any = None, keepdims: bool = False, **kwargs: Any) -> Any:
+    """dask's count of non-NaN values: the plain count when the chunk's sum holds no NaN."""
+    base = _plain(x)
+    if base.dtype.kind not in "fc":
+        return numel_lookup(base, axis=axis, keepdims=keepdims, **kwargs)
+    dtype = kwargs.get("dtype") if np.dtype(kwargs.get("dtype") or "O").kind in "fc" else None
+    total = np.sum(base, axis=axis, keepdims=keepdims, dtype=dtype)
+    if np.isnan(total).any():
+        return nannumel_lookup(base, axis=axis, keepdims=keepdims, **kwargs)
+    x._cryoxr_sum = (_sum_key(base, axis, keepdims, dtype), total)  # type: ignore[attr-defined]
+    return numel_lookup(base, axis=axis, keepdims=keepdims, **kwargs)
 
 
 class MrcArray:
@@ -314,7 +396,7 @@ class MrcArray:
         dropped = [i for i, k in enumerate(basic) if isinstance(k, int | np.integer)]
         for axis, rel in arrays:
             out = np.take(out, rel, axis=axis - sum(d < axis for d in dropped))
-        return out
+        return out.view(NanCheckedArray)  # NaN-skipping reductions try the plain one first
 
     def __repr__(self) -> str:
         return f"MrcArray({self.path!r}, shape={self.shape}, dtype={self.dtype})"

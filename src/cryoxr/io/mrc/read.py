@@ -184,6 +184,11 @@ def read_mrc(
         lazy = indexing.LazilyIndexedArray(_MrcBackendArray(array)) if isinstance(array, MrcArray) else array
         var = xr.Variable(dims if order_zyx is None else file_axes, lazy)
         var = var.transpose(*dims)
+        if order_zyx is None or order_zyx == (0, 1, 2):
+            # what xarray's ``open_dataarray(..., chunks=...)`` chunks along: read_mrc's own choice
+            preferred = _auto_chunks(array.shape, layout.dtype.itemsize) if len(dims) == 3 else array.shape
+            preferred = (1, *preferred[1:]) if stack else preferred
+            var.encoding["preferred_chunks"] = dict(zip(dims, preferred, strict=True))
         data = xr.DataArray(var, coords=image_coords(var.shape, dims, spacing), name=experiment_id)
         data.attrs.update(attrs, experiment_id=experiment_id, pixel_spacing=spacing, source=str(path))
         return cls(data)

@@ -34,6 +34,7 @@ from xarray.core import indexing
 from cryoxr.errors import CryoxrError, CryoxrFileNotFoundError, FormatError, InvalidValueError
 from cryoxr.image import IMAGE_DIMS, SPATIAL_DIMS, Chunks, Image, image_coords
 from cryoxr.io._image_read import IMAGE_CLASS
+from cryoxr.io.mrc.array import NanCheckedArray
 from cryoxr.io.ome_zarr._store import GuardedStore
 from cryoxr.io.ome_zarr.metadata import UNIT_TO_ANGSTROM, _axes, _level_geometry, _multiscale, _spacing
 
@@ -78,7 +79,8 @@ class _ZarrChunks:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
-            return np.asarray(self.array[key])
+            # NaN-skipping reductions (xarray's default) try the plain one first
+            return np.asarray(self.array[key]).view(NanCheckedArray)
         except CryoxrError:
             raise  # the store refused a member (a link leaving the store, a pipe, a size)
         except CHUNK_DECODE_ERRORS as err:
@@ -228,6 +230,8 @@ def _read_level(
     if chunks is None:
         chunked = _ZarrChunks(array, where, str(path))
         var = xr.Variable(names, indexing.LazilyIndexedArray(_LazyZarrArray(chunked)))[squeeze]
+        # what xarray's ``open_dataarray(..., chunks=...)`` chunks along: the stored chunks
+        var.encoding["preferred_chunks"] = dict(zip(dims, array.chunks[lead:], strict=True))
         data = xr.DataArray(var, coords=image_coords(var.shape, dims, spacing), name=experiment_id)
         data.attrs.update(attrs, experiment_id=experiment_id, pixel_spacing=spacing, source=str(source))
         return cls(data)

@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import xarray as xr
 from scipy.spatial.transform import Rotation
 
@@ -265,7 +267,38 @@ def _extra_values(column: pd.Series) -> np.ndarray:
     element by element through pandas, ~1 s per 10^6 strings)."""
     if pd.api.types.is_numeric_dtype(column.dtype):
         return column.to_numpy()
+    ascii_text = _ascii_text(column)
+    if ascii_text is not None:
+        return ascii_text
     return np.asarray(column.to_numpy(dtype=object), dtype=str)
+
+
+def _ascii_text(column: pd.Series) -> np.ndarray | None:
+    """ASCII text of an arrow-backed column as fixed-width str, straight from arrow's buffers.
+
+    arrow pads every value with NUL bytes to the longest one (``utf8_rpad``), so the data
+    buffer becomes ``n`` equal records, widened once to ``U<width>`` code points (NUL
+    padding is what numpy's fixed-width strings strip). No Python str
+    object per value (the object route costs ~0.3 s per 10^6 values). None when the column
+    is not arrow-backed, holds nulls or any non-ASCII character.
+    """
+    try:
+        array = pa.array(column.array)
+    except (TypeError, pa.ArrowInvalid):
+        return None
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    text = pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
+    if not text or array.null_count or len(array) == 0 or not pc.all(pc.string_is_ascii(array)).as_py():
+        return None
+    width = max(int(pc.max(pc.binary_length(array)).as_py()), 1)
+    padded = pc.utf8_rpad(array, width=width, padding="\0")
+    offset_type = np.int64 if pa.types.is_large_string(padded.type) else np.int32
+    first = int(np.frombuffer(padded.buffers()[1], offset_type)[padded.offset])
+    records = np.frombuffer(padded.buffers()[2], np.uint8)[first : first + width * len(padded)]
+    # ASCII bytes are their own code points: widen to UCS-4 as integers, not as strings
+    # (numpy's bytes -> str cast decodes value by value, ~4x slower than Python's str)
+    return records.astype(np.uint32).view(f"U{width}")
 
 
 def _particle_columns(

@@ -29,6 +29,7 @@ LAYERS = {
     "cryoxr.extraction": 2,
     "cryoxr.geometry": 2,
     "cryoxr.defocus": 2,
+    "cryoxr.ctf": 2,
     "cryoxr.io": 3,
     "cryoxr.plot": 4,
     "cryoxr.napari": 4,

@@ -30,6 +30,7 @@ LAYERS = {
     "cryoxr.geometry": 2,
     "cryoxr.defocus": 2,
     "cryoxr.ctf": 2,
+    "cryoxr.subtilts": 2,
     "cryoxr.io": 3,
     "cryoxr.plot": 4,
     "cryoxr.napari": 4,

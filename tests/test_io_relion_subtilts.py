@@ -1,5 +1,5 @@
 """RELION 5 2D subtilt stacks: the folder relion_tomo_subtomo --stack2d writes, read back with
-mrcfile and the STAR reader; the tilt images of a RELION project; the zarr twin."""
+mrcfile and the STAR reader; the zarr twin."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 
 import cryoxr
-from cryoxr.errors import CryoxrFileNotFoundError, FileExistsNoOverwriteError, FormatError, InvalidValueError
+from cryoxr.errors import FileExistsNoOverwriteError, InvalidValueError
 from cryoxr.io.relion import (
     open_relion_tilt_series,
     read_relion_particles,
@@ -181,34 +181,6 @@ def test_bad_input_is_refused(tmp_path: Path, relion5_project: Any, rng: np.rand
     with pytest.raises(InvalidValueError, match="mode='relion'"):
         write_relion_subtilts(nearest, poses, tmp_path / "c", tomograms=tomograms)
     assert not any((tmp_path / n).exists() for n in "abc")
-
-
-def test_tilt_images_from_sections_a_stack_folder_and_missing(tmp_path: Path) -> None:
-    stack = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
-    with mrcfile.new(tmp_path / "all.mrcs") as mrc:
-        mrc.set_data(stack)
-    model = cryoxr.make_projection_model(
-        rotation_y=[0.0, 3.0], experiment_id="TS_01", pixel_spacing=1.5, source=str(tmp_path / "TS_01.star"),
-        extra={"rlnMicrographName": ["3@all.mrcs", "1@all.mrcs"]},
-    )  # fmt: skip
-    ts = open_relion_tilt_series(model)["TS_01"]
-    assert ts.data.data.chunks[0] == (1, 1)
-    np.testing.assert_array_equal(ts.data.values, stack[[2, 0]])
-    assert ts.pixel_spacing == 1.5
-    folder = tmp_path / "stacks"
-    folder.mkdir()
-    cryoxr.Image.from_array(stack[::-1].copy(), pixel_spacing=9.0, experiment_id="x", stack=True).to_zarr(
-        folder / "TS_01.zarr"
-    )
-    from_zarr = open_relion_tilt_series(model, tilt_series_dir=folder)["TS_01"]
-    np.testing.assert_array_equal(from_zarr.data.values[:2], stack[::-1][:2])
-    assert from_zarr.pixel_spacing == 1.5
-    with pytest.raises(FormatError, match="section 7"):
-        open_relion_tilt_series(model.assign(rlnMicrographName=["7@all.mrcs", "1@all.mrcs"]))
-    with pytest.raises(CryoxrFileNotFoundError, match=r"gone\.mrc"):
-        open_relion_tilt_series(model.assign(rlnMicrographName=["gone.mrc", "1@all.mrcs"]))
-    with pytest.raises(FormatError, match="names no images"):
-        open_relion_tilt_series(model.drop(columns="rlnMicrographName"))
 
 
 def test_writing_is_streamed_from_a_lazy_stack(

@@ -34,6 +34,10 @@ def test_tilt_images_from_sections_a_stack_folder_and_missing(tmp_path: Path) ->
     from_zarr = open_relion_tilt_series(model, tilt_series_dir=folder)["TS_01"]
     np.testing.assert_array_equal(from_zarr.data.values[:2], stack[::-1][:2])
     assert from_zarr.pixel_spacing == 1.5
+    named = open_relion_tilt_series(
+        model.assign(rlnMicrographName=["2@stacks/TS_01.zarr", "3@stacks/TS_01.zarr"])
+    )
+    np.testing.assert_array_equal(named["TS_01"].data.values, stack[::-1][[1, 2]])
     with pytest.raises(FormatError, match="section 7"):
         open_relion_tilt_series(model.assign(rlnMicrographName=["7@all.mrcs", "1@all.mrcs"]))
     with pytest.raises(CryoxrFileNotFoundError, match=r"gone\.mrc"):

@@ -4,7 +4,8 @@ RELION 5 (``TomogramSet::loadTomogram``, ``src/jaz/tomography/tomogram_set.cpp``
 tilt series either from one stack file named by ``rlnTomoTiltSeriesName`` in
 ``tomograms.star`` (RELION 4 style) or, tilt by tilt, from the images the per-tilt-series
 STAR file names in ``rlnMicrographName`` (RELION 5's motion-correction output; ``N@stack``
-names pick section ``N``, counted from 1). Relative names are relative to the project
+names pick section ``N``, counted from 1, of an MRC stack or, as the CryoET Data Portal's
+tools write them, of an OME-Zarr stack). Relative names are relative to the project
 folder; :func:`open_relion_tilt_series` looks them up like the STAR reader does (the
 folder of the naming file, its parents, the current directory).
 
@@ -31,7 +32,7 @@ import pandas as pd
 from cryoxr.errors import CryoxrFileNotFoundError, FormatError, InvalidValueError
 from cryoxr.image import Image
 from cryoxr.io.images import open_image
-from cryoxr.io.mrc import read_mrc
+from cryoxr.io.mrc import MRC_SUFFIXES, read_mrc
 from cryoxr.io.relion.tilt_series import _exists, _resolve
 from cryoxr.projection_model import PMDL
 
@@ -81,9 +82,12 @@ def _locate(name: str, reference: Path, folder: Path | None, root: Path | None) 
 def _plane(path: Path, section: int | None, px: float, cache: dict[Path, Any]) -> Any:
     """One tilt image as a single-chunk dask array (y, x)."""
     if path not in cache:
-        header = read_mrc(path, chunks=None, pixel_spacing=px)
-        chunks: Any = (1, -1, -1) if header.data.ndim == 3 else (-1, -1)
-        cache[path] = read_mrc(path, chunks=chunks, pixel_spacing=px).data.data
+        if path.suffix.lower() in MRC_SUFFIXES:
+            header = read_mrc(path, chunks=None, pixel_spacing=px)
+            chunks: Any = (1, -1, -1) if header.data.ndim == 3 else (-1, -1)
+            cache[path] = read_mrc(path, chunks=chunks, pixel_spacing=px).data.data
+        else:  # an OME-Zarr stack named as N@TS_01.zarr
+            cache[path] = open_image(path, pixel_spacing=px).data.data
     array = cache[path]
     if array.ndim == 2:
         if section not in (None, 0):

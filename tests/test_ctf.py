@@ -113,7 +113,7 @@ def test_vectorised_over_tilts_equals_one_by_one() -> None:
     assert many.dtype == np.float32
     for i in range(3):
         one = ctf_2d((16, 12), 3.0, du[i], du[i] - 500, 10.0 * i, **OPTICS)
-        np.testing.assert_allclose(many[i], one, atol=1e-6)
+        np.testing.assert_allclose(many[i], one, atol=1e-5)  # float32 arithmetic
 
 
 def test_dose_weight_at_known_exposure() -> None:

@@ -36,6 +36,7 @@ boxes touch are read).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,8 @@ __all__ = ["RelionSteps", "extract_relion", "relion_patches"]
 
 #: raised-cosine width of RELION's circular crop, pixels (``EDGE_FALLOFF``)
 CIRCLE_FALLOFF = 5.0
+#: particles processed together inside a task (their temporaries stay in the caches)
+BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -104,19 +107,28 @@ def _fourier_crop(f: np.ndarray, size: int) -> np.ndarray:
     return f[:, rows, : size // 2 + 1]
 
 
-def _circle_crop(images: np.ndarray, boundary: float) -> np.ndarray:
-    """RELION's ``cropCircle``: minus the mean outside the radius, raised-cosine edge."""
-    n = images.shape[-1]
+@functools.lru_cache(maxsize=16)
+def _circle(n: int, boundary: float) -> tuple[np.ndarray, np.ndarray]:
+    """(weights (n, n), outside mask as float32 (n * n,) / its count) of RELION's ``cropCircle``."""
     centre = float(n // 2)
     radius = centre - boundary
     r = np.hypot(*np.meshgrid(np.arange(n) - centre, np.arange(n) - centre, indexing="ij"))
-    outside = r > radius
-    mean = images[:, outside].mean(axis=1) if outside.any() else np.zeros(len(images), images.dtype)
     inner = radius - CIRCLE_FALLOFF
     weight = np.where(
         r < inner, 1.0, np.where(r < radius, 0.5 - 0.5 * np.cos(np.pi * (radius - r) / CIRCLE_FALLOFF), 0.0)
     )
-    return (images - mean[:, None, None]) * weight.astype(images.dtype)
+    outside = (r > radius).ravel()
+    mean_of_outside = outside / max(int(outside.sum()), 1)  # zeros when no pixel is outside: mean 0
+    return weight.astype(np.float32), mean_of_outside.astype(np.float32)
+
+
+def _circle_crop(images: np.ndarray, boundary: float) -> np.ndarray:
+    """RELION's ``cropCircle``: minus the mean outside the radius, raised-cosine edge."""
+    weight, mean_of_outside = _circle(images.shape[-1], float(boundary))
+    mean = images.reshape(len(images), -1) @ mean_of_outside
+    out = images * weight
+    out -= mean[:, None, None] * weight
+    return out
 
 
 def relion_patches(
@@ -160,29 +172,29 @@ def relion_patches(
     (np.int64(8), np.int64(8))
     """
     s0, box = steps.box0, steps.box
-    ny, nx = image.shape
     corner = _c_round(points) - s0 // 2  # (m, 2) x, y
-    offsets = np.arange(s0)
-    cols = np.clip(corner[:, 0, None] + offsets, 0, nx - 1)
-    rows = np.clip(corner[:, 1, None] + offsets, 0, ny - 1)
-    patches = np.asarray(image[rows[:, :, None], cols[:, None, :]], dtype=np.float32)
-    centred = np.roll(patches, (-(s0 // 2), -(s0 // 2)), axis=(1, 2))
-    spectra = scipy.fft.rfft2(centred, norm="ortho", workers=1)
+    patches = _cut(image, corner, s0)
+    spectra = scipy.fft.rfft2(patches, norm="ortho", workers=1)
     if steps.bin != 1.0:
-        spectra = _fourier_crop(spectra, box) / np.float32(steps.bin)
-    # phase ramp: the point moves to pixel box / 2 of the binned box
-    t = (points - corner) / steps.bin - box // 2  # (m, 2)
-    ky = np.fft.fftfreq(box) * box
+        spectra = _fourier_crop(spectra, box)
+    # One phase ramp does three things: centre the FFT on pixel s0 // 2 of the cut box (a
+    # roll by -(s0 // 2) there), move the point to pixel box / 2 (RELION's shiftStack), and
+    # put the origin back in the middle after the inverse FFT (RELION's (-1)^(x + y)
+    # modulation): a shift of t / box + (s0 // 2) / s0 + 1 / 2 cycles per frequency unit,
+    # which is t / box (mod 1) for even s0.
+    t = (points - corner) / steps.bin - box // 2  # (m, 2) binned pixels
+    cycles = np.mod(t / box + (s0 // 2) / s0 + 0.5, 1.0)
     kx = np.arange(box // 2 + 1)
-    phase = (
-        2 * np.pi / box * (t[:, 0, None, None] * kx[None, None, :] + t[:, 1, None, None] * ky[None, :, None])
-    )
-    factor = np.exp(1j * phase)
-    weight = np.float32(-1.0 if steps.invert_contrast else 1.0) / np.float32(steps.bin)
+    ky = np.fft.fftfreq(box) * box
+    spectra *= np.exp(2j * np.pi * cycles[:, 0, None, None] * kx[None, None, :]).astype(np.complex64)
+    spectra *= np.exp(2j * np.pi * cycles[:, 1, None, None] * ky[None, :, None]).astype(np.complex64)
+    # the sign, RELION's division by bin after the Fourier crop and again for 2D stacks
+    weight = (-1.0 if steps.invert_contrast else 1.0) / steps.bin**2
+    factor: Any = np.float32(weight)
     if steps.ctf:
         if defocus is None or optics is None:
             raise InvalidValueError("relion_patches: ctf=True needs defocus and optics")
-        factor = factor * ctf_2d(
+        factor = ctf_2d(
             box,
             steps.binned_pixel_size,
             defocus[:, 0],
@@ -194,19 +206,38 @@ def relion_patches(
             optics["phase_shift"],
             optics["bfactor"],
             optics["scale"],
+            dtype=np.float32,
         )
+        factor *= np.float32(weight)
     if steps.dose_weight:
-        factor = factor * dose_weights(
+        dose = dose_weights(
             box, steps.binned_pixel_size, pre_exposure, bfactor_per_dose=steps.bfactor_per_dose
         )
-    spectra = spectra * (factor * weight).astype(np.complex64)
+        factor = factor * dose.astype(np.float32)
+    spectra *= factor
     out = scipy.fft.irfft2(spectra, s=(box, box), norm="ortho", workers=1)
-    out = np.roll(out, (box // 2, box // 2), axis=(1, 2)).astype(np.float32, copy=False)
     boundary = (box - steps.crop) // 2
     if steps.circle_crop:
         out = _circle_crop(out, boundary)
     if boundary:
         out = out[:, boundary : boundary + steps.crop, boundary : boundary + steps.crop]
+    return np.asarray(out, dtype=np.float32)
+
+
+def _cut(image: np.ndarray, corner: np.ndarray, size: int) -> np.ndarray:
+    """(m, size, size) float32 boxes at ``corner`` (x, y); outside pixels repeat the edge."""
+    ny, nx = image.shape
+    out = np.empty((len(corner), size, size), dtype=np.float32)
+    x0, y0 = corner[:, 0], corner[:, 1]
+    inside = (x0 >= 0) & (y0 >= 0) & (x0 + size <= nx) & (y0 + size <= ny)
+    for i in np.nonzero(inside)[0]:  # plain slices: a memory map reads only these rows
+        out[i] = image[y0[i] : y0[i] + size, x0[i] : x0[i] + size]
+    edge = np.nonzero(~inside)[0]
+    if edge.size:
+        offsets = np.arange(size)
+        cols = np.clip(x0[edge, None] + offsets, 0, nx - 1)
+        rows = np.clip(y0[edge, None] + offsets, 0, ny - 1)
+        out[edge] = image[rows[:, :, None], cols[:, None, :]]
     return out
 
 
@@ -246,14 +277,17 @@ def _patch_task(
         keep = mine[_visible(xy[mine, 0, :], width, height, steps.radius)]
         if keep.size == 0:
             continue
-        out[keep, 0] = relion_patches(
-            image.reshape(image.shape[-2:]),
-            xy[keep, 0, :],
-            steps,
-            defocus=None if defocus is None else defocus[keep, 0, :],
-            optics=optics,
-            pre_exposure=pre_exposure,
-        )
+        plane = image.reshape(image.shape[-2:])
+        for start in range(0, keep.size, BATCH):  # bounded temporaries, warm caches
+            part = keep[start : start + BATCH]
+            out[part, 0] = relion_patches(
+                plane,
+                xy[part, 0, :],
+                steps,
+                defocus=None if defocus is None else defocus[part, 0, :],
+                optics=optics,
+                pre_exposure=pre_exposure,
+            )
     return out
 
 

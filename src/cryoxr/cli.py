@@ -407,6 +407,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         open_relion_tilt_series,
         read_relion_particles,
         read_relion_tilt_series,
+        with_image_geometry,
         write_relion_subtilts,
         write_subtilts_zarr,
     )
@@ -424,6 +425,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     used = model[model[PMDL.EXPERIMENT_ID].astype(str).isin(experiment_ids(poses))]
     used.attrs = model.attrs
     series = open_relion_tilt_series(used, tilt_series_dir=args.tilt_series_dir)
+    used = with_image_geometry(used, series)  # tilt series the STAR reader could not size (OME-Zarr)
     ctf = not args.no_ctf
     stacks = extract_subtilts(
         series,

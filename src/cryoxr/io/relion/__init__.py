@@ -33,7 +33,7 @@ TS_01 1000.0 1500.0 400.0 1.35 -2.7 0.0 0.0 0.0 0.0 1
 from cryoxr.io.relion._common import DECIMALS, VERSIONS, relion_tomograms_table
 from cryoxr.io.relion.particles import PARTICLE_LAYOUTS, read_relion_particles, write_relion_particles
 from cryoxr.io.relion.subtilts import write_relion_subtilts, write_subtilts_zarr
-from cryoxr.io.relion.tilt_images import open_relion_tilt_series
+from cryoxr.io.relion.tilt_images import open_relion_tilt_series, with_image_geometry
 from cryoxr.io.relion.tilt_series import (
     TILT_ALIGNMENT_LABELS,
     read_relion_tilt_series,
@@ -49,6 +49,7 @@ __all__ = [
     "read_relion_particles",
     "read_relion_tilt_series",
     "relion_tomograms_table",
+    "with_image_geometry",
     "write_relion_particles",
     "write_relion_subtilts",
     "write_relion_tilt_series",

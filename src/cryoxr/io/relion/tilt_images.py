@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as da
+import numpy as np
 import pandas as pd
 
 from cryoxr.errors import CryoxrFileNotFoundError, FormatError, InvalidValueError
@@ -34,9 +35,9 @@ from cryoxr.image import Image
 from cryoxr.io.images import open_image
 from cryoxr.io.mrc import MRC_SUFFIXES, read_mrc
 from cryoxr.io.relion.tilt_series import _exists, _resolve
-from cryoxr.projection_model import PMDL
+from cryoxr.projection_model import PMDL, PTC
 
-__all__ = ["STACK_SUFFIXES", "open_relion_tilt_series"]
+__all__ = ["STACK_SUFFIXES", "open_relion_tilt_series", "with_image_geometry"]
 
 #: suffixes of a whole-tilt-series stack looked for in ``tilt_series_dir``
 STACK_SUFFIXES = (".mrcs", ".mrc", ".st", ".ali", ".ome.zarr", ".zarr")
@@ -194,4 +195,36 @@ def open_relion_tilt_series(
         )
     if not out:
         raise InvalidValueError("open_relion_tilt_series: the projection model holds no tilt series")
+    return out
+
+
+def with_image_geometry(projection_model: pd.DataFrame, tilt_series: Mapping[str, Image]) -> pd.DataFrame:
+    """The model with ``image_size_x/_y`` and ``tilt_image_center_x/_y`` from the opened tilt images.
+
+    Only where the model does not know them (NaN or absent: a tilt series named as
+    ``N@TS.zarr``, whose size the STAR reader cannot read); the centre is RELION's
+    ``int(N / 2)`` (``Tomogram::setProjectionMatrix``). Known values are kept.
+
+    Examples
+    --------
+    >>> import numpy as np, cryoxr
+    >>> model = cryoxr.make_projection_model(experiment_id="TS_01", pixel_spacing=1.0)
+    >>> ts = {"TS_01": cryoxr.Image.from_array(np.zeros((1, 5, 8)), pixel_spacing=1.0, experiment_id="TS_01",
+    ...                                    stack=True)}
+    >>> with_image_geometry(model, ts)[["image_size_x", "tilt_image_center_x", "tilt_image_center_y"]].values.tolist()
+    [[8.0, 4.0, 2.0]]
+    """
+    out = projection_model.copy()
+    for column in (*PTC.IMAGE_SIZE, *PTC.TILT_IMAGE_CENTER):
+        if column not in out.columns:
+            out[column] = np.nan
+    eids = out[PMDL.EXPERIMENT_ID].astype(str)
+    for eid, image in tilt_series.items():
+        rows = (eids == str(eid)).to_numpy()
+        size = np.array([image.data.sizes["x"], image.data.sizes["y"]], dtype=np.float64)
+        for columns, values in ((PTC.IMAGE_SIZE, size), (PTC.TILT_IMAGE_CENTER, np.floor(size / 2))):
+            known = out.loc[rows, list(columns)].to_numpy(dtype=np.float64, na_value=np.nan)
+            if not np.isfinite(known).all():
+                out.loc[rows, list(columns)] = values
+    out.attrs = projection_model.attrs
     return out

@@ -55,8 +55,38 @@ PEER_VENV = Path("/tmp/cryoxr-bench-peer-venv")
 # inputs
 # --------------------------------------------------------------------------------------
 
-_GLOBAL = ["rlnTomoName", "rlnTomoTiltSeriesStarFile", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnMicrographOriginalPixelSize", "rlnTomoHand", "rlnTomoTiltSeriesPixelSize", "rlnTomoTomogramBinning", "rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ", "rlnOpticsGroupName"]
-_TILT = ["rlnMicrographName", "rlnTomoTiltMovieIndex", "rlnTomoNominalStageTiltAngle", "rlnMicrographPreExposure", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfScalefactor", "rlnCtfBfactor", "rlnTomoXTilt", "rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst", "rlnTomoYShiftAngst"]
+_GLOBAL = [
+    "rlnTomoName",
+    "rlnTomoTiltSeriesStarFile",
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+    "rlnMicrographOriginalPixelSize",
+    "rlnTomoHand",
+    "rlnTomoTiltSeriesPixelSize",
+    "rlnTomoTomogramBinning",
+    "rlnTomoSizeX",
+    "rlnTomoSizeY",
+    "rlnTomoSizeZ",
+    "rlnOpticsGroupName",
+]
+_TILT = [
+    "rlnMicrographName",
+    "rlnTomoTiltMovieIndex",
+    "rlnTomoNominalStageTiltAngle",
+    "rlnMicrographPreExposure",
+    "rlnDefocusU",
+    "rlnDefocusV",
+    "rlnDefocusAngle",
+    "rlnPhaseShift",
+    "rlnCtfScalefactor",
+    "rlnCtfBfactor",
+    "rlnTomoXTilt",
+    "rlnTomoYTilt",
+    "rlnTomoZRot",
+    "rlnTomoXShiftAngst",
+    "rlnTomoYShiftAngst",
+]
 
 
 def _loop(name: str, labels: list[str], rows: list[str]) -> str:
@@ -184,6 +214,7 @@ def _stacks(folder: Path, kind: str, n: int | None = None) -> Any:
             0, poses.sizes["particle"], n
         )  # the same particles, repeated: same work per particle
         poses = poses.isel(particle=take).drop_vars("rlnTomoParticleName")
+    poses = poses.chunk({"particle": 1024})  # as cryoxr extract does
     series = open_relion_tilt_series(model)
     model = with_image_geometry(model, series)
     stacks = cryoxr.extract_subtilts(
@@ -331,6 +362,9 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--sink", type=int, nargs="*", default=None, help="particle counts of the RSS runs (N, 10 N)"
+    )
     parser.add_argument("--run", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--kind", default="mrc", help=argparse.SUPPRESS)
@@ -382,7 +416,7 @@ def main() -> None:
                 )
             shutil.rmtree(folder / "out_cluster", ignore_errors=True)
         shutil.rmtree(folder / f"out_cryoxr_{kind}", ignore_errors=True)
-    for count in (n, 10 * n):
+    for count in args.sink if args.sink is not None else (n, 10 * n):
         rows.append(("mrc", f"cryoxr sink, {count:,} particles", contender("sink", folder, "mrc", n=count)))
     print(
         f"\n{'input':<6}{'contender':<36}{'wall s':>9}{'CPU s':>9}{'peak RSS MB':>13}{'particle-tilts/s':>18}"
@@ -391,7 +425,7 @@ def main() -> None:
         if "error" in r:
             print(f"{kind:<6}{name:<36}  failed: {r['error']}")
             continue
-        count = 10 * n if name.startswith("cryoxr sink") and f"{10 * n:,}" in name else n
+        count = int(name.split()[2].rstrip(",").replace(",", "")) if name.startswith("cryoxr sink") else n
         rate = "" if name.startswith("bound") else f"{count * T / r['wall']:,.0f}"
         print(f"{kind:<6}{name:<36}{r['wall']:>9.1f}{r['cpu']:>9.1f}{r['rss_mb']:>13.0f}{rate:>18}")
     for key in [k for k in results if "_vs_" in k]:

@@ -421,7 +421,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
                 f"{path}: exists; pass --overwrite to replace it (nothing was written)"
             )
     model = read_relion_tilt_series(args.tomograms)
+    # chunks near one task's particles: positions and defocus are made chunk by chunk as the
+    # tasks need them (one chunk of all particles would be held until every tilt is cut)
     poses = read_relion_particles(args.particles, tomograms=args.tomograms)
+    poses = poses.chunk({"particle": args.particles_per_task or 1024})
     used = model[model[PMDL.EXPERIMENT_ID].astype(str).isin(experiment_ids(poses))]
     used.attrs = model.attrs
     series = open_relion_tilt_series(used, tilt_series_dir=args.tilt_series_dir)

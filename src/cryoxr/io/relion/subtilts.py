@@ -293,7 +293,7 @@ def write_relion_subtilts(
         slot_array = da.from_array(slots, chunks=(pchunks, stacks.data.chunks[1]))
         stats = da.blockwise(
             _write_block, "pts", stacks.data, "ptyx", file_array, "p", slot_array, "pt",
-            str(tmp), None, frame_bytes, None, file_dtype.str, None,
+            str(tmp.resolve()), None, frame_bytes, None, file_dtype.str, None,
             new_axes={"s": 4}, concatenate=True, dtype=np.float64, meta=np.empty((0, 0, 0)),
         )  # fmt: skip
         summary = da.stack(

@@ -32,6 +32,8 @@ LAYERS = {
     "cryoxr.subtomograms": 2,
     "cryoxr.average": 2,
     "cryoxr.resolution": 2,
+    "cryoxr.ctf": 2,
+    "cryoxr.subtilts": 2,
     "cryoxr.io": 3,
     "cryoxr.plot": 4,
     "cryoxr.napari": 4,
@@ -40,6 +42,7 @@ LAYERS = {
     "cryoxr.testing": 4,
     "cryoxr.demo": 4,
     "cryoxr.cli": 4,
+    "cryoxr.cli_particles": 4,
     "cryoxr.__main__": 4,
     "cryoxr": 4,  # the package's __init__: the public API
 }

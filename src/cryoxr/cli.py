@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cryoxr.cli_particles import cmd_average, cmd_extract
 from cryoxr.errors import CryoxrError
 
 __all__ = ["CLI_TERMS", "build_parser", "main"]
@@ -219,28 +220,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     avg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     avg.add_argument("--no-progress", action="store_true")
+
+    ext = sub.add_parser(
+        "extract", help="RELION 5 2D subtilt stacks of every particle (relion_tomo_subtomo --stack2d)"
+    )
+    ext.add_argument("--particles", required=True, type=Path, help="RELION particles.star")
+    ext.add_argument("--tomograms", required=True, type=Path, help="RELION 5 tomograms.star")
+    ext.add_argument("--box-size", required=True, type=int, help="binned box size in pixels (RELION --b)")
+    ext.add_argument("--bin", type=float, default=1.0, help="Fourier-crop binning factor (default 1)")
+    ext.add_argument("--crop-size", type=int, default=None, help="output box size (default: --box-size)")
+    ext.add_argument(
+        "--no-ctf", action="store_true", help="no CTF premultiplication and no dose weights (as RELION)"
+    )
+    ext.add_argument("--no-dose-weight", action="store_true", help="no dose weights (CTF still applied)")
+    ext.add_argument("--no-invert-contrast", action="store_true", help="keep particles dark (RELION --no_ic)")
+    ext.add_argument("--no-circle-crop", action="store_true", help="no soft circular crop")
+    ext.add_argument("--float16", action="store_true", help="write half-precision stacks (MRC mode 12)")
+    ext.add_argument(
+        "--min-frames", type=int, default=1, help="drop particles visible in fewer tilts (default 1)"
+    )
+    ext.add_argument(
+        "--max-dose", type=float, default=None, help="leave out tilts with more pre-exposure (e/Å²)"
+    )
+    ext.add_argument(
+        "--tilt-series-dir",
+        type=Path,
+        default=None,
+        help="take tilt images (or <name>.mrc/.zarr stacks) from here",
+    )
+    ext.add_argument("--particles-per-task", type=int, default=None, help="particles per dask task")
+    ext.add_argument("--zarr", type=Path, default=None, help="also store the stack array in this zarr store")
+    ext.add_argument(
+        "--scheduler",
+        default="threads",
+        help="threads, processes, or a dask.distributed scheduler address (tcp://...)",
+    )
+    ext.add_argument("--out", required=True, type=Path, help="output folder (RELION job folder)")
+    ext.add_argument("--overwrite", action="store_true")
+    ext.add_argument("--no-progress", action="store_true")
     return parser
-
-
-@contextmanager
-def _scheduler(name: str, show_progress: bool) -> Iterator[Any]:
-    """Run computes on the named scheduler, with the matching progress display (stderr)."""
-    import dask
-
-    from cryoxr.progress import progress
-
-    if name in ("threads", "processes", "sync"):
-        with dask.config.set(scheduler=name), progress(show_progress):
-            yield None
-        return
-    try:
-        from distributed import Client
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise CryoxrError(
-            f"--scheduler {name}: needs dask.distributed (pip install 'cryoxr[distributed]')"
-        ) from err
-    with Client(name) as client:
-        yield client
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -300,6 +318,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from cryoxr.io import convert
+    from cryoxr.progress import scheduler as _scheduler
 
     start = time.perf_counter()
     with _scheduler("threads", not args.no_progress):
@@ -325,6 +344,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
     from cryoxr.io import read_alignment, read_poses
     from cryoxr.io._atomic import atomic_path
     from cryoxr.poseset import experiment_ids
+    from cryoxr.progress import scheduler as _scheduler
     from cryoxr.projection import project
     from cryoxr.projection_model import PMDL, PTC
 
@@ -428,127 +448,6 @@ def _cmd_project(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tomogram_source(path: Path) -> Any:
-    """``--tomograms``: one tomogram, or a function opening the tomogram of an experiment_id."""
-    from cryoxr.errors import CryoxrFileNotFoundError, FormatError
-    from cryoxr.io import open_image
-    from cryoxr.io.images import IMAGE_READERS
-    from cryoxr.io.star import read_star
-
-    if path.is_dir():
-
-        def in_folder(eid: str) -> Any:
-            found = [
-                p
-                for p in sorted(path.iterdir())
-                if p.name.lower() in {eid.lower() + s for s in IMAGE_READERS}
-            ]
-            if len(found) != 1:
-                what = (
-                    "no tomogram"
-                    if not found
-                    else f"{len(found)} tomograms ({', '.join(p.name for p in found)})"
-                )
-                raise CryoxrFileNotFoundError(
-                    f"{path}: {what} for experiment_id {eid!r}; expected one file {eid}<suffix>, "
-                    f"suffix one of {', '.join(sorted(IMAGE_READERS))}"
-                )
-            return open_image(found[0], experiment_id=eid)
-
-        return in_folder
-    if not path.exists():
-        raise CryoxrFileNotFoundError(f"{path}: no such tomogram, folder or map file")
-    if any(path.name.lower().endswith(s) for s in IMAGE_READERS):
-        return open_image(path)
-    paths: dict[str, Path] = {}
-    if path.suffix.lower() == ".star":
-        for block in read_star(path).values():
-            table = block.table
-            if {"rlnTomoName", "rlnTomoReconstructedTomogram"} <= set(table.columns):
-                names, files = (
-                    table["rlnTomoName"].astype(str),
-                    table["rlnTomoReconstructedTomogram"].astype(str),
-                )
-                paths = {name: Path(file) for name, file in zip(names, files, strict=True)}
-        if not paths:
-            raise FormatError(f"{path}: no block with columns rlnTomoName and rlnTomoReconstructedTomogram")
-    else:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            fields = line.split("#", 1)[0].split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise FormatError(
-                    f"{path}, line {number}: expected 'experiment_id path', found {line.strip()!r}"
-                )
-            paths[fields[0]] = Path(fields[1])
-    folder = path.parent
-    return {
-        eid: open_image(p if p.is_absolute() else folder / p, experiment_id=eid) for eid, p in paths.items()
-    }
-
-
-def _cmd_average(args: argparse.Namespace) -> int:
-    import dask
-
-    from cryoxr.average import average_subtomograms
-    from cryoxr.image import Tomogram
-    from cryoxr.io import read_alignment, read_poses, write_mrc
-    from cryoxr.io._atomic import check_overwrite
-    from cryoxr.resolution import fsc
-
-    halves = [args.out.with_name(f"{args.out.stem}_half{i}{args.out.suffix}") for i in (1, 2)]
-    for out in [args.out, *(halves if args.half_maps else []), *([args.figure] if args.figure else [])]:
-        check_overwrite(out, args.overwrite)  # before the work, not after it
-    poses = read_poses(args.particles)
-    wedge: Any = read_alignment(args.alignment) if args.alignment else args.tilt_range
-    maps = average_subtomograms(
-        _tomogram_source(args.tomograms),
-        poses,
-        box_size=args.box_size,
-        rotate=not args.no_rotate,
-        order=args.order,
-        missing_wedge=tuple(wedge) if isinstance(wedge, list) else wedge,
-        half_maps=True,
-        edge=args.edge,
-    )
-    start = time.perf_counter()
-    with _scheduler(args.scheduler, not args.no_progress) as client:
-        if client is not None:
-            from distributed import progress
-
-            futures = client.compute([m.data.data for m in maps])
-            if not args.no_progress:
-                with contextlib.redirect_stdout(sys.stderr):  # results on stdout, progress on stderr
-                    progress(futures)
-            arrays = client.gather(futures)
-        else:
-            arrays = dask.compute(*(m.data.data for m in maps))
-    average, half1, half2 = (Tomogram(m.data.copy(data=a)) for m, a in zip(maps, arrays, strict=True))
-    elapsed = time.perf_counter() - start
-    write_mrc(average, args.out, overwrite=args.overwrite)
-    written = [args.out]
-    if args.half_maps:
-        for half, out in zip((half1, half2), halves, strict=True):
-            write_mrc(half, out, overwrite=args.overwrite)
-        written += halves
-    curve = fsc(half1, half2)
-    attrs = average.data.attrs
-    print(
-        f"averaged {attrs['n_particles']:,} particles ({attrs['n_at_edge']:,} with boxes crossing the edge, "
-        f"edge={args.edge}) in {elapsed:.1f} s -> {', '.join(map(str, written))}"
-    )
-    crosses = "" if curve.attrs["crosses_0143"] else " (Nyquist: the FSC never falls below 0.143)"
-    print(f"half-map FSC 0.143 resolution: {curve.attrs['resolution_0143']:.1f} Å{crosses}")
-    if args.figure:
-        from cryoxr.plot import plot_average
-
-        fig = plot_average(average, curve)
-        fig.savefig(args.figure, dpi=120)
-        print(f"figure -> {args.figure}")
-    return 0
-
-
 #: zarr format of `cryoxr project` outputs: v2 keeps the string coords (axis labels,
 #: experiment ids) that zarr v3 has no stable data type for yet
 ZARR_FORMAT = 2
@@ -558,7 +457,8 @@ COMMANDS = {
     "info": _cmd_info,
     "convert": _cmd_convert,
     "project": _cmd_project,
-    "average": _cmd_average,
+    "average": cmd_average,
+    "extract": cmd_extract,
 }
 
 

@@ -1,4 +1,5 @@
-"""Progress of long dask computes, on stderr: a bar on a terminal, plain lines in a log.
+"""Progress of long dask computes, on stderr: a bar on a terminal, plain lines in a log;
+and the scheduler the ``cryoxr`` commands run them on.
 
 Results go to stdout and progress to stderr, so ``cryoxr info --json > out.json`` and
 ``cryoxr project ... > log`` stay clean. On a terminal the bar is dask's own; when stderr
@@ -26,7 +27,9 @@ from typing import IO, Any
 
 from dask.callbacks import Callback
 
-__all__ = ["LineProgress", "progress"]
+from cryoxr.errors import MissingDependencyError
+
+__all__ = ["LineProgress", "progress", "scheduler"]
 
 
 class LineProgress(Callback):
@@ -105,3 +108,28 @@ def progress(enabled: bool = True, *, stream: IO[str] | None = None, minimum: fl
     else:
         with LineProgress(out, minimum=minimum):
             yield
+
+
+@contextmanager
+def scheduler(name: str, show_progress: bool = True) -> Iterator[Any]:
+    """Run the dask computes inside the block on the named scheduler, with progress on stderr.
+
+    ``name`` is ``"threads"``, ``"processes"`` or ``"sync"`` (local, with :func:`progress`),
+    or the address of a dask.distributed scheduler (``tcp://...``), for which the block
+    gets the ``Client`` (the caller shows ``distributed.progress``). Used by the ``cryoxr``
+    commands' ``--scheduler``.
+    """
+    import dask
+
+    if name in ("threads", "processes", "sync"):
+        with dask.config.set(scheduler=name), progress(show_progress):
+            yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError(
+            f"--scheduler {name}: needs dask.distributed (pip install 'cryoxr[distributed]')"
+        ) from err
+    with Client(name) as client:
+        yield client

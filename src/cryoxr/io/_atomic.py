@@ -99,7 +99,9 @@ _OWNER = re.compile(r"(?P<host>[A-Za-z0-9-]*)\.(?P<pid>\d+)\.(?P<old>old\.)?")
 
 
 #: names whose presence at the top of a folder makes it a zarr store (v3, v2, consolidated)
-STORE_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")
+#: files that make a folder one cryoxr writes as a whole, so that overwrite may replace it:
+#: a zarr store, or a RELION job folder of subtilt stacks (``cryoxr extract``)
+STORE_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata", "optimisation_set.star")
 
 
 def _other_kind(target: Path, *, directory: bool) -> str | None:
@@ -124,7 +126,7 @@ def _other_kind(target: Path, *, directory: bool) -> str | None:
         return "a folder that cannot be listed"
     if not names or names & set(STORE_MARKERS):
         return None
-    return "a folder that is not a zarr store"
+    return "a folder that is not a zarr store or a RELION job folder cryoxr wrote"
 
 
 def check_overwrite(path: str | os.PathLike[str], overwrite: bool, *, directory: bool = False) -> Path:
@@ -164,7 +166,9 @@ regular file, so nothing was written
             )
         other = _other_kind(target, directory=directory)
         if other is not None:
-            written = "a zarr store or an empty folder" if directory else "a regular file"
+            written = (
+                "a zarr store, a RELION job folder or an empty folder" if directory else "a regular file"
+            )
             raise FileExistsNoOverwriteError(
                 f"{target}: is {other}; overwrite=True replaces only {written}, so nothing was written"
             )

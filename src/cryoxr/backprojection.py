@@ -170,7 +170,7 @@ def backproject_block(
     halves = _halves(subsets, from_subsets, index)
     orientation = _quaternion_matrices(np.asarray(quaternions, dtype=np.float64))
     patches = np.asarray(subtilts, dtype=np.float32)
-    seen = np.isfinite(patches).all(axis=(2, 3))
+    seen = np.asarray(np.isfinite(patches).all(axis=(2, 3)))
     if visible is not None:
         seen &= np.asarray(visible, dtype=bool)
     patches = np.where(seen[:, :, None, None], patches, np.float32(0.0))

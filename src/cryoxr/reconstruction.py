@@ -265,6 +265,7 @@ def reconstruct_particle(
     codes: Any = np.zeros(n, dtype=np.int64)
     if "experiment_id" in poses.coords:
         codes = pd.Categorical(np.asarray(poses.coords["experiment_id"].values), categories=experiments).codes
+    subsets: Any
     if half_sets is not None:
         subsets, from_subsets = half_sets, True
     elif HALF_SET_VARIABLE in poses.data_vars:

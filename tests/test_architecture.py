@@ -29,6 +29,7 @@ LAYERS = {
     "cryoxr.extraction": 2,
     "cryoxr.geometry": 2,
     "cryoxr.defocus": 2,
+    "cryoxr.ctf": 2,
     "cryoxr.symmetry": 2,
     "cryoxr.backprojection": 2,
     "cryoxr.reconstruction": 2,

@@ -141,7 +141,7 @@ def _halves(values: np.ndarray, from_subsets: bool, offset: np.ndarray) -> np.nd
     if bad.any():
         raise InvalidValueError(
             f"reconstruct_particle: {HALF_SET_VARIABLE} must be 1 or 2 for every particle, found "
-            f"{values[bad][0]!r} (particle {int(offset[np.argmax(bad)])})"
+            f"{float(values[bad][0])} (particle {int(offset[np.argmax(bad)])})"
         )
     return (values - 1).astype(np.int64)
 

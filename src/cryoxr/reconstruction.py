@@ -77,13 +77,18 @@ import pandas as pd
 import xarray as xr
 
 from cryoxr.backprojection import HALF_SET_VARIABLE, backproject_block, finalise
+from cryoxr.ctf import ctf_2d, dose_weights, tilt_ctf_parameters
+from cryoxr.defocus import particle_defocus
 from cryoxr.errors import InvalidValueError, SchemaError
 from cryoxr.image import image_coords
 from cryoxr.poseset import experiment_ids, validate_poseset
-from cryoxr.projection_model import PMDL, rotation_matrices, validate_projection_model
+from cryoxr.projection_model import PMDL, PTC, rotation_matrices, validate_projection_model
 from cryoxr.symmetry import symmetry_matrices
 
-__all__ = ["reconstruct_particle"]
+__all__ = ["ctf_weights", "reconstruct_particle"]
+
+#: RELION ignores frequencies whose dose weight is below this (``--cutoff_fract``)
+DOSE_CUTOFF = 0.01
 
 INTERPOLATIONS = ("trilinear", "nearest")
 #: subtilt bytes one task reads: particles per task default to this much input
@@ -153,6 +158,138 @@ def _along_particles(value: Any, chunks: tuple[int, ...]) -> da.Array:
     return data.rechunk({0: chunks, **{axis: -1 for axis in range(1, data.ndim)}})
 
 
+def _ctf_weight_block(
+    defocus: np.ndarray,
+    codes: np.ndarray,
+    optics: np.ndarray,
+    exposure: np.ndarray,
+    box: int,
+    pixel_size: float,
+    dose: bool,
+    bfactor_per_dose: float,
+    cutoff: float,
+) -> np.ndarray:
+    """(n, T, 2) defocus U/V -> (n, T, box, box // 2 + 1) float32 (CTF x dose)², 0 where
+    the dose weight is below ``cutoff`` or the tilt has no defocus."""
+    codes = np.asarray(codes, dtype=np.int64)
+    table = optics[codes]  # (n, T, k): angle, voltage, Cs, Q0, phase shift, B-factor, scale
+    ok = np.isfinite(defocus).all(axis=2) & np.isfinite(table).all(axis=2)
+    du = np.where(ok, defocus[..., 0], 1e4)
+    dv = np.where(ok, defocus[..., 1], 1e4)
+    t = np.where(ok[..., None], table, np.array([0.0, 300.0, 2.7, 0.1, 0.0, 0.0, 1.0]))
+    ctf = ctf_2d(box, pixel_size, du, dv, *(t[..., i] for i in range(7)), dtype=np.float32)
+    if dose:
+        pre = np.where(ok, exposure[codes], 0.0)
+        weight = dose_weights(box, pixel_size, pre, bfactor_per_dose=bfactor_per_dose, dtype=np.float32)
+        ctf = np.where(weight < cutoff, np.float32(0.0), ctf * weight)
+    return np.where(ok[..., None, None], ctf * ctf, np.float32(0.0))
+
+
+def ctf_weights(
+    subtilts: xr.DataArray,
+    poses: xr.Dataset,
+    projection_model: pd.DataFrame,
+    *,
+    defocus: xr.Dataset | None = None,
+    dose_weighted: bool | None = None,
+    bfactor_per_dose: float = 0.0,
+    dose_cutoff: float = DOSE_CUTOFF,
+) -> xr.DataArray:
+    """The Fourier weights of CTF-premultiplied subtilts, lazily: ``(CTF x dose weight)²``.
+
+    What RELION 5's ``reconstruct_particle`` adds to its weight volume for every tilt
+    of a particle (``ctf.draw`` times ``doseWeights``, squared), with the frequencies
+    whose dose weight is below ``dose_cutoff`` (``--cutoff_fract``, 0.01) set to 0. The
+    CTF is drawn on the subtilts' grid at their pixel size (:func:`cryoxr.ctf.ctf_2d`),
+    with each particle's own defocus.
+
+    Parameters
+    ----------
+    subtilts
+        The patches (their size and ``attrs["pixel_spacing"]`` give the grid; with
+        ``dose_weighted`` None, ``attrs["dose_weighted"]`` says whether to include the
+        dose weights, default yes).
+    poses, projection_model
+        As for :func:`reconstruct_particle`; the model needs the per-tilt optics columns
+        (``defocus_u``, ``defocus_v``, ``defocus_angle``, ``voltage``,
+        ``spherical_aberration``, ``amplitude_contrast``; ``pre_exposure`` for dose
+        weights) and the geometry :func:`cryoxr.particle_defocus` needs.
+    defocus
+        Per particle-tilt defocus (:func:`cryoxr.particle_defocus`), if computed already.
+    dose_weighted
+        Include the dose weights (default: ``subtilts.attrs["dose_weighted"]``, else True).
+    bfactor_per_dose
+        RELION's ``rlnCtfBfactorPerElectronDose`` (0: Grant-Grigorieff weights).
+    dose_cutoff
+        Dose weights below this count as 0.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``("particle", "image", "ky", "kx")``, float32, the ``numpy.fft.rfft2``
+        layout of a patch; chunked as the subtilts along ``particle``.
+    """
+    box, spacing = _check_subtilts(subtilts)
+    n_images = int(subtilts.sizes["image"])
+    experiments, _ = _tilt_rotations(poses, projection_model, n_images)
+    if dose_weighted is None:
+        dose_weighted = bool(subtilts.attrs.get("dose_weighted", True))
+    groups = {str(k): g for k, g in projection_model.groupby(PMDL.EXPERIMENT_ID, sort=False)}
+    optics = np.full((len(experiments), n_images, 7), np.nan)
+    exposure = np.full((len(experiments), n_images), np.nan)
+    keys = (
+        "defocus_angle",
+        "voltage",
+        "spherical_aberration",
+        "amplitude_contrast",
+        "phase_shift",
+        "bfactor",
+        "scale",
+    )
+    for e, eid in enumerate(experiments):
+        rows = groups[eid]
+        params = tilt_ctf_parameters(rows, where=f"ctf_weights, experiment {eid!r}")
+        optics[e, : len(rows)] = np.stack([params[k] for k in keys], axis=1)
+        if dose_weighted:
+            if PTC.PRE_EXPOSURE not in rows.columns:
+                raise InvalidValueError(
+                    f"ctf_weights, experiment {eid!r}: dose weights need column {PTC.PRE_EXPOSURE!r} "
+                    "(rlnMicrographPreExposure, e/Å²); pass dose_weighted=False to go without"
+                )
+            exposure[e, : len(rows)] = rows[PTC.PRE_EXPOSURE].to_numpy(dtype=np.float64)
+    if defocus is None:
+        defocus = particle_defocus(poses, projection_model)
+    pchunks = (
+        subtilts.data.chunks[0] if isinstance(subtilts.data, da.Array) else (int(subtilts.sizes["particle"]),)
+    )
+    stacked = xr.concat([defocus[PTC.DEFOCUS_U], defocus[PTC.DEFOCUS_V]], dim="uv").transpose(
+        "particle", "image", "uv"
+    )
+    if stacked.shape[:2] != (subtilts.sizes["particle"], n_images):
+        raise InvalidValueError(
+            f"ctf_weights: defocus has shape {stacked.shape[:2]}, the subtilts (particle, image) "
+            f"{(subtilts.sizes['particle'], n_images)}"
+        )
+    codes: Any = np.zeros(subtilts.sizes["particle"], dtype=np.int64)
+    if "experiment_id" in poses.coords:
+        codes = pd.Categorical(np.asarray(poses.coords["experiment_id"].values), categories=experiments).codes
+    half = box // 2 + 1
+    weights = da.blockwise(
+        _ctf_weight_block, "ptkl",
+        _along_particles(stacked.variable, pchunks), "ptu",
+        _along_particles(np.asarray(codes, dtype=np.int64), pchunks), "p",
+        da.from_array(optics, chunks=-1, name=False), "eto",
+        da.from_array(exposure, chunks=-1, name=False), "et",
+        box, None, spacing, None, bool(dose_weighted), None, float(bfactor_per_dose), None, float(dose_cutoff), None,
+        concatenate=True, new_axes={"k": box, "l": half}, dtype=np.float32, meta=np.empty((0,) * 4, np.float32),
+    )  # fmt: skip
+    return xr.DataArray(weights, dims=("particle", "image", "ky", "kx"), name="ctf_weights")
+
+
+def _premultiplied_weights(subtilts: xr.DataArray, poses: xr.Dataset, model: pd.DataFrame) -> xr.DataArray:
+    return ctf_weights(subtilts, poses, model)  # reconstruct_particle's keyword shadows the name
+
+
 def reconstruct_particle(
     subtilts: xr.DataArray,
     poses: xr.Dataset,
@@ -186,10 +323,11 @@ def reconstruct_particle(
     projection_model
         The tilts' rotations (``rotation_x/y/z``) per experiment.
     ctf_weights
-        For CTF-premultiplied subtilts: the weight of every Fourier sample, CTF² times
-        the squared dose weight, dims ``("particle", "image", "ky", "kx")`` in the
-        ``numpy.fft.rfft2`` layout of a patch (shape ``(box, box // 2 + 1)``). Default:
-        1 for every sample.
+        The weight of every Fourier sample, dims ``("particle", "image", "ky", "kx")``
+        in the ``numpy.fft.rfft2`` layout of a patch (shape ``(box, box // 2 + 1)``).
+        Default: for subtilts whose ``attrs["ctf_premultiplied"]`` is true (RELION's
+        subtilts), :func:`ctf_weights` (CTF² times the squared dose weight, from the
+        model's per-tilt optics columns and each particle's defocus); else 1.
     symmetry
         Point group (``C1``, ``C<n>``, ``D<n>``, ``T``, ``O``, ``I``...; see
         :func:`cryoxr.symmetry.symmetry_matrices`).
@@ -289,6 +427,8 @@ def reconstruct_particle(
         args += [_along_particles(shifts.transpose("particle", "image", "axis").variable, pchunks), "pta"]
     else:
         args += [None, None]
+    if ctf_weights is None and bool(subtilts.attrs.get("ctf_premultiplied", False)):
+        ctf_weights = _premultiplied_weights(subtilts, poses, projection_model)
     if ctf_weights is not None:
         expected = (n, n_images, box, box // 2 + 1)
         if tuple(ctf_weights.shape) != expected:

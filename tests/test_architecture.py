@@ -30,6 +30,7 @@ LAYERS = {
     "cryoxr.geometry": 2,
     "cryoxr.defocus": 2,
     "cryoxr.ctf": 2,
+    "cryoxr.subtilts": 2,
     "cryoxr.symmetry": 2,
     "cryoxr.backprojection": 2,
     "cryoxr.reconstruction": 2,

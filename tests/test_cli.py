@@ -312,3 +312,49 @@ def test_project_takes_geometry_from_the_alignment(
     np.testing.assert_allclose(stored["projected"].values, cryoxr.project(unbinned, model).values, atol=1e-6)
     expected = cryoxr.in_field_of_view(cryoxr.project(unbinned, model), image_shape=(151, 200))
     np.testing.assert_array_equal(stored["in_field_of_view"].values, expected.values)
+
+
+def test_extract_writes_the_relion_stack2d_set(
+    tmp_path: Path, relion5_project: Any, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cryoxr extract` from a RELION 5 project: the folder the Python API writes, frame for frame."""
+    import mrcfile
+
+    from cryoxr.io.relion import open_relion_tilt_series, read_relion_particles, read_relion_tilt_series
+
+    tomograms = relion5_project(tmp_path, "TS_01", size=(200, 150, 60), image=(200, 150), px=2.0)
+    for path in sorted((tmp_path / "frames").glob("*.mrc")):
+        with mrcfile.new(path, overwrite=True) as mrc:
+            mrc.set_data(rng.normal(size=(150, 200)).astype(np.float32))
+    points = rng.uniform([60, 50, 20], [140, 100, 40], size=(8, 3))
+    poses = cryoxr.make_poseset(points, experiment_id="TS_01", pixel_spacing=2.0)
+    cryoxr.io.write_relion_particles(poses, tmp_path / "particles.star", version=5, tomograms=tomograms)
+    monkeypatch.chdir(tmp_path)
+    argv = ["extract", "--particles", "particles.star", "--tomograms", "tomograms.star", "--box-size", "24"]
+    argv += [
+        "--bin",
+        "2",
+        "--crop-size",
+        "16",
+        "--out",
+        "Extract/job003",
+        "--zarr",
+        "s.zarr",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    model = read_relion_tilt_series(tomograms)
+    read = read_relion_particles(tmp_path / "particles.star", tomograms=tomograms)
+    expected = cryoxr.extract_subtilts(
+        open_relion_tilt_series(model), cryoxr.project(read, model), box_size=24, bin=2.0, crop_size=16,
+        mode="relion", projection_model=model, defocus=cryoxr.particle_defocus(read, model),
+    )  # fmt: skip
+    visible = expected.visible.values
+    for p in range(8):
+        with mrcfile.open(tmp_path / f"Extract/job003/Subtomograms/TS_01/{p + 1}_stack2d.mrcs") as mrc:
+            np.testing.assert_array_equal(mrc.data, expected.values[p][visible[p]])
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "s.zarr")["subtilts"].values, expected.values)
+    assert main([*argv, "--float16"]) == 2  # the folder exists: refused before any work
+    assert main([*argv, "--float16", "--no-ctf", "--overwrite"]) == 0
+    with mrcfile.open(tmp_path / "Extract/job003/Subtomograms/TS_01/1_stack2d.mrcs") as mrc:
+        assert mrc.header.mode == 12

@@ -30,6 +30,7 @@ from cryoxr.errors import CryoxrError
 
 if TYPE_CHECKING:  # what the lazy table below resolves to, for type checkers and IDEs
     from cryoxr import io
+    from cryoxr.ctf import ctf_2d, dose_weights
     from cryoxr.defocus import particle_defocus
     from cryoxr.extraction import extract_subtilts
     from cryoxr.field_of_view import count_in_field_of_view, in_field_of_view
@@ -60,6 +61,8 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it (``io`` is the subpackage itself)
 _LAZY: dict[str, str] = {
     "io": "cryoxr.io",
+    "ctf_2d": "cryoxr.ctf",
+    "dose_weights": "cryoxr.ctf",
     "particle_defocus": "cryoxr.defocus",
     "extract_subtilts": "cryoxr.extraction",
     "count_in_field_of_view": "cryoxr.field_of_view",
@@ -106,7 +109,9 @@ __all__ = [
     "bin_image",
     "convert",
     "count_in_field_of_view",
+    "ctf_2d",
     "describe",
+    "dose_weights",
     "extract_subtilts",
     "from_cryotypes",
     "in_field_of_view",

@@ -153,6 +153,44 @@ def build_parser() -> argparse.ArgumentParser:
     proj.add_argument("--out", required=True, type=Path, help="output zarr store")
     proj.add_argument("--overwrite", action="store_true")
     proj.add_argument("--no-progress", action="store_true")
+
+    ext = sub.add_parser(
+        "extract", help="RELION 5 2D subtilt stacks of every particle (relion_tomo_subtomo --stack2d)"
+    )
+    ext.add_argument("--particles", required=True, type=Path, help="RELION particles.star")
+    ext.add_argument("--tomograms", required=True, type=Path, help="RELION 5 tomograms.star")
+    ext.add_argument("--box-size", required=True, type=int, help="binned box size in pixels (RELION --b)")
+    ext.add_argument("--bin", type=float, default=1.0, help="Fourier-crop binning factor (default 1)")
+    ext.add_argument("--crop-size", type=int, default=None, help="output box size (default: --box-size)")
+    ext.add_argument(
+        "--no-ctf", action="store_true", help="no CTF premultiplication and no dose weights (as RELION)"
+    )
+    ext.add_argument("--no-dose-weight", action="store_true", help="no dose weights (CTF still applied)")
+    ext.add_argument("--no-invert-contrast", action="store_true", help="keep particles dark (RELION --no_ic)")
+    ext.add_argument("--no-circle-crop", action="store_true", help="no soft circular crop")
+    ext.add_argument("--float16", action="store_true", help="write half-precision stacks (MRC mode 12)")
+    ext.add_argument(
+        "--min-frames", type=int, default=1, help="drop particles visible in fewer tilts (default 1)"
+    )
+    ext.add_argument(
+        "--max-dose", type=float, default=None, help="leave out tilts with more pre-exposure (e/Å²)"
+    )
+    ext.add_argument(
+        "--tilt-series-dir",
+        type=Path,
+        default=None,
+        help="take tilt images (or <name>.mrc/.zarr stacks) from here",
+    )
+    ext.add_argument("--particles-per-task", type=int, default=None, help="particles per dask task")
+    ext.add_argument("--zarr", type=Path, default=None, help="also store the stack array in this zarr store")
+    ext.add_argument(
+        "--scheduler",
+        default="threads",
+        help="threads, processes, or a dask.distributed scheduler address (tcp://...)",
+    )
+    ext.add_argument("--out", required=True, type=Path, help="output folder (RELION job folder)")
+    ext.add_argument("--overwrite", action="store_true")
+    ext.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -359,11 +397,98 @@ def _cmd_project(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_extract(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cryoxr.defocus import particle_defocus
+    from cryoxr.errors import FileExistsNoOverwriteError
+    from cryoxr.extraction import extract_subtilts
+    from cryoxr.io.relion import (
+        open_relion_tilt_series,
+        read_relion_particles,
+        read_relion_tilt_series,
+        write_relion_subtilts,
+        write_subtilts_zarr,
+    )
+    from cryoxr.poseset import experiment_ids
+    from cryoxr.projection import project
+    from cryoxr.projection_model import PMDL
+
+    for path in (args.out, args.zarr):
+        if path is not None and path.exists() and not args.overwrite:  # before any reading
+            raise FileExistsNoOverwriteError(
+                f"{path}: exists; pass --overwrite to replace it (nothing was written)"
+            )
+    model = read_relion_tilt_series(args.tomograms)
+    poses = read_relion_particles(args.particles, tomograms=args.tomograms)
+    used = model[model[PMDL.EXPERIMENT_ID].astype(str).isin(experiment_ids(poses))]
+    used.attrs = model.attrs
+    series = open_relion_tilt_series(used, tilt_series_dir=args.tilt_series_dir)
+    ctf = not args.no_ctf
+    stacks = extract_subtilts(
+        series,
+        project(poses, used),
+        box_size=args.box_size,
+        mode="relion",
+        projection_model=used,
+        defocus=particle_defocus(poses, used) if ctf else None,
+        bin=args.bin,
+        crop_size=args.crop_size,
+        ctf=ctf,
+        dose_weight=ctf and not args.no_dose_weight,
+        invert_contrast=not args.no_invert_contrast,
+        circle_crop=not args.no_circle_crop,
+        max_dose=args.max_dose,
+        dtype=np.float16 if args.float16 else np.float32,
+        particles_per_task=args.particles_per_task,
+    )
+    start = time.perf_counter()
+    with _scheduler(args.scheduler, not args.no_progress) as client:
+        compute = None
+        if client is not None:
+
+            def compute(*objects: Any) -> list[Any]:
+                futures = client.compute(list(objects))
+                if not args.no_progress:
+                    from distributed import progress
+
+                    with contextlib.redirect_stdout(sys.stderr):
+                        progress(futures)
+                return list(client.gather(futures))
+
+        report = write_relion_subtilts(
+            stacks,
+            poses,
+            args.out,
+            tomograms=args.tomograms,
+            min_frames=args.min_frames,
+            overwrite=args.overwrite,
+            compute=compute,
+        )
+        if args.zarr is not None:
+            write_subtilts_zarr(stacks, args.zarr, overwrite=args.overwrite)
+    elapsed = time.perf_counter() - start
+    t = stacks.sizes["image"]
+    removed = (
+        f" ({report['removed']:,} not visible in --min-frames tilts: left out)" if report["removed"] else ""
+    )
+    print(
+        f"extracted {report['particles']:,} particles x {t} tilts in {elapsed:.1f} s -> {args.out}{removed}"
+    )
+    return 0
+
+
 #: zarr format of `cryoxr project` outputs: v2 keeps the string coords (axis labels,
 #: experiment ids) that zarr v3 has no stable data type for yet
 ZARR_FORMAT = 2
 
-COMMANDS = {"demo": _cmd_demo, "info": _cmd_info, "convert": _cmd_convert, "project": _cmd_project}
+COMMANDS = {
+    "demo": _cmd_demo,
+    "info": _cmd_info,
+    "convert": _cmd_convert,
+    "project": _cmd_project,
+    "extract": _cmd_extract,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

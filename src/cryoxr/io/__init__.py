@@ -7,7 +7,10 @@ MRC                 :func:`read_mrc`                    :func:`write_mrc`
 OME-Zarr 0.4/0.5    :func:`read_ome_zarr`,              :func:`write_ome_zarr`
                     :func:`open_ome_zarr_pyramid`
 RELION particles    :func:`read_relion_particles`       :func:`write_relion_particles`
-RELION tilt series  :func:`read_relion_tilt_series`     :func:`write_relion_tilt_series`
+RELION tilt series  :func:`read_relion_tilt_series`,    :func:`write_relion_tilt_series`
+                    :func:`open_relion_tilt_series`
+RELION 2D subtilts                                      :func:`write_relion_subtilts`,
+                                                        :func:`write_subtilts_zarr`
 IMOD xf/tlt/xtilt   :func:`read_imod_alignment`         :func:`write_imod_alignment`
 AreTomo aln         :func:`read_aretomo_alignment`      :func:`write_aretomo_alignment`
 Dynamo tbl/doc      :func:`read_dynamo_table`           :func:`write_dynamo_table`
@@ -31,11 +34,14 @@ from cryoxr.io.imod import imod_centers, read_imod_alignment, write_imod_alignme
 from cryoxr.io.mrc import read_mrc, write_mrc
 from cryoxr.io.ome_zarr import open_ome_zarr_pyramid, read_ome_zarr, write_ome_zarr
 from cryoxr.io.relion import (
+    open_relion_tilt_series,
     read_relion_particles,
     read_relion_tilt_series,
     relion_tomograms_table,
     write_relion_particles,
+    write_relion_subtilts,
     write_relion_tilt_series,
+    write_subtilts_zarr,
 )
 from cryoxr.io.tables import read_alignment, read_poses
 
@@ -46,6 +52,7 @@ __all__ = [
     "imod_centers",
     "open_image",
     "open_ome_zarr_pyramid",
+    "open_relion_tilt_series",
     "read_alignment",
     "read_aretomo_alignment",
     "read_dynamo_table",
@@ -63,7 +70,9 @@ __all__ = [
     "write_mrc",
     "write_ome_zarr",
     "write_relion_particles",
+    "write_relion_subtilts",
     "write_relion_tilt_series",
+    "write_subtilts_zarr",
     "write_tomogram_map",
 ]
 

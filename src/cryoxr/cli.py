@@ -191,6 +191,31 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--out", required=True, type=Path, help="output folder (RELION job folder)")
     ext.add_argument("--overwrite", action="store_true")
     ext.add_argument("--no-progress", action="store_true")
+
+    rec = sub.add_parser(
+        "reconstruct", help="the particle's map from its subtilts (relion_tomo_reconstruct_particle)"
+    )
+    rec.add_argument("--particles", required=True, type=Path, help="RELION particles.star")
+    rec.add_argument("--tomograms", required=True, type=Path, help="RELION 5 tomograms.star")
+    rec.add_argument("--box-size", required=True, type=int, help="binned box size in pixels (RELION --b)")
+    rec.add_argument("--bin", type=float, default=1.0, help="Fourier-crop binning factor (default 1)")
+    rec.add_argument("--symmetry", default="C1", help="point group: C1, C<n>, D<n>, T, O, I (default C1)")
+    rec.add_argument("--no-ctf", action="store_true", help="no CTF premultiplication nor CTF² weights")
+    rec.add_argument("--snr", type=float, default=None, help="Wiener division with this SNR (RELION --SNR)")
+    rec.add_argument("--taper", type=float, default=10.0, help="soft mask edge in voxels (default 10)")
+    rec.add_argument("--max-dose", type=float, default=None, help="leave out tilts with more pre-exposure")
+    rec.add_argument("--tilt-series-dir", type=Path, default=None, help="take tilt images from here")
+    rec.add_argument("--particles-per-task", type=int, default=None, help="particles per dask task")
+    rec.add_argument(
+        "--scheduler",
+        default="threads",
+        help="threads, processes, or a dask.distributed scheduler address (tcp://...)",
+    )
+    rec.add_argument(
+        "--out", required=True, type=Path, help="merged map (MRC); halves beside: <stem>_half1.mrc"
+    )
+    rec.add_argument("--overwrite", action="store_true")
+    rec.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -478,6 +503,86 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    import dask
+
+    from cryoxr.defocus import particle_defocus
+    from cryoxr.errors import FileExistsNoOverwriteError
+    from cryoxr.extraction import extract_subtilts
+    from cryoxr.image import Tomogram
+    from cryoxr.io import write_mrc
+    from cryoxr.io.relion import open_relion_tilt_series, read_relion_particles, read_relion_tilt_series
+    from cryoxr.poseset import experiment_ids
+    from cryoxr.projection import project
+    from cryoxr.projection_model import PMDL
+    from cryoxr.reconstruction import ctf_weights, reconstruct_particle
+
+    outputs = {
+        "merged": args.out,
+        **{
+            h: args.out.with_name(f"{args.out.stem}_{h}{args.out.suffix or '.mrc'}")
+            for h in ("half1", "half2")
+        },
+    }
+    for path in outputs.values():
+        if path.exists() and not args.overwrite:  # before any reading
+            raise FileExistsNoOverwriteError(
+                f"{path}: exists; pass --overwrite to replace it (nothing was written)"
+            )
+    model = read_relion_tilt_series(args.tomograms)
+    poses = read_relion_particles(args.particles, tomograms=args.tomograms)
+    used = model[model[PMDL.EXPERIMENT_ID].astype(str).isin(experiment_ids(poses))]
+    used.attrs = model.attrs
+    ctf = not args.no_ctf
+    defocus = particle_defocus(poses, used) if ctf else None
+    # RELION's reconstruct_particle cuts its own subtilts: CTF- and dose-premultiplied,
+    # contrast flipped, circle-cropped
+    subtilts = extract_subtilts(
+        open_relion_tilt_series(used, tilt_series_dir=args.tilt_series_dir),
+        project(poses, used),
+        box_size=args.box_size,
+        mode="relion",
+        projection_model=used,
+        defocus=defocus,
+        bin=args.bin,
+        ctf=ctf,
+        dose_weight=ctf,
+        max_dose=args.max_dose,
+        particles_per_task=args.particles_per_task,
+    )
+    maps = reconstruct_particle(
+        subtilts,
+        poses,
+        used,
+        ctf_weights=ctf_weights(subtilts, poses, used, defocus=defocus) if ctf else None,
+        symmetry=args.symmetry,
+        snr=args.snr,
+        taper=args.taper,
+    )
+    start = time.perf_counter()
+    with _scheduler(args.scheduler, not args.no_progress) as client:
+        if client is not None:
+            future = client.compute(maps)
+            if not args.no_progress:
+                from distributed import progress
+
+                with contextlib.redirect_stdout(sys.stderr):  # results on stdout, progress on stderr
+                    progress(future)
+            maps = future.result()
+        else:
+            (maps,) = dask.compute(maps)
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # a RELION job folder, as RELION makes it
+    for name, path in outputs.items():
+        write_mrc(Tomogram(maps[name]), path, overwrite=args.overwrite)
+    elapsed = time.perf_counter() - start
+    print(
+        f"reconstructed {poses.sizes['particle']:,} particles x {subtilts.sizes['image']} tilts "
+        f"({args.symmetry.upper()}, box {args.box_size}, {maps.attrs['pixel_spacing']:g} Å/px) in {elapsed:.1f} s "
+        f"-> {', '.join(str(p) for p in outputs.values())}"
+    )
+    return 0
+
+
 #: zarr format of `cryoxr project` outputs: v2 keeps the string coords (axis labels,
 #: experiment ids) that zarr v3 has no stable data type for yet
 ZARR_FORMAT = 2
@@ -488,6 +593,7 @@ COMMANDS = {
     "convert": _cmd_convert,
     "project": _cmd_project,
     "extract": _cmd_extract,
+    "reconstruct": _cmd_reconstruct,
 }
 
 

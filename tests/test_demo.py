@@ -100,3 +100,20 @@ def test_demo_reconstructs_the_planted_particle(tmp_path: Path) -> None:
     assert "correlation" in summary.format()
     assert summary.files["particle map figure"].stat().st_size > 10_000
     assert "subtilts -> map" in summary.timings
+    assert "subtilts (RELION 5)" not in summary.files  # write_files=False writes nothing
+
+
+def test_demo_writes_the_sample_as_a_relion5_set(tmp_path: Path) -> None:
+    import mrcfile
+
+    from cryoxr.demo import RECONSTRUCT_BOX, RECONSTRUCT_SAMPLE
+
+    summary = run_demo(1_000, tmp_path / "out", progress=False, figure=False)
+    star = summary.files["subtilts (RELION 5)"]
+    assert star == tmp_path / "out" / "subtilts" / "particles.star"
+    stacks = sorted((star.parent / "Subtomograms" / "TS_01").glob("*_stack2d.mrcs"))
+    assert 0.9 * RECONSTRUCT_SAMPLE <= len(stacks) <= RECONSTRUCT_SAMPLE
+    with mrcfile.open(stacks[0]) as mrc:
+        assert mrc.data.shape[1:] == (RECONSTRUCT_BOX, RECONSTRUCT_BOX)
+        assert float(mrc.voxel_size.x) == pytest.approx(5.4)
+    assert "rlnTomoVisibleFrames" in star.read_text()

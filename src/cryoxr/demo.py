@@ -362,7 +362,13 @@ def run_demo(
     peak = _timed(timings, "extract + check", _extract) if n_particles else 0.0
     sample = poses.isel(particle=slice(0, min(RECONSTRUCT_SAMPLE, n_particles)))
     correlation = (
-        _timed(timings, "subtilts -> map", lambda: _reconstruct(data, sample, out, seed, figure, files))
+        _timed(
+            timings,
+            "subtilts -> map",
+            lambda: _reconstruct(
+                data, sample, out, seed, figure, files, write=write_files, overwrite=overwrite
+            ),
+        )
         if n_particles
         else float("nan")
     )
@@ -431,11 +437,20 @@ def _render_particles(
 
 
 def _reconstruct(
-    data: dict[str, Any], sample: xr.Dataset, out: Path, seed: int, figure: bool, files: dict[str, Path]
+    data: dict[str, Any],
+    sample: xr.Dataset,
+    out: Path,
+    seed: int,
+    figure: bool,
+    files: dict[str, Path],
+    *,
+    write: bool,
+    overwrite: bool,
 ) -> float:
     """Render the planted particle at a sample's poses into a tilt series, cut RELION-style
-    subtilts (no CTF: the rendering has none; contrast inverted as RELION does), back-project
-    them into the particle's map; returns its correlation with the planted particle."""
+    subtilts (no CTF: the rendering has none; contrast inverted as RELION does), write them
+    as a RELION 5 2D-stack set (``write``), back-project them into the particle's map;
+    returns its correlation with the planted particle."""
     model: pd.DataFrame = data["model"]
     dims, centre, shape = data["tomogram_dimensions"], data["tilt_image_center"], data["tilt_image_shape"]
     tilt_spacing = float(model.pixel_spacing.iloc[0])
@@ -460,6 +475,9 @@ def _reconstruct(
             tilt_series, projected, box_size=RECONSTRUCT_BOX, mode="relion", projection_model=model,
             ctf=False, dose_weight=False,
         )  # fmt: skip
+        subtilts = subtilts.persist()  # written and back-projected: cut once
+        if write:
+            files["subtilts (RELION 5)"] = _write_subtilts(subtilts, sample, data, out, overwrite=overwrite)
         maps = reconstruct_particle(subtilts, sample, model).compute()
     reference = planted_particle()
     c = np.arange(RECONSTRUCT_BOX) - RECONSTRUCT_BOX // 2
@@ -489,6 +507,22 @@ def _reconstruct(
         plt.close(fig)
         files["particle map figure"] = path
     return correlation
+
+
+def _write_subtilts(
+    subtilts: xr.DataArray, sample: xr.Dataset, data: dict[str, Any], out: Path, *, overwrite: bool
+) -> Path:
+    """The sample's subtilts as RELION 5 writes them (``relion_tomo_subtomo --stack2d``)."""
+    from cryoxr.io import write_relion_subtilts
+
+    tilt_spacing = float(data["model"].pixel_spacing.iloc[0])
+    ratio = float(sample.attrs["pixel_spacing"]) / tilt_spacing
+    sizes = {EXPERIMENT: tuple(round(d * ratio) for d in data["tomogram_dimensions"])}
+    folder = out / "subtilts"
+    report = write_relion_subtilts(
+        subtilts, rescale(sample, tilt_spacing), folder, tomograms=sizes, overwrite=overwrite
+    )
+    return Path(report["particles_star"])
 
 
 def _write_inputs(data: dict[str, Any], out: Path, *, overwrite: bool, progress: bool) -> dict[str, Path]:

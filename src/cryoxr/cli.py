@@ -515,7 +515,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from cryoxr.poseset import experiment_ids
     from cryoxr.projection import project
     from cryoxr.projection_model import PMDL
-    from cryoxr.reconstruction import ctf_weights, reconstruct_particle
+    from cryoxr.reconstruction import ctf_weights, reconstruct_particle, task_particles
 
     outputs = {
         "merged": args.out,
@@ -535,6 +535,10 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     used.attrs = model.attrs
     ctf = not args.no_ctf
     defocus = particle_defocus(poses, used) if ctf else None
+    n_tilts = int(used.groupby(PMDL.EXPERIMENT_ID).size().max())
+    per_task = args.particles_per_task or task_particles(
+        n_tilts, args.box_size
+    )  # one chunking for both steps
     # RELION's reconstruct_particle cuts its own subtilts: CTF- and dose-premultiplied,
     # contrast flipped, circle-cropped
     subtilts = extract_subtilts(
@@ -548,7 +552,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         ctf=ctf,
         dose_weight=ctf,
         max_dose=args.max_dose,
-        particles_per_task=args.particles_per_task,
+        particles_per_task=per_task,
     )
     maps = reconstruct_particle(
         subtilts,

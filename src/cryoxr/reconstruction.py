@@ -151,6 +151,24 @@ def _check_subtilts(subtilts: xr.DataArray) -> tuple[int, float]:
     return box, spacing
 
 
+def task_particles(n_images: int, box: int) -> int:
+    """Particles per task by default: ~32 MiB of float32 patches (48 at 41 tilts, box 64).
+
+    Pass the same ``particles_per_task`` to :func:`cryoxr.extract_subtilts` so that the
+    subtilts arrive in the blocks the back-projection takes (no rechunking).
+
+    Examples
+    --------
+    >>> task_particles(41, 64)
+    49
+    """
+    return max(1, TASK_BYTES // (int(n_images) * int(box) * int(box) * 4))
+
+
+def _blocks(n: int, size: int) -> tuple[int, ...]:
+    return (size,) * (n // size) + ((n % size,) if n % size else ())
+
+
 def _along_particles(value: Any, chunks: tuple[int, ...]) -> da.Array:
     data = value.data if isinstance(value, xr.DataArray | xr.Variable) else value
     if not isinstance(data, da.Array):
@@ -349,7 +367,8 @@ def reconstruct_particle(
         Width in voxels of the soft spherical mask (RELION: 10); None for no mask and
         no mean subtraction.
     particles_per_task
-        Particles per task (default: the subtilts' chunks, else ~32 MiB of patches).
+        Particles per task (default: the subtilts' chunks when they hold at most
+        :func:`task_particles`, else that many: ~32 MiB of patches per task).
     split_every
         Partial sums added per step of the tree reduction.
 
@@ -392,13 +411,12 @@ def reconstruct_particle(
     n_images = int(subtilts.sizes["image"])
     experiments, tilt_rotations = _tilt_rotations(poses, projection_model, n_images)
     if particles_per_task is not None:
-        size = max(1, int(particles_per_task))
-        pchunks = (size,) * (n // size) + ((n % size,) if n % size else ())
-    elif isinstance(subtilts.data, da.Array):
-        pchunks = subtilts.data.chunks[0]
+        pchunks = _blocks(n, max(1, int(particles_per_task)))
     else:
-        size = max(1, TASK_BYTES // (n_images * box * box * 4))
-        pchunks = (size,) * (n // size) + ((n % size,) if n % size else ())
+        size = task_particles(n_images, box)
+        existing = subtilts.data.chunks[0] if isinstance(subtilts.data, da.Array) else ()
+        # the subtilts' own blocks when they are small enough (no rechunk), else ~32 MiB blocks
+        pchunks = tuple(existing) if existing and max(existing) <= size else _blocks(n, size)
     pchunks = pchunks or (0,)
     codes: Any = np.zeros(n, dtype=np.int64)
     if "experiment_id" in poses.coords:

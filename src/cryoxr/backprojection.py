@@ -79,6 +79,8 @@ def _insert(
     columns[:, 2] = (
         np.broadcast_to(column, (n_tilts, n_samples)) if weights is None else weights[:, keep] * column
     ).ravel()
+    if weights is not None:  # RELION zeroes the data where it zeroes the weight (dose cut-off)
+        columns[columns[:, 2] == 0, :2] = 0.0
     k = [(axis * sign).ravel() for axis in k]
     if trilinear:
         low = [np.floor(axis) for axis in k]

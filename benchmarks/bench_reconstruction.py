@@ -102,16 +102,18 @@ def write_inputs(folder: Path) -> None:
 
 def maps_graph(series: Any, n: int) -> Any:
     import cryoxr
+    from cryoxr.reconstruction import task_particles
 
     model, poses = make_model(), make_poses(n)
-    defocus = cryoxr.particle_defocus(poses, model)
+    per_task = task_particles(T, BOX)  # one chunking for every step: dask finishes block after block
     sub = cryoxr.extract_subtilts(
         series,
-        cryoxr.project(poses, model),
+        cryoxr.project(poses, model, chunks=per_task),
         box_size=BOX,
         mode="relion",
         projection_model=model,
-        defocus=defocus,
+        defocus=cryoxr.particle_defocus(poses, model, chunks=per_task),
+        particles_per_task=per_task,
     )
     return cryoxr.reconstruct_particle(sub, poses, model)
 

@@ -534,16 +534,16 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     used = model[model[PMDL.EXPERIMENT_ID].astype(str).isin(experiment_ids(poses))]
     used.attrs = model.attrs
     ctf = not args.no_ctf
-    defocus = particle_defocus(poses, used) if ctf else None
     n_tilts = int(used.groupby(PMDL.EXPERIMENT_ID).size().max())
-    per_task = args.particles_per_task or task_particles(
-        n_tilts, args.box_size
-    )  # one chunking for both steps
+    # one chunking for every step (positions, cutting, back-projection): dask then finishes
+    # block after block and memory does not grow with the particles
+    per_task = args.particles_per_task or task_particles(n_tilts, args.box_size)
+    defocus = particle_defocus(poses, used, chunks=per_task) if ctf else None
     # RELION's reconstruct_particle cuts its own subtilts: CTF- and dose-premultiplied,
     # contrast flipped, circle-cropped
     subtilts = extract_subtilts(
         open_relion_tilt_series(used, tilt_series_dir=args.tilt_series_dir),
-        project(poses, used),
+        project(poses, used, chunks=per_task),
         box_size=args.box_size,
         mode="relion",
         projection_model=used,

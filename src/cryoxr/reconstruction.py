@@ -170,10 +170,13 @@ def _blocks(n: int, size: int) -> tuple[int, ...]:
 
 
 def _along_particles(value: Any, chunks: tuple[int, ...]) -> da.Array:
+    """``value`` as a dask array in ``chunks`` along particles. Other axes keep their
+    chunks: the tasks concatenate them (a separate rechunk would hold every block's merged
+    subtilts at once when the subtilts come one tilt per chunk, as from the extraction)."""
     data = value.data if isinstance(value, xr.DataArray | xr.Variable) else value
     if not isinstance(data, da.Array):
-        data = da.from_array(np.asarray(data), chunks=-1, name=False)
-    return data.rechunk({0: chunks, **{axis: -1 for axis in range(1, data.ndim)}})
+        return da.from_array(np.asarray(data), chunks=(chunks, *(-1,) * (np.ndim(data) - 1)), name=False)
+    return data if data.chunks[0] == tuple(chunks) else data.rechunk({0: chunks})
 
 
 def _ctf_weight_block(

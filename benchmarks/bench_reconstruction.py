@@ -172,6 +172,134 @@ def run_one(name: str, folder: Path, n: int) -> dict[str, Any]:
     return out
 
 
+def write_relion_project(folder: Path, model: Any, poses: Any, sizes: dict[str, Any]) -> None:
+    """A RELION 5 project beside ``TS_01.mrc`` as the peer reads it: ``N@TS_01.mrc`` tilt
+    names, and the optics-group name, original pixel size and binning RELION's own
+    ``tomograms.star`` carries."""
+    import starfile
+
+    from cryoxr import io
+
+    model = model.assign(rlnMicrographName=[f"{i + 1}@TS_01.mrc" for i in range(len(model))])
+    io.write_relion_tilt_series(model, folder / "tomograms.star", tomograms=sizes, overwrite=True)
+    io.write_relion_particles(poses, folder / "particles.star", version=5, tomograms=sizes, overwrite=True)
+    table = starfile.read(folder / "tomograms.star", always_dict=True)["global"]
+    table["rlnOpticsGroupName"] = "opticsGroup1"  # the name write_relion_particles gives its optics group
+    table["rlnMicrographOriginalPixelSize"] = float(model.pixel_spacing.iloc[0])
+    table["rlnTomoTomogramBinning"] = 1.0
+    starfile.write({"global": table}, folder / "tomograms.star", overwrite=True)
+
+
+def run_peer(peer_python: Path, folder: Path, box: int, *, no_ctf: bool = False) -> dict[str, Any]:
+    """zarr-particle-tools' ``reconstruct local`` (it extracts, then back-projects), timed,
+    with the peak RSS of its process tree."""
+    command = [str(peer_python.parent / "zarr-particle-reconstruct"), "local"]
+    command += ["--particles-starfile", "particles.star", "--tomograms-starfile", "tomograms.star"]
+    command += ["--tiltseries-relative-dir", str(folder), "--box-size", str(box)]
+    command += ["--output-dir", str(folder / "peer"), "--overwrite", *(["--no-ctf"] if no_ctf else [])]
+    wrapper = (
+        "import resource, subprocess, sys, time, json; t = time.perf_counter(); "
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "print(json.dumps({'rc': r.returncode, 'seconds': time.perf_counter() - t, 'err': r.stderr[-400:], "
+        "'peak_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", wrapper, *command], cwd=folder, capture_output=True, text=True
+    )
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    if out["rc"] != 0:
+        return {"error": [out["err"].strip().splitlines()[-1] if out["err"].strip() else f"exit {out['rc']}"]}
+    return {"seconds": out["seconds"], "peak_rss_mb": out["peak_rss_mb"]}
+
+
+def planted_check(
+    peer_python: Path, folder: Path, *, n: int = 150, box: int = 32, ctf: bool = False
+) -> dict[str, float]:
+    """The same RELION 5 project through ``cryoxr reconstruct`` and the peer: a planted
+    particle (five Gaussian blobs) at n poses, 41 tilts of 512 x 512 px at 4 Å. Returns
+    the correlations (inside the mask) of both maps with the planted particle and with
+    each other (merged and halves)."""
+    import mrcfile
+    from scipy.spatial.transform import Rotation
+
+    import cryoxr
+    from cryoxr.cli import main as cryoxr_main
+
+    folder.mkdir(parents=True, exist_ok=True)
+    px, size, angles = 4.0, 512, np.linspace(-60, 60, T)
+    model = cryoxr.make_projection_model(
+        rotation_y=angles, rotation_z=85.0, dx=np.sin(np.radians(angles)) * 3, experiment_id="TS_01",
+        pixel_spacing=px, tomogram_size_x=size, tomogram_size_y=size, tomogram_size_z=128,
+        tilt_image_center_x=size // 2, tilt_image_center_y=size // 2, defocus_u=20000.0, defocus_v=20500.0,
+        defocus_angle=30.0, voltage=300.0, spherical_aberration=2.7, amplitude_contrast=0.1,
+        pre_exposure=3.0 * np.arange(T), defocus_handedness=1.0,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    rotation = Rotation.random(n, rng=rng)
+    position = rng.uniform([100, 60, 40], [412, 452, 88], (n, 3))
+    poses = cryoxr.make_poseset(
+        position, orientation=rotation, experiment_id="TS_01", pixel_spacing=px,
+        extra={"rlnRandomSubset": np.arange(n) % 2 + 1},
+    )  # fmt: skip
+    blobs = np.array([[0, 0, 0, 1.0], [5, 0, 0, 0.8], [0, 7, 0, 0.7], [0, 0, 4, 0.6], [-4, -3, 2, 0.5]])
+    sigma = 1.5
+    points = (position[:, None] + np.einsum("nij,kj->nki", rotation.as_matrix(), blobs[:, :3])).reshape(-1, 3)
+    xy = cryoxr.project(cryoxr.make_poseset(points, experiment_id="TS_01", pixel_spacing=px), model).values
+    images = np.zeros((T, size, size), np.float32)
+    window, amplitude = np.arange(-6, 7), -np.tile(blobs[:, 3], n) * np.sqrt(2 * np.pi) * sigma
+    for t in range(T):
+        cols = np.rint(xy[:, t, 0]).astype(int)[:, None] + window
+        rows = np.rint(xy[:, t, 1]).astype(int)[:, None] + window
+        gx = np.exp(-((cols - xy[:, t, 0, None]) ** 2) / (2 * sigma**2))
+        gy = np.exp(-((rows - xy[:, t, 1, None]) ** 2) / (2 * sigma**2))
+        np.add.at(
+            images[t],
+            (rows[:, :, None], cols[:, None, :]),
+            amplitude[:, None, None] * gy[:, :, None] * gx[:, None, :],
+        )
+    image = cryoxr.Image.from_array(images, pixel_spacing=px, experiment_id="TS_01", stack=True)
+    cryoxr.io.write_mrc(image, folder / "TS_01.mrc", overwrite=True)
+    write_relion_project(folder, model, poses, {"TS_01": (size, size, 128)})
+    peer = run_peer(peer_python, folder, box, no_ctf=not ctf)
+    if "error" in peer:
+        return {"error": peer["error"][0]}
+    argv = [
+        "reconstruct",
+        "--particles",
+        str(folder / "particles.star"),
+        "--tomograms",
+        str(folder / "tomograms.star"),
+    ]
+    argv += [
+        "--box-size",
+        str(box),
+        "--tilt-series-dir",
+        str(folder),
+        "--out",
+        str(folder / "cryoxr" / "merged.mrc"),
+    ]
+    assert cryoxr_main([*argv, "--overwrite", "--no-progress", *([] if ctf else ["--no-ctf"])]) == 0
+    c = np.arange(box) - box // 2
+    z, y, x = np.meshgrid(c, c, c, indexing="ij")
+    planted = sum(
+        a * np.exp(-((x - bx) ** 2 + (y - by) ** 2 + (z - bz) ** 2) / (2 * sigma**2))
+        for bx, by, bz, a in blobs
+    )
+    inside = np.sqrt(x**2 + y**2 + z**2) < box // 2 - 4
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.corrcoef(a[inside], b[inside])[0, 1])
+
+    ours = {
+        k: mrcfile.read(folder / "cryoxr" / f"merged{'' if k == 'merged' else '_' + k}.mrc")
+        for k in ("merged", "half1", "half2")
+    }
+    theirs = {k: mrcfile.read(folder / "peer" / f"{k}.mrc") for k in ("merged", "half1", "half2")}
+    out = {"cryoxr~planted": corr(ours["merged"], planted), "peer~planted": corr(theirs["merged"], planted)}
+    out.update({f"cryoxr~peer {k}": corr(ours[k], theirs[k]) for k in ours})
+    return out
+
+
 def in_subprocess(name: str, folder: Path, n: int) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, HERE, "--one", name, "--folder", str(folder), "--n", str(n)],

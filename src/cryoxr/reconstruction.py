@@ -278,11 +278,11 @@ def ctf_weights(
                     "(rlnMicrographPreExposure, e/Å²); pass dose_weighted=False to go without"
                 )
             exposure[e, : len(rows)] = rows[PTC.PRE_EXPOSURE].to_numpy(dtype=np.float64)
-    if defocus is None:
-        defocus = particle_defocus(poses, projection_model)
     pchunks = (
         subtilts.data.chunks[0] if isinstance(subtilts.data, da.Array) else (int(subtilts.sizes["particle"]),)
     )
+    if defocus is None:  # in the subtilts' blocks: one chunk for all would make dask cut every block first
+        defocus = particle_defocus(poses, projection_model, chunks=max(max(pchunks), 1))
     stacked = xr.concat([defocus[PTC.DEFOCUS_U], defocus[PTC.DEFOCUS_V]], dim="uv").transpose(
         "particle", "image", "uv"
     )

@@ -498,3 +498,154 @@ def test_extract_on_a_cluster_writes_what_threads_write(
         ):
             np.testing.assert_array_equal(a.data, b.data)
     assert (tmp_path / "cluster" / "particles.star").read_text().count("threads") == 0
+
+
+def _render_planted(
+    tmp_path: Path, relion5_project: Any, rng: np.random.Generator, n: int
+) -> tuple[Path, np.ndarray]:
+    """A RELION 5 project whose tilt images show a planted particle (dark Gaussian blobs)
+    at n random poses, and that particle's map (box 24, 2 Å voxels)."""
+    import mrcfile
+    from scipy.spatial.transform import Rotation
+
+    from cryoxr.io.relion import read_relion_tilt_series
+
+    blobs = np.array([[0.0, 0.0, 0.0, 1.0], [4.0, 0.0, 0.0, 0.8], [0.0, 5.0, 0.0, 0.6], [0.0, 0.0, 3.0, 0.5]])
+    sigma, box = 1.5, 24
+    tomograms = relion5_project(tmp_path, "TS_01", size=(200, 150, 60), image=(200, 150), px=2.0)
+    model = read_relion_tilt_series(tomograms)
+    rotation = Rotation.random(n, rng=rng)
+    centres = rng.uniform([50, 45, 20], [150, 105, 40], size=(n, 3))
+    points = (centres[:, None, :] + np.einsum("nij,kj->nki", rotation.as_matrix(), blobs[:, :3])).reshape(
+        -1, 3
+    )
+    xy = cryoxr.project(cryoxr.make_poseset(points, experiment_id="TS_01", pixel_spacing=2.0), model).values
+    yy, xx = np.mgrid[0:150, 0:200]
+    amplitude = np.tile(blobs[:, 3], n)
+    for t, path in enumerate(sorted((tmp_path / "frames").glob("*.mrc"))):
+        image = np.zeros((150, 200))
+        for (x, y), a in zip(xy[:, t], amplitude, strict=True):
+            image -= (
+                a * np.sqrt(2 * np.pi) * sigma * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+            )
+        with mrcfile.new(path, overwrite=True) as mrc:
+            mrc.set_data(image.astype(np.float32))
+    poses = cryoxr.make_poseset(centres, orientation=rotation, experiment_id="TS_01", pixel_spacing=2.0)
+    cryoxr.io.write_relion_particles(poses, tmp_path / "particles.star", version=5, tomograms=tomograms)
+    c = np.arange(box) - box // 2
+    z, y, x = np.meshgrid(c, c, c, indexing="ij")
+    reference = sum(
+        a * np.exp(-((x - bx) ** 2 + (y - by) ** 2 + (z - bz) ** 2) / (2 * sigma**2))
+        for bx, by, bz, a in blobs
+    )
+    return tomograms, np.asarray(reference)
+
+
+def test_reconstruct_brings_back_the_planted_particle(
+    tmp_path: Path, relion5_project: Any, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cryoxr reconstruct` on a RELION 5 project: merged map and halves, RELION's layout."""
+    import mrcfile
+
+    _, reference = _render_planted(tmp_path, relion5_project, rng, 60)
+    monkeypatch.chdir(tmp_path)
+    argv = ["reconstruct", "--particles", "particles.star", "--tomograms", "tomograms.star"]
+    argv += ["--box-size", "24", "--no-ctf", "--out", "Reconstruct/merged.mrc", "--no-progress"]
+    assert main(argv) == 0
+    with mrcfile.open(tmp_path / "Reconstruct/merged.mrc") as mrc:
+        merged = mrc.data.astype(np.float64)
+        assert float(mrc.voxel_size.x) == pytest.approx(2.0)
+    c = np.arange(24) - 12
+    inside = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2) < 8
+    # six tilts (-6..6 and 60 degrees) of 60 particles at random orientations
+    assert np.corrcoef(merged[inside], reference[inside])[0, 1] > 0.95
+    for half in ("half1", "half2"):
+        with mrcfile.open(tmp_path / f"Reconstruct/merged_{half}.mrc") as mrc:
+            assert mrc.data.shape == (24, 24, 24)
+    assert main(argv) == 2  # the maps exist: refused before any work
+
+
+def test_reconstruct_with_ctf_is_the_python_api(
+    tmp_path: Path, relion5_project: Any, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mrcfile
+
+    from cryoxr.io.relion import open_relion_tilt_series, read_relion_particles, read_relion_tilt_series
+
+    tomograms, _ = _render_planted(tmp_path, relion5_project, rng, 12)
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "reconstruct",
+        "--particles",
+        "particles.star",
+        "--tomograms",
+        "tomograms.star",
+        "--box-size",
+        "16",
+    ]
+    assert main([*argv, "--bin", "2", "--symmetry", "c2", "--out", "m.mrc", "--no-progress"]) == 0
+    model = read_relion_tilt_series(tomograms)
+    poses = read_relion_particles(tmp_path / "particles.star", tomograms=tomograms)
+    defocus = cryoxr.particle_defocus(poses, model)
+    sub = cryoxr.extract_subtilts(
+        open_relion_tilt_series(model), cryoxr.project(poses, model), box_size=16, bin=2.0,
+        mode="relion", projection_model=model, defocus=defocus,
+    )  # fmt: skip
+    assert sub.attrs["ctf_premultiplied"]
+    expected = cryoxr.reconstruct_particle(sub, poses, model, symmetry="C2")  # CTF² weights from the attrs
+    with mrcfile.open(tmp_path / "m.mrc") as mrc:
+        np.testing.assert_allclose(
+            mrc.data, expected.merged.values, atol=1e-5 * float(np.abs(expected.merged).max())
+        )
+        assert float(mrc.voxel_size.x) == pytest.approx(4.0)
+    assert (tmp_path / "m_half2.mrc").is_file()
+
+
+@pytest.mark.distributed
+def test_reconstruct_on_a_cluster_equals_threads(
+    tmp_path: Path,
+    relion5_project: Any,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    local_cluster: Any,
+) -> None:
+    import mrcfile
+
+    relion5_project(tmp_path, "TS_01", size=(200, 150, 60), image=(200, 150), px=2.0)
+    for path in sorted((tmp_path / "frames").glob("*.mrc")):
+        with mrcfile.new(path, overwrite=True) as mrc:
+            mrc.set_data(rng.normal(size=(150, 200)).astype(np.float32))
+    poses = cryoxr.make_poseset(
+        rng.uniform([60, 50, 20], [140, 100, 40], size=(5, 3)), experiment_id="TS_01", pixel_spacing=2.0
+    )
+    cryoxr.io.write_relion_particles(
+        poses, tmp_path / "particles.star", version=5, tomograms=tmp_path / "tomograms.star"
+    )
+    monkeypatch.chdir(tmp_path)
+    argv = ["extract", "--particles", "particles.star", "--tomograms", "tomograms.star", "--box-size", "16"]
+    assert main([*argv, "--out", "threads", "--no-progress"]) == 0
+    assert main([*argv, "--out", "cluster", "--scheduler", local_cluster.scheduler.address]) == 0
+    for path in sorted((tmp_path / "threads").rglob("*.mrcs")):
+        with (
+            mrcfile.open(path) as a,
+            mrcfile.open(tmp_path / "cluster" / path.relative_to(tmp_path / "threads")) as b,
+        ):
+            np.testing.assert_array_equal(a.data, b.data)
+    assert (tmp_path / "cluster" / "particles.star").read_text().count("threads") == 0
+
+    _render_planted(tmp_path, relion5_project, rng, 8)
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "reconstruct",
+        "--particles",
+        "particles.star",
+        "--tomograms",
+        "tomograms.star",
+        "--box-size",
+        "16",
+    ]
+    argv += ["--no-progress", "--particles-per-task", "3"]
+    assert main([*argv, "--out", "threads.mrc"]) == 0
+    assert main([*argv, "--out", "cluster.mrc", "--scheduler", local_cluster.scheduler.address]) == 0
+    with mrcfile.open(tmp_path / "threads.mrc") as a, mrcfile.open(tmp_path / "cluster.mrc") as b:
+        np.testing.assert_allclose(b.data, a.data, atol=1e-6 * float(np.abs(a.data).max()))

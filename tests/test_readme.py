@@ -58,7 +58,7 @@ def test_command_synopsis_matches_the_parser() -> None:
         if words and words[0] == "cryoxr":
             current = words[1]
             assert current in commands, f"README synopsis: no command {current!r}"
-        flags = re.findall(r"--[a-z][a-z-]*", line)
+        flags = re.findall(r"--[a-z][a-z0-9-]*", line)
         known = {o for action in commands[current]._actions for o in action.option_strings}
         unknown = [f for f in flags if f not in known]
         assert not unknown, f"README synopsis of `cryoxr {current}` names unknown flags {unknown}"

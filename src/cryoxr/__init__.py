@@ -54,8 +54,10 @@ if TYPE_CHECKING:  # what the lazy table below resolves to, for type checkers an
         projection_model_to_projection_matrices,
         validate_projection_model,
     )
+    from cryoxr.reconstruction import reconstruct_particle
     from cryoxr.resolution import fsc
     from cryoxr.subtomograms import extract_subtomograms
+    from cryoxr.symmetry import symmetry_matrices
 
 __version__ = "0.1.0"
 
@@ -88,6 +90,8 @@ _LAZY: dict[str, str] = {
     ),
     "project": "cryoxr.projection",
     "project_into": "cryoxr.projection",
+    "reconstruct_particle": "cryoxr.reconstruction",
+    "symmetry_matrices": "cryoxr.symmetry",
     **dict.fromkeys(
         [
             "ProjectionModel",
@@ -132,6 +136,8 @@ __all__ = [
     "projection_model_to_projection_matrices",
     "read_alignment",
     "read_poses",
+    "reconstruct_particle",
+    "symmetry_matrices",
     "to_cryotypes",
     "to_napari",
     "validate_image",

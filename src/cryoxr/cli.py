@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cryoxr.cli_particles import cmd_average, cmd_extract
+from cryoxr.cli_particles import cmd_average, cmd_extract, cmd_reconstruct
 from cryoxr.errors import CryoxrError
 
 __all__ = ["CLI_TERMS", "build_parser", "main"]
@@ -258,6 +258,31 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--out", required=True, type=Path, help="output folder (RELION job folder)")
     ext.add_argument("--overwrite", action="store_true")
     ext.add_argument("--no-progress", action="store_true")
+
+    rec = sub.add_parser(
+        "reconstruct", help="the particle's map from its subtilts (relion_tomo_reconstruct_particle)"
+    )
+    rec.add_argument("--particles", required=True, type=Path, help="RELION particles.star")
+    rec.add_argument("--tomograms", required=True, type=Path, help="RELION 5 tomograms.star")
+    rec.add_argument("--box-size", required=True, type=int, help="binned box size in pixels (RELION --b)")
+    rec.add_argument("--bin", type=float, default=1.0, help="Fourier-crop binning factor (default 1)")
+    rec.add_argument("--symmetry", default="C1", help="point group: C1, C<n>, D<n>, T, O, I (default C1)")
+    rec.add_argument("--no-ctf", action="store_true", help="no CTF premultiplication nor CTF² weights")
+    rec.add_argument("--snr", type=float, default=None, help="Wiener division with this SNR (RELION --SNR)")
+    rec.add_argument("--taper", type=float, default=10.0, help="soft mask edge in voxels (default 10)")
+    rec.add_argument("--max-dose", type=float, default=None, help="leave out tilts with more pre-exposure")
+    rec.add_argument("--tilt-series-dir", type=Path, default=None, help="take tilt images from here")
+    rec.add_argument("--particles-per-task", type=int, default=None, help="particles per dask task")
+    rec.add_argument(
+        "--scheduler",
+        default="threads",
+        help="threads, processes, or a dask.distributed scheduler address (tcp://...)",
+    )
+    rec.add_argument(
+        "--out", required=True, type=Path, help="merged map (MRC); halves beside: <stem>_half1.mrc"
+    )
+    rec.add_argument("--overwrite", action="store_true")
+    rec.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -459,6 +484,7 @@ COMMANDS = {
     "project": _cmd_project,
     "average": cmd_average,
     "extract": cmd_extract,
+    "reconstruct": cmd_reconstruct,
 }
 
 

@@ -1,4 +1,4 @@
-"""The ``cryoxr`` commands that work on particles in images: ``average`` and ``extract``.
+"""The ``cryoxr`` commands that work on particles in images: ``average``, ``extract``, ``reconstruct``.
 
 Like every command, each only parses what ``cli.build_parser`` gave it and calls public
 functions; heavy modules are imported inside the command, after parsing.
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cmd_average", "cmd_extract"]
+__all__ = ["cmd_average", "cmd_extract", "cmd_reconstruct"]
 
 
 def _tomogram_source(path: Path) -> Any:
@@ -221,5 +221,90 @@ def cmd_extract(args: argparse.Namespace) -> int:
     )
     print(
         f"extracted {report['particles']:,} particles x {t} tilts in {elapsed:.1f} s -> {args.out}{removed}"
+    )
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    import dask
+
+    from cryoxr.defocus import particle_defocus
+    from cryoxr.errors import FileExistsNoOverwriteError
+    from cryoxr.extraction import extract_subtilts
+    from cryoxr.image import Tomogram
+    from cryoxr.io import write_mrc
+    from cryoxr.io.relion import open_relion_tilt_series, read_relion_particles, read_relion_tilt_series
+    from cryoxr.poseset import experiment_ids
+    from cryoxr.progress import scheduler as _scheduler
+    from cryoxr.projection import project
+    from cryoxr.projection_model import PMDL
+    from cryoxr.reconstruction import ctf_weights, reconstruct_particle, task_particles
+
+    outputs = {
+        "merged": args.out,
+        **{
+            h: args.out.with_name(f"{args.out.stem}_{h}{args.out.suffix or '.mrc'}")
+            for h in ("half1", "half2")
+        },
+    }
+    for path in outputs.values():
+        if path.exists() and not args.overwrite:  # before any reading
+            raise FileExistsNoOverwriteError(
+                f"{path}: exists; pass --overwrite to replace it (nothing was written)"
+            )
+    model = read_relion_tilt_series(args.tomograms)
+    poses = read_relion_particles(args.particles, tomograms=args.tomograms)
+    used = model[model[PMDL.EXPERIMENT_ID].astype(str).isin(experiment_ids(poses))]
+    used.attrs = model.attrs
+    ctf = not args.no_ctf
+    n_tilts = int(used.groupby(PMDL.EXPERIMENT_ID).size().max())
+    # one chunking for every step (positions, cutting, back-projection): dask then finishes
+    # block after block and memory does not grow with the particles
+    per_task = args.particles_per_task or task_particles(n_tilts, args.box_size)
+    defocus = particle_defocus(poses, used, chunks=per_task) if ctf else None
+    # RELION's reconstruct_particle cuts its own subtilts: CTF- and dose-premultiplied,
+    # contrast flipped, circle-cropped
+    subtilts = extract_subtilts(
+        open_relion_tilt_series(used, tilt_series_dir=args.tilt_series_dir),
+        project(poses, used, chunks=per_task),
+        box_size=args.box_size,
+        mode="relion",
+        projection_model=used,
+        defocus=defocus,
+        bin=args.bin,
+        ctf=ctf,
+        dose_weight=ctf,
+        max_dose=args.max_dose,
+        particles_per_task=per_task,
+    )
+    maps = reconstruct_particle(
+        subtilts,
+        poses,
+        used,
+        ctf_weights=ctf_weights(subtilts, poses, used, defocus=defocus) if ctf else None,
+        symmetry=args.symmetry,
+        snr=args.snr,
+        taper=args.taper,
+    )
+    start = time.perf_counter()
+    with _scheduler(args.scheduler, not args.no_progress) as client:
+        if client is not None:
+            future = client.compute(maps)
+            if not args.no_progress:
+                from distributed import progress
+
+                with contextlib.redirect_stdout(sys.stderr):  # results on stdout, progress on stderr
+                    progress(future)
+            maps = future.result()
+        else:
+            (maps,) = dask.compute(maps)
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # a RELION job folder, as RELION makes it
+    for name, path in outputs.items():
+        write_mrc(Tomogram(maps[name]), path, overwrite=args.overwrite)
+    elapsed = time.perf_counter() - start
+    print(
+        f"reconstructed {poses.sizes['particle']:,} particles x {subtilts.sizes['image']} tilts "
+        f"({args.symmetry.upper()}, box {args.box_size}, {maps.attrs['pixel_spacing']:g} Å/px) in {elapsed:.1f} s "
+        f"-> {', '.join(str(p) for p in outputs.values())}"
     )
     return 0

@@ -41,6 +41,7 @@ from cryoxr.plot.average import plot_average
 from cryoxr.plot.images import IN_VIEW_COLOR as IN_VIEW_COLOR
 from cryoxr.plot.images import OUT_OF_VIEW_COLOR as OUT_OF_VIEW_COLOR
 from cryoxr.plot.images import plot_orthoslices, plot_projected
+from cryoxr.plot.maps import plot_map_slices
 from cryoxr.plot.orientations import SCATTER_MAX as SCATTER_MAX
 from cryoxr.plot.orientations import UNIT_VECTORS as UNIT_VECTORS
 from cryoxr.plot.orientations import orientation_histogram, plot_orientations
@@ -50,6 +51,7 @@ __all__ = [
     "MissingDependencyError",
     "orientation_histogram",
     "plot_average",
+    "plot_map_slices",
     "plot_orientations",
     "plot_orthoslices",
     "plot_projected",

@@ -611,28 +611,6 @@ def test_reconstruct_on_a_cluster_equals_threads(
 ) -> None:
     import mrcfile
 
-    relion5_project(tmp_path, "TS_01", size=(200, 150, 60), image=(200, 150), px=2.0)
-    for path in sorted((tmp_path / "frames").glob("*.mrc")):
-        with mrcfile.new(path, overwrite=True) as mrc:
-            mrc.set_data(rng.normal(size=(150, 200)).astype(np.float32))
-    poses = cryoxr.make_poseset(
-        rng.uniform([60, 50, 20], [140, 100, 40], size=(5, 3)), experiment_id="TS_01", pixel_spacing=2.0
-    )
-    cryoxr.io.write_relion_particles(
-        poses, tmp_path / "particles.star", version=5, tomograms=tmp_path / "tomograms.star"
-    )
-    monkeypatch.chdir(tmp_path)
-    argv = ["extract", "--particles", "particles.star", "--tomograms", "tomograms.star", "--box-size", "16"]
-    assert main([*argv, "--out", "threads", "--no-progress"]) == 0
-    assert main([*argv, "--out", "cluster", "--scheduler", local_cluster.scheduler.address]) == 0
-    for path in sorted((tmp_path / "threads").rglob("*.mrcs")):
-        with (
-            mrcfile.open(path) as a,
-            mrcfile.open(tmp_path / "cluster" / path.relative_to(tmp_path / "threads")) as b,
-        ):
-            np.testing.assert_array_equal(a.data, b.data)
-    assert (tmp_path / "cluster" / "particles.star").read_text().count("threads") == 0
-
     _render_planted(tmp_path, relion5_project, rng, 8)
     monkeypatch.chdir(tmp_path)
     argv = [

@@ -225,7 +225,8 @@ def test_ctf_premultiplied_subtilts_are_ctf_corrected() -> None:
     weights = ctf_weights(premultiplied, poses, model)
     assert weights.dims == ("particle", "image", "ky", "kx")
     assert weights.shape == (n, 41, BOX, BOX // 2 + 1)
-    assert np.allclose(weights.values[0], ctf**2, atol=1e-6)  # at the tomogram centre: the tilt's own defocus
+    # float32 weights (as the subtilts): agreement to float32 precision
+    assert np.allclose(weights.values[0], ctf**2, rtol=1e-4, atol=1e-5)  # centre: the tilt's own defocus
     ref, m = reference(), inside()
     corrected = -reconstruct_particle(premultiplied, poses, model, taper=None).merged.values
     assert correlation(corrected, ref, m) > 0.99

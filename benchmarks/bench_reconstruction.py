@@ -317,6 +317,7 @@ def main() -> None:
     parser.add_argument(
         "--peer-python", type=Path, default=None, help="python of a venv with zarr-particle-tools"
     )
+    parser.add_argument("--only", default=None, help="comma-separated contenders to run (default: all)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
@@ -329,6 +330,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_inputs(folder)
+        wanted = set(args.only.split(",")) if args.only else None
         for name, count in (
             ("read once", n),
             ("insert only", n),
@@ -337,28 +339,42 @@ def main() -> None:
             ("mrc cluster", n),
             ("mrc 10N", 10 * n),
         ):
+            if wanted is not None and name not in wanted:
+                continue
             row = in_subprocess(name, folder, count)
             rows.append(row)
             print(json.dumps(row), flush=True)
-        threaded = np.load(folder / f"mrc_{n}.npy")
-        clustered_path = folder / f"mrc_cluster_{n}.npy"
-        same = None
-        if clustered_path.exists():
-            clustered = np.load(clustered_path)
-            same = bool(np.allclose(clustered, threaded, atol=1e-5 * float(np.abs(threaded).max())))
-        zarr_same = bool(
-            np.allclose(
-                np.load(folder / f"zarr_{n}.npy"), threaded, atol=1e-6 * float(np.abs(threaded).max())
+        same = zarr_same = None
+        threaded_path = folder / f"mrc_{n}.npy"
+        if threaded_path.exists():
+            threaded = np.load(threaded_path)
+            scale = float(np.abs(threaded).max())
+            for label, path in (
+                ("cluster", folder / f"mrc_cluster_{n}.npy"),
+                ("zarr", folder / f"zarr_{n}.npy"),
+            ):
+                if path.exists():
+                    equal = bool(np.allclose(np.load(path), threaded, atol=1e-5 * scale))
+                    same, zarr_same = (equal, zarr_same) if label == "cluster" else (same, equal)
+        checks: dict[str, Any] = {}
+        if args.peer_python is None:
+            rows.append(
+                {
+                    "name": "peer",
+                    "n": n,
+                    "error": ["not run: pass --peer-python (a venv with zarr-particle-tools)"],
+                }
             )
-        )
-    if args.peer_python is None:
-        rows.append(
-            {
-                "name": "peer",
-                "n": n,
-                "error": ["not run: pass --peer-python (a venv with zarr-particle-tools)"],
-            }
-        )
+        elif wanted is None or "peer" in wanted:
+            write_relion_project(folder, make_model(), make_poses(n), {"TS_01": TOMO})
+            rows.append({"name": "peer", "n": n, **run_peer(args.peer_python, folder, BOX)})
+            print(json.dumps(rows[-1]), flush=True)
+            for ctf in (False, True):
+                label = "ctf" if ctf else "no ctf"
+                checks[label] = planted_check(
+                    args.peer_python, folder / f"planted_{label.replace(' ', '_')}", ctf=ctf
+                )  # no blanks: STAR values
+                print(json.dumps(checks), flush=True)
     by = {r["name"]: r for r in rows}
     print()
     print(
@@ -376,9 +392,13 @@ def main() -> None:
             f"peak RSS 10N / N: {by['mrc 10N']['peak_rss_mb'] / by['mrc']['peak_rss_mb']:.2f} (target <= 1.2)"
         )
     print(f"LocalCluster map == threads: {same}; OME-Zarr map == MRC map: {zarr_same}")
+    for label, values in checks.items():
+        print(f"planted particle, {label}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
     if args.json:
         args.json.write_text(
-            json.dumps({"rows": rows, "cluster_same": same, "zarr_same": zarr_same}, indent=2)
+            json.dumps(
+                {"rows": rows, "cluster_same": same, "zarr_same": zarr_same, "planted": checks}, indent=2
+            )
         )
 
 

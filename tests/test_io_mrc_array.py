@@ -17,15 +17,7 @@ from cryoxr import Tomogram
 from cryoxr.io.mrc import MrcArray, read_mrc, write_mrc
 from cryoxr.io.mrc.array import NanCheckedArray
 from cryoxr.testing import raise_if_dask_computes
-
-
-def _mrcfile_write(path: Path, data: np.ndarray, *, voxel_size: float = 2.5, stack: bool = False) -> Path:
-    with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(data)
-        if stack:
-            mrc.set_image_stack()
-        mrc.voxel_size = voxel_size
-    return path
+from cryoxr.testing import write_mrc_with_mrcfile as _mrcfile_write
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import mrcfile
 import numpy as np
@@ -12,32 +11,11 @@ import pytest
 
 from cryoxr import Tomogram
 from cryoxr.io.mrc import IMOD_SIGNED_BYTES, IMOD_STAMP, MRC_MODES, read_mrc, write_mrc
+from cryoxr.testing import patch_mrc_header as _patch_header
+from cryoxr.testing import random_array as _random
+from cryoxr.testing import write_mrc_with_mrcfile as _mrcfile_write
 
 SHAPE = (43, 41, 37)  # nz, ny, nx: odd sizes, nx = 37, ny = 41, nz = 43
-
-
-def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-    if dtype.kind == "c":
-        return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(dtype)
-    if dtype.kind == "f":
-        return rng.normal(size=shape).astype(dtype)
-    info = np.iinfo(dtype)
-    return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
-
-
-def _mrcfile_write(path: Path, data: np.ndarray, *, voxel_size: float = 2.5, stack: bool = False) -> Path:
-    with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(data)
-        if stack:
-            mrc.set_image_stack()
-        mrc.voxel_size = voxel_size
-    return path
-
-
-def _patch_header(path: Path, **fields: Any) -> None:
-    with mrcfile.mmap(path, mode="r+", permissive=True) as mrc:
-        for key, value in fields.items():
-            mrc.header[key] = value
 
 
 def _good(tmp_path: Path, name: str = "bad.mrc") -> Path:

@@ -13,15 +13,7 @@ import pytest
 from cryoxr import Image, Micrograph, Tomogram
 from cryoxr.errors import FileExistsNoOverwriteError, InvalidValueError
 from cryoxr.io.mrc import MRC_MODES, read_mrc, write_mrc
-
-
-def _mrcfile_write(path: Path, data: np.ndarray, *, voxel_size: float = 2.5, stack: bool = False) -> Path:
-    with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(data)
-        if stack:
-            mrc.set_image_stack()
-        mrc.voxel_size = voxel_size
-    return path
+from cryoxr.testing import write_mrc_with_mrcfile as _mrcfile_write
 
 
 def _good(tmp_path: Path, name: str = "bad.mrc") -> Path:

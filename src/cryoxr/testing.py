@@ -17,16 +17,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dask
+import mrcfile
 import numpy as np
 import xarray as xr
 from scipy.spatial.transform import Rotation
 
 from cryoxr.poseset import make_poseset
 
-__all__ = ["CountingScheduler", "raise_if_dask_computes", "random_poses"]
+__all__ = [
+    "CountingScheduler",
+    "patch_mrc_header",
+    "raise_if_dask_computes",
+    "random_array",
+    "random_poses",
+    "write_mrc_with_mrcfile",
+]
 
 
 class CountingScheduler:
@@ -105,3 +114,40 @@ def random_poses(
         source="synthetic",
         chunks=chunks,
     )
+
+
+def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Random values spanning ``dtype``: normal for float and complex, the full range for integers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> random_array(np.random.default_rng(0), (2, 3), np.dtype("uint8")).dtype
+    dtype('uint8')
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(dtype)
+    if dtype.kind == "f":
+        return rng.normal(size=shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+
+
+def write_mrc_with_mrcfile(
+    path: Path, data: np.ndarray, *, voxel_size: float = 2.5, stack: bool = False
+) -> Path:
+    """Write ``data`` with mrcfile itself (the independent oracle of cryoxr's MRC IO)."""
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(data)
+        if stack:
+            mrc.set_image_stack()
+        mrc.voxel_size = voxel_size
+    return path
+
+
+def patch_mrc_header(path: Path, **fields: Any) -> None:
+    """Set raw header fields of an MRC file in place (to build unusual or broken files)."""
+    with mrcfile.mmap(path, mode="r+", permissive=True) as mrc:
+        for key, value in fields.items():
+            mrc.header[key] = value

@@ -78,6 +78,40 @@ def _add_vector(parser: argparse.ArgumentParser, flag: str, kind: type, help_tex
     parser.add_argument(flag, nargs=len(metavar), type=kind, metavar=metavar, help=help_text)
 
 
+def _add_tomograms_star(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """An optional ``--tomograms`` (RELION 5 tomograms.star) and what it serves."""
+    parser.add_argument("--tomograms", type=Path, default=None, help=f"RELION 5 tomograms.star: {purpose}")
+
+
+def _add_subtilt_options(parser: argparse.ArgumentParser) -> None:
+    """The inputs and geometry ``extract`` and ``reconstruct`` share (RELION 5 terms)."""
+    parser.add_argument("--particles", required=True, type=Path, help="RELION particles.star")
+    parser.add_argument("--tomograms", required=True, type=Path, help="RELION 5 tomograms.star")
+    parser.add_argument("--box-size", required=True, type=int, help="binned box size in pixels (RELION --b)")
+    parser.add_argument("--bin", type=float, default=1.0, help="Fourier-crop binning factor (default 1)")
+    parser.add_argument(
+        "--max-dose", type=float, default=None, help="leave out tilts with more pre-exposure (e/Å²)"
+    )
+    parser.add_argument(
+        "--tilt-series-dir",
+        type=Path,
+        default=None,
+        help="take tilt images (or <name>.mrc/.zarr stacks) from here",
+    )
+    parser.add_argument("--particles-per-task", type=int, default=None, help="particles per dask task")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """``--scheduler``, ``--overwrite`` and ``--no-progress``: the same for every command that computes."""
+    parser.add_argument(
+        "--scheduler",
+        default="threads",
+        help="threads, processes, or a dask.distributed scheduler address (tcp://...)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+
+
 def _angstrom(text: str) -> float:
     """argparse type: a pixel size in Å, finite and > 0 (``--pixel-spacing``)."""
     try:
@@ -122,12 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe files cryoxr can read or has written")
     info.add_argument("paths", nargs="+", type=Path)
     info.add_argument("--json", action="store_true", help="machine-readable output")
-    info.add_argument(
-        "--tomograms",
-        type=Path,
-        default=None,
-        help="RELION 5 tomograms.star for centred particle coordinates",
-    )
+    _add_tomograms_star(info, "tomogram sizes for centred particle coordinates")
     info.add_argument("--pixel-spacing", type=_angstrom, metavar="Å", help=PIXEL_SPACING_HELP)
 
     convert = sub.add_parser("convert", help="convert images, poses or alignments between formats")
@@ -137,12 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", dest="to_format", default=None, help="output format (default: from DST's suffix)"
     )
     convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    convert.add_argument(
-        "--tomograms",
-        type=Path,
-        default=None,
-        help="RELION 5 tomograms.star: tomogram sizes for centred coordinates (read and write)",
-    )
+    _add_tomograms_star(convert, "tomogram sizes for centred coordinates (read and write)")
     _add_vector(
         convert, "--image-size", int, "tilt-image size, for alignment formats that record it (AreTomo)"
     )
@@ -170,14 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proj.add_argument("--margin", type=float, default=0.0, help="field-of-view margin in pixels")
     proj.add_argument("--chunks", type=int, default=100_000, help="particles per chunk")
-    proj.add_argument(
-        "--scheduler",
-        default="threads",
-        help="threads, processes, or a dask.distributed scheduler address (tcp://...)",
-    )
     proj.add_argument("--out", required=True, type=Path, help="output zarr store")
-    proj.add_argument("--overwrite", action="store_true")
-    proj.add_argument("--no-progress", action="store_true")
+    _add_run_options(proj)
 
     avg = sub.add_parser(
         "average", help="extract particles from tomograms, rotate them to the reference frame and average"
@@ -213,21 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     avg.add_argument("--half-maps", action="store_true", help="also write OUT_half1.mrc and OUT_half2.mrc")
     avg.add_argument("--figure", type=Path, help="PNG of the central slices and the half-map FSC")
-    avg.add_argument(
-        "--scheduler",
-        default="threads",
-        help="threads, processes, or a dask.distributed scheduler address (tcp://...)",
-    )
-    avg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    avg.add_argument("--no-progress", action="store_true")
+    _add_run_options(avg)
 
     ext = sub.add_parser(
         "extract", help="RELION 5 2D subtilt stacks of every particle (relion_tomo_subtomo --stack2d)"
     )
-    ext.add_argument("--particles", required=True, type=Path, help="RELION particles.star")
-    ext.add_argument("--tomograms", required=True, type=Path, help="RELION 5 tomograms.star")
-    ext.add_argument("--box-size", required=True, type=int, help="binned box size in pixels (RELION --b)")
-    ext.add_argument("--bin", type=float, default=1.0, help="Fourier-crop binning factor (default 1)")
+    _add_subtilt_options(ext)
     ext.add_argument("--crop-size", type=int, default=None, help="output box size (default: --box-size)")
     ext.add_argument(
         "--no-ctf", action="store_true", help="no CTF premultiplication and no dose weights (as RELION)"
@@ -239,50 +248,22 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument(
         "--min-frames", type=int, default=1, help="drop particles visible in fewer tilts (default 1)"
     )
-    ext.add_argument(
-        "--max-dose", type=float, default=None, help="leave out tilts with more pre-exposure (e/Å²)"
-    )
-    ext.add_argument(
-        "--tilt-series-dir",
-        type=Path,
-        default=None,
-        help="take tilt images (or <name>.mrc/.zarr stacks) from here",
-    )
-    ext.add_argument("--particles-per-task", type=int, default=None, help="particles per dask task")
     ext.add_argument("--zarr", type=Path, default=None, help="also store the stack array in this zarr store")
-    ext.add_argument(
-        "--scheduler",
-        default="threads",
-        help="threads, processes, or a dask.distributed scheduler address (tcp://...)",
-    )
     ext.add_argument("--out", required=True, type=Path, help="output folder (RELION job folder)")
-    ext.add_argument("--overwrite", action="store_true")
-    ext.add_argument("--no-progress", action="store_true")
+    _add_run_options(ext)
 
     rec = sub.add_parser(
         "reconstruct", help="the particle's map from its subtilts (relion_tomo_reconstruct_particle)"
     )
-    rec.add_argument("--particles", required=True, type=Path, help="RELION particles.star")
-    rec.add_argument("--tomograms", required=True, type=Path, help="RELION 5 tomograms.star")
-    rec.add_argument("--box-size", required=True, type=int, help="binned box size in pixels (RELION --b)")
-    rec.add_argument("--bin", type=float, default=1.0, help="Fourier-crop binning factor (default 1)")
+    _add_subtilt_options(rec)
     rec.add_argument("--symmetry", default="C1", help="point group: C1, C<n>, D<n>, T, O, I (default C1)")
     rec.add_argument("--no-ctf", action="store_true", help="no CTF premultiplication nor CTF² weights")
     rec.add_argument("--snr", type=float, default=None, help="Wiener division with this SNR (RELION --SNR)")
     rec.add_argument("--taper", type=float, default=10.0, help="soft mask edge in voxels (default 10)")
-    rec.add_argument("--max-dose", type=float, default=None, help="leave out tilts with more pre-exposure")
-    rec.add_argument("--tilt-series-dir", type=Path, default=None, help="take tilt images from here")
-    rec.add_argument("--particles-per-task", type=int, default=None, help="particles per dask task")
-    rec.add_argument(
-        "--scheduler",
-        default="threads",
-        help="threads, processes, or a dask.distributed scheduler address (tcp://...)",
-    )
     rec.add_argument(
         "--out", required=True, type=Path, help="merged map (MRC); halves beside: <stem>_half1.mrc"
     )
-    rec.add_argument("--overwrite", action="store_true")
-    rec.add_argument("--no-progress", action="store_true")
+    _add_run_options(rec)
     return parser
 
 

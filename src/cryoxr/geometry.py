@@ -56,6 +56,7 @@ __all__ = [
     "ExperimentGeometry",
     "PerExperiment",
     "experiment_geometries",
+    "model_groups",
     "pack_operators",
     "projection_operators",
 ]
@@ -181,6 +182,37 @@ def _image_centres(
     )
 
 
+def model_groups(
+    projection_model: pd.DataFrame, experiments: Sequence[str], *, where: str
+) -> dict[str, pd.DataFrame]:
+    """The model's rows of each of ``experiments`` (model row order kept), all of them present.
+
+    Raises
+    ------
+    InvalidValueError
+        An experiment the model lacks (the message lists what it holds).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> model = pd.DataFrame({"experiment_id": ["a", "b", "a"], "rotation_y": [0.0, 5.0, 10.0]})
+    >>> model_groups(model, ["a"], where="demo")["a"]["rotation_y"].tolist()
+    [0.0, 10.0]
+    >>> model_groups(model, ["c"], where="demo")
+    Traceback (most recent call last):
+    ...
+    cryoxr.errors.InvalidValueError: demo: experiment(s) ['c'] of the poses are absent from the projection model, which holds ['a', 'b']
+    """
+    groups = {str(k): g for k, g in projection_model.groupby(PMDL.EXPERIMENT_ID, sort=False)}
+    missing = [e for e in experiments if e not in groups]
+    if missing:
+        raise InvalidValueError(
+            f"{where}: experiment(s) {missing} of the poses are absent from the projection "
+            f"model, which holds {list(groups)}"
+        )
+    return {e: groups[e] for e in experiments}
+
+
 def experiment_geometries(
     poses: xr.Dataset,
     projection_model: pd.DataFrame,
@@ -205,13 +237,7 @@ def experiment_geometries(
     """
     validate_projection_model(projection_model)
     wanted = experiment_ids(poses)
-    groups = {str(k): g for k, g in projection_model.groupby(PMDL.EXPERIMENT_ID, sort=False)}
-    missing = [e for e in wanted if e not in groups]
-    if missing:
-        raise InvalidValueError(
-            f"{where}: experiment(s) {missing} of the poses are absent from the projection "
-            f"model, which holds {list(groups)}"
-        )
+    groups = model_groups(projection_model, wanted, where=where)
     ps_poses = float(poses.attrs["pixel_spacing"])
     out = []
     for eid in wanted:

@@ -42,7 +42,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypedDict, Unpack
 
 import dask
 import numpy as np
@@ -320,7 +320,7 @@ def projected_layer(projected: xr.DataArray) -> LayerDataTuple:
     return data, kwargs, "points"
 
 
-def _projection_model(obj: pd.DataFrame, **_: Any) -> list[LayerDataTuple]:
+def _projection_model(obj: pd.DataFrame, *_: Any) -> list[LayerDataTuple]:
     raise InvalidValueError(
         "to_napari: a ProjectionModel (pandas DataFrame of tilt-series alignments) has no napari "
         "layer; project particles with cryoxr.project(poses, model, ...) and pass the result, "
@@ -328,26 +328,35 @@ def _projection_model(obj: pd.DataFrame, **_: Any) -> list[LayerDataTuple]:
     )
 
 
-def _image(obj: Image | xr.DataArray, **options: Any) -> list[LayerDataTuple]:
-    return [image_layer(obj, contrast_limits=options["contrast_limits"])]
+class PoseSetLayerOptions(TypedDict, total=False):
+    """The options of :func:`poseset_layers` that :func:`to_napari` passes on."""
+
+    unit: Unit
+    by_experiment: bool
+    point_size: float
+    vectors: bool
+    vector_axis: Literal["x", "y", "z"]
+    vector_length: float
 
 
-def _dataarray(obj: xr.DataArray, **options: Any) -> list[LayerDataTuple]:
+def _image(
+    obj: Image | xr.DataArray, contrast_limits: tuple[float, float] | None, options: PoseSetLayerOptions
+) -> list[LayerDataTuple]:
+    return [image_layer(obj, contrast_limits=contrast_limits)]
+
+
+def _dataarray(
+    obj: xr.DataArray, contrast_limits: tuple[float, float] | None, options: PoseSetLayerOptions
+) -> list[LayerDataTuple]:
     if obj.dims == ("particle", "image", "axis"):
         return [projected_layer(obj)]
-    return _image(obj, **options)
+    return _image(obj, contrast_limits, options)
 
 
-def _poseset(obj: xr.Dataset, **options: Any) -> list[LayerDataTuple]:
-    return poseset_layers(
-        obj,
-        unit=options["unit"],
-        by_experiment=options["by_experiment"],
-        point_size=options["point_size"],
-        vectors=options["vectors"],
-        vector_axis=options["vector_axis"],
-        vector_length=options["vector_length"],
-    )
+def _poseset(
+    obj: xr.Dataset, contrast_limits: tuple[float, float] | None, options: PoseSetLayerOptions
+) -> list[LayerDataTuple]:
+    return poseset_layers(obj, **options)
 
 
 #: what each kind of object becomes; the first matching type wins
@@ -362,13 +371,8 @@ CONVERTERS: tuple[tuple[type, Callable[..., list[LayerDataTuple]]], ...] = (
 def to_napari(
     obj: Any,
     *,
-    unit: Unit = "pixel",
-    by_experiment: bool = True,
-    point_size: float = 50.0,
-    vectors: bool = True,
-    vector_axis: Literal["x", "y", "z"] = "z",
-    vector_length: float = 100.0,
     contrast_limits: tuple[float, float] | None = None,
+    **options: Unpack[PoseSetLayerOptions],
 ) -> list[LayerDataTuple]:
     """napari layer-data tuples ``(data, kwargs, layer_type)`` for cryoxr objects.
 
@@ -378,10 +382,11 @@ def to_napari(
         An :class:`~cryoxr.Image` or image DataArray (-> :func:`image_layer`), a PoseSet
         (-> :func:`poseset_layers`), projected positions (-> :func:`projected_layer`), or
         a list of these (their layers, in order).
-    unit, by_experiment, point_size, vectors, vector_axis, vector_length
-        PoseSet options, see :func:`poseset_layers`.
     contrast_limits
         Image option, see :func:`image_layer`.
+    **options
+        PoseSet options (``unit``, ``by_experiment``, ``point_size``, ``vectors``,
+        ``vector_axis``, ``vector_length``), see :func:`poseset_layers`.
 
     Returns
     -------
@@ -404,20 +409,13 @@ def to_napari(
     cryoxr.errors.InvalidValueError: to_napari: a ProjectionModel (pandas DataFrame of tilt-series \
 alignments) has no napari layer; ...
     """
-    options: dict[str, Any] = {
-        "unit": unit,
-        "by_experiment": by_experiment,
-        "point_size": point_size,
-        "vectors": vectors,
-        "vector_axis": vector_axis,
-        "vector_length": vector_length,
-        "contrast_limits": contrast_limits,
-    }
     if isinstance(obj, list | tuple):
-        return [layer for item in obj for layer in to_napari(item, **options)]
+        return [
+            layer for item in obj for layer in to_napari(item, contrast_limits=contrast_limits, **options)
+        ]
     for kind, convert in CONVERTERS:
         if isinstance(obj, kind):
-            return convert(obj, **options)
+            return convert(obj, contrast_limits, options)
     raise InvalidValueError(
         "to_napari: expected an Image, an image DataArray, a PoseSet Dataset, projected positions "
         f"or a list of them, found {type(obj).__name__}"

@@ -13,11 +13,29 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from typing import TypedDict
 
 from cryoxr.errors import FormatError
-from cryoxr.image import Image, Micrograph, Tomogram
+from cryoxr.image import Chunks, Image, Micrograph, Tomogram
 
-__all__ = ["IMAGE_CLASS", "isotropic_spacing"]
+__all__ = ["IMAGE_CLASS", "ImageReadOptions", "isotropic_spacing"]
+
+
+class ImageReadOptions(TypedDict, total=False):
+    """The keyword options every image reader takes (MRC, EM, OME-Zarr), declared once.
+
+    ``chunks``: dask chunks (``"auto"``: slabs of whole planes of about 64 MiB; None: no
+    dask, a lazily indexed array). ``experiment_id``: the id (default: the file name).
+    ``pixel_spacing``: Å per pixel, for a file that stores none (refused when it
+    contradicts the file). ``allow_anisotropic``: accept unequal axis spacings (warning)
+    instead of refusing them.
+    """
+
+    chunks: Chunks
+    experiment_id: str | None
+    pixel_spacing: float | None
+    allow_anisotropic: bool
+
 
 #: the wrapper class for (spatial ndim, stack)
 IMAGE_CLASS: dict[tuple[int, bool], type[Image]] = {

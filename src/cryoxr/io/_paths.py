@@ -52,7 +52,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from cryoxr.errors import CryoxrFileNotFoundError, FormatError
 
@@ -60,6 +60,7 @@ __all__ = [
     "METADATA_MAX_BYTES",
     "STAR_LINE_MAX_BYTES",
     "TEXT_MAX_BYTES",
+    "PathLike",
     "check_regular",
     "inside_root",
     "kind_of",
@@ -72,6 +73,9 @@ __all__ = [
 
 #: largest metadata file read (zarr.json, .zarray, .zattrs, .zgroup, .zmetadata): 16 MiB
 #: holds the consolidated metadata of thousands of arrays; more is not metadata
+#: what every reader accepts as a path (one alias for the whole io layer)
+PathLike: TypeAlias = str | os.PathLike[str]
+
 METADATA_MAX_BYTES = 16 * 2**20
 
 #: largest plain-text file read whole (IMOD, AreTomo, Dynamo: :func:`cryoxr.io.tables.read_text_lines`):

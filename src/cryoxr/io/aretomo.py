@@ -50,7 +50,6 @@ Examples
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +60,7 @@ import pandas as pd
 
 from cryoxr.errors import FormatError, InvalidValueError
 from cryoxr.io._atomic import atomic_path
+from cryoxr.io._paths import PathLike
 from cryoxr.io.aretomo_ctf import side_file_columns
 from cryoxr.io.plaintext import (
     file_model,
@@ -81,7 +81,6 @@ __all__ = [
     "write_aretomo_alignment",
 ]
 
-PathLike = str | os.PathLike[str]
 MAGIC = "# AreTomo Alignment"
 #: largest image size and stack index accepted (MRC's int32 sizes)
 MAX_SIZE = 2**31 - 1

@@ -27,7 +27,6 @@ Examples
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from cryoxr.errors import FormatError
+from cryoxr.io._paths import PathLike
 from cryoxr.io.plaintext import parse_numeric_rows, read_text_lines
 from cryoxr.projection_model import PTC
 
@@ -46,8 +46,6 @@ __all__ = [
     "read_aretomo_tilts",
     "side_file_columns",
 ]
-
-PathLike = str | os.PathLike[str]
 
 #: ``_CTF.txt`` columns in file order: (name, ProjectionModel column, factor to cryoxr's unit)
 CTF_COLUMNS: tuple[tuple[str, str, float], ...] = (

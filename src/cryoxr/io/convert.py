@@ -18,7 +18,6 @@ Examples
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import xarray as xr
 from cryoxr.errors import FileExistsNoOverwriteError, InvalidValueError, UnknownFormatError
 from cryoxr.image import Image
 from cryoxr.io import aretomo, dynamo, imod, mrc, ome_zarr, relion
+from cryoxr.io._paths import PathLike
 from cryoxr.io.describe import CONVERTIBLE_KINDS, file_kind, suffix_of, tomograms_option
 from cryoxr.io.images import open_image
 from cryoxr.io.tables import read_alignment, read_poses
@@ -37,8 +37,6 @@ from cryoxr.poseset import experiment_ids
 from cryoxr.projection_model import PMDL
 
 __all__ = ["WRITERS", "WriteOptions", "Writer", "convert"]
-
-PathLike = str | os.PathLike[str]
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,6 @@ Examples
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path, PurePosixPath
 from tokenize import TokenError
@@ -52,13 +51,11 @@ from numpy.lib import format as npy
 from scipy.spatial.transform import Rotation
 
 from cryoxr.errors import CryoxrError, FormatError, InvalidValueError
-from cryoxr.io._paths import open_file
+from cryoxr.io._paths import PathLike, open_file
 from cryoxr.io.plaintext import require_pixel_spacing
 from cryoxr.poseset import make_poseset
 
 __all__ = ["CS_FIELDS", "read_cryosparc"]
-
-PathLike = str | os.PathLike[str]
 
 #: the fields the conversion uses (role -> field); all others are kept as they are
 CS_FIELDS: dict[str, str] = {

@@ -36,7 +36,6 @@ Examples
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ import xarray as xr
 
 from cryoxr.errors import CryoxrFileNotFoundError, UnknownFormatError
 from cryoxr.image import Image
-from cryoxr.io._paths import read_head
+from cryoxr.io._paths import PathLike, read_head
 from cryoxr.io.em import EM_SUFFIXES, describe_em_header, is_motive_list
 from cryoxr.io.images import IMAGE_READERS, open_image
 from cryoxr.io.star import read_star
@@ -62,8 +61,6 @@ from cryoxr.poseset import experiment_ids
 from cryoxr.projection_model import PER_TILT_COLUMNS, PMDL, PTC
 
 __all__ = ["CONVERTIBLE_KINDS", "DESCRIBERS", "describe", "file_kind"]
-
-PathLike = str | os.PathLike[str]
 
 #: kinds that :func:`cryoxr.io.convert` reads and writes
 CONVERTIBLE_KINDS = ("image", "poses", "alignment")

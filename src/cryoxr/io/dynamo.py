@@ -36,7 +36,6 @@ Examples
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from collections.abc import Mapping
@@ -49,6 +48,7 @@ from scipy.spatial.transform import Rotation
 
 from cryoxr.errors import FormatError, InvalidValueError
 from cryoxr.io._atomic import atomic_path, atomic_paths
+from cryoxr.io._paths import PathLike
 from cryoxr.io.plaintext import PIXEL_SPACING_ADVICE, data_row_line, read_numeric_table, read_text_lines
 from cryoxr.poseset import experiment_ids, make_poseset, rotation, validate_poseset
 
@@ -64,7 +64,6 @@ __all__ = [
     "write_tomogram_map",
 ]
 
-PathLike = str | os.PathLike[str]
 Origin = Literal["none", "corner", "one_based"]
 
 

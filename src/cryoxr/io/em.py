@@ -49,7 +49,7 @@ from scipy.spatial.transform import Rotation
 from cryoxr.errors import FormatError, InvalidValueError
 from cryoxr.image import Chunks, Image
 from cryoxr.io._image_read import IMAGE_CLASS
-from cryoxr.io._paths import open_file
+from cryoxr.io._paths import PathLike, open_file
 from cryoxr.io.mrc.array import MrcArray
 from cryoxr.io.plaintext import require_pixel_spacing
 from cryoxr.poseset import make_poseset
@@ -65,8 +65,6 @@ __all__ = [
     "read_em",
     "read_em_motive_list",
 ]
-
-PathLike = str | os.PathLike[str]
 
 EM_SUFFIXES = (".em",)
 HEADER_BYTES = 512

@@ -25,10 +25,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Unpack
 
 from cryoxr.errors import UnknownFormatError
-from cryoxr.image import Chunks, Image
+from cryoxr.image import Image
+from cryoxr.io._image_read import ImageReadOptions
 from cryoxr.io.em import EM_SUFFIXES, read_em
 from cryoxr.io.mrc import MRC_SUFFIXES, read_mrc
 from cryoxr.io.mrc.compressed import COMPRESSED_SUFFIXES
@@ -76,22 +77,17 @@ def image_reader(path: str | os.PathLike[str]) -> Callable[..., Image]:
     )
 
 
-def open_image(
-    path: str | os.PathLike[str],
-    *,
-    chunks: Chunks = "auto",
-    experiment_id: str | None = None,
-    pixel_spacing: float | None = None,
-    allow_anisotropic: bool = False,
-) -> Image:
+def open_image(path: str | os.PathLike[str], **options: Unpack[ImageReadOptions]) -> Image:
     """Open an image file lazily, choosing the reader by suffix.
 
     Parameters
     ----------
     path
         An MRC file or an OME-Zarr store (see :data:`IMAGE_READERS`).
-    chunks, experiment_id, pixel_spacing, allow_anisotropic
-        Passed to the reader (:func:`~cryoxr.io.mrc.read_mrc` or
+    **options
+        The options every image reader takes (:class:`ImageReadOptions`: ``chunks``,
+        ``experiment_id``, ``pixel_spacing``, ``allow_anisotropic``), passed to the reader
+        (:func:`~cryoxr.io.mrc.read_mrc`, :func:`~cryoxr.io.em.read_em` or
         :func:`~cryoxr.io.ome_zarr.read_ome_zarr`, which opens level 0).
 
     Returns
@@ -107,11 +103,4 @@ def open_image(
     CryoxrFileNotFoundError, FormatError
         From the reader.
     """
-    reader = image_reader(path)
-    options: dict[str, Any] = {
-        "chunks": chunks,
-        "experiment_id": experiment_id,
-        "pixel_spacing": pixel_spacing,
-        "allow_anisotropic": allow_anisotropic,
-    }
-    return reader(path, **options)
+    return image_reader(path)(path, **options)

@@ -68,7 +68,6 @@ A round trip of two tilts about an 85 degree axis:
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,6 +78,7 @@ import pandas as pd
 
 from cryoxr.errors import FormatError, InvalidValueError
 from cryoxr.io._atomic import atomic_paths
+from cryoxr.io._paths import PathLike
 from cryoxr.io.imod_defocus import DEFOCUS_COLUMNS, defocus_file_lines, read_imod_defocus
 from cryoxr.io.plaintext import (
     data_row_line,
@@ -100,7 +100,6 @@ __all__ = [
     "write_imod_alignment",
 ]
 
-PathLike = str | os.PathLike[str]
 XtiltConvention = Literal["rotx", "flipyz"]
 
 #: ``.xf`` columns: name and meaning, in file order

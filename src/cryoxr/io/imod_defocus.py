@@ -43,19 +43,17 @@ Examples
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cryoxr.errors import FormatError, InvalidValueError
+from cryoxr.io._paths import PathLike
 from cryoxr.io.plaintext import parse_numeric_rows, read_text_lines
 from cryoxr.projection_model import PMDL, PTC
 
 __all__ = ["DEFOCUS_COLUMNS", "DEFOCUS_FLAGS", "defocus_file_lines", "read_imod_defocus"]
-
-PathLike = str | os.PathLike[str]
 
 #: version-3 flag bit -> meaning
 DEFOCUS_FLAGS: dict[int, str] = {

@@ -61,7 +61,6 @@ Examples
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -72,6 +71,7 @@ import numpy as np
 import pandas as pd
 
 from cryoxr.errors import FormatError, InvalidValueError, SchemaError
+from cryoxr.io._paths import PathLike
 from cryoxr.io.plaintext import file_model, read_text_lines, require_pixel_spacing
 from cryoxr.projection_model import PMDL, PTC
 
@@ -83,8 +83,6 @@ __all__ = [
     "read_mdoc",
     "read_mdoc_alignment",
 ]
-
-PathLike = str | os.PathLike[str]
 
 #: suffixes of mdoc files (``TS_01.mrc.mdoc`` ends in ``.mdoc``)
 MDOC_SUFFIXES = (".mdoc",)

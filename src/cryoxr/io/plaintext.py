@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import io
 import math
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from cryoxr.errors import FormatError, InvalidValueError
-from cryoxr.io._paths import TEXT_MAX_BYTES, read_bytes
+from cryoxr.io._paths import TEXT_MAX_BYTES, PathLike, read_bytes
 from cryoxr.projection_model import PMDL, make_projection_model
 
 __all__ = [
@@ -46,8 +45,6 @@ __all__ = [
     "require_pixel_spacing",
     "warn_unstored_columns",
 ]
-
-PathLike = str | os.PathLike[str]
 
 
 # --------------------------------------------------------------------------------------

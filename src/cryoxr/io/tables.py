@@ -42,7 +42,6 @@ Examples
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ import pandas as pd
 import xarray as xr
 
 from cryoxr.errors import CryoxrFileNotFoundError, InvalidValueError, UnknownFormatError
-from cryoxr.io._paths import read_head
+from cryoxr.io._paths import PathLike, read_head
 
 # the shared text parsing, importable from here as before the split
 from cryoxr.io.plaintext import (  # noqa: F401
@@ -74,8 +73,6 @@ __all__ = [
     "read_poses",
     "takes_pixel_spacing",
 ]
-
-PathLike = str | os.PathLike[str]
 
 
 # --------------------------------------------------------------------------------------

@@ -60,7 +60,6 @@ Examples
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,13 +70,11 @@ import pandas as pd
 import xarray as xr
 
 from cryoxr.errors import FormatError, InvalidValueError
-from cryoxr.io._paths import TEXT_MAX_BYTES, read_bytes
+from cryoxr.io._paths import TEXT_MAX_BYTES, PathLike, read_bytes
 from cryoxr.io.plaintext import file_model, require_pixel_spacing
 from cryoxr.projection_model import PMDL, PTC
 
 __all__ = ["XML_CTF_PARAMS", "XML_GRIDS", "XML_PER_TILT", "read_warp_particles", "read_warp_tilt_series"]
-
-PathLike = str | os.PathLike[str]
 
 
 @dataclass(frozen=True)

@@ -204,8 +204,7 @@ class CountingHTTPServer:
         self.bytes: Counter[str] = Counter()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
-        host, port = self._server.server_address[:2]
-        self.url = f"http://{host}:{port}"
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="cryoxr-http", daemon=True)
         self._thread.start()
 

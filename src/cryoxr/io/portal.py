@@ -202,7 +202,7 @@ class PortalFolder:
     def authors(self, run: str, annotation: str) -> list[str]:
         """The author names of an annotation, from its metadata JSON next to the ndjson
         (``<object>.json``, ``<file stem>.json`` or ``annotation_metadata.json``, key
-        ``authors``: ``[{"name": ...}]``); empty when no such file was downloaded."""
+        ``authors``: ``[{"name": ...}]``, every one found); empty when none was downloaded."""
         names: list[str] = []
         members = self._walk(run)
         for entry, path in self._annotations(run):
@@ -214,7 +214,6 @@ class PortalFolder:
             for name in (f"{entry['object']}.json", f"{stem}.json", "annotation_metadata.json"):
                 if name in siblings:
                     names += _author_names(siblings[name])
-                    break
         return sorted(set(names))
 
     def picks(

@@ -156,6 +156,12 @@ def test_without_fsspec_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
         open_portal("s3://bucket/10445")
 
 
+def test_only_ome_zarr_from_urls() -> None:
+    with pytest.raises(UnknownFormatError, match="download this file") as err:
+        open_image("https://example.org/TS_01.mrc")
+    assert "https://example.org/TS_01.mrc" in str(err.value)
+
+
 def test_unknown_protocol() -> None:
     with pytest.raises(UnknownFormatError, match=r"nosuchprotocol://x/t\.zarr"):
         read_ome_zarr("nosuchprotocol://x/t.zarr")
@@ -276,3 +282,29 @@ def test_portal_url_that_is_no_folder(server: CountingHTTPServer) -> None:
     assert f"{server.url}/nothing" in str(err.value)
     with pytest.raises(CryoxrFileNotFoundError, match="run folders"):
         open_portal(server.url)
+
+
+def test_portal_and_copick_in_a_listing_filesystem(tmp_path: Path) -> None:
+    """fsspec's memory filesystem lists natively, as S3 does (no HTML index pages): the same
+    catalogue functions read it."""
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    root = f"/cryoxr-{tmp_path.name}"
+    portal_folder(tmp_path / "portal")
+    config = copick_project(tmp_path / "copick", str(tmp_path / "copick" / "static"), "overlay")
+    config.write_text(config.read_text().replace(str(tmp_path / "copick" / "static"), "static"))
+    memory.put(str(tmp_path), root, recursive=True)
+    try:
+        portal = open_portal(f"memory://{root}/portal")
+        assert portal.runs == ["TS_026"]
+        assert portal.tomogram_kinds("TS_026", 13.48) == ["100"]
+        tomo = portal.tomogram("TS_026", voxel_spacing=13.48, kind="100")
+        np.testing.assert_array_equal(tomo.data[7].values, DATA[7])
+        poses = portal.picks("TS_026", object="ribosome", session="200")
+        np.testing.assert_array_equal(poses["position"].values, [[4.0, 5.0, 6.0]])
+        project = open_copick(f"memory://{root}/copick/{config.name}")
+        assert project.roots == (f"memory://{root}/copick/overlay", f"memory://{root}/copick/static")
+        assert project.pick_sets("TS_001") == [("ribosome", "alice", "0")]
+        assert project.tomogram("TS_001", voxel_spacing=20.0, kind="wbp").shape == (4, 4, 4)
+    finally:
+        memory.rm(root, recursive=True)

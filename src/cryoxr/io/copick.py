@@ -126,6 +126,10 @@ class CopickProject:
     objects: tuple[str, ...]
     _roots: tuple[Location, ...] = field(default=(), repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        if not self._roots:  # built from paths / URLs alone
+            object.__setattr__(self, "_roots", tuple(Location.of(r) for r in self.roots))
+
     def _run_dirs(self, run: str) -> list[Location]:
         found = [r / "ExperimentRuns" / run for r in self._roots if (r / "ExperimentRuns" / run).is_dir()]
         if not found:

@@ -29,6 +29,7 @@ from typing import Any
 
 from cryoxr.errors import UnknownFormatError
 from cryoxr.image import Chunks, Image
+from cryoxr.io._fs import is_url
 from cryoxr.io.em import EM_SUFFIXES, read_em
 from cryoxr.io.mrc import MRC_SUFFIXES, read_mrc
 from cryoxr.io.mrc.compressed import COMPRESSED_SUFFIXES
@@ -89,7 +90,8 @@ def open_image(
     Parameters
     ----------
     path
-        An MRC file or an OME-Zarr store (see :data:`IMAGE_READERS`).
+        An MRC file or an OME-Zarr store (see :data:`IMAGE_READERS`); an OME-Zarr store
+        may be a URL (:func:`~cryoxr.io.ome_zarr.read_ome_zarr`).
     chunks, experiment_id, pixel_spacing, allow_anisotropic
         Passed to the reader (:func:`~cryoxr.io.mrc.read_mrc` or
         :func:`~cryoxr.io.ome_zarr.read_ome_zarr`, which opens level 0).
@@ -103,11 +105,17 @@ def open_image(
     Raises
     ------
     UnknownFormatError
-        Unknown suffix; the message lists the suffixes cryoxr reads.
+        Unknown suffix; the message lists the suffixes cryoxr reads. A URL of a file other
+        than an OME-Zarr store.
     CryoxrFileNotFoundError, FormatError
         From the reader.
     """
     reader = image_reader(path)
+    if is_url(path) and reader is not read_ome_zarr:
+        raise UnknownFormatError(
+            f"{path}: cryoxr reads OME-Zarr stores from URLs (chunk by chunk); download this file "
+            "and open the local copy"
+        )
     options: dict[str, Any] = {
         "chunks": chunks,
         "experiment_id": experiment_id,

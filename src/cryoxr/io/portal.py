@@ -124,6 +124,10 @@ class PortalFolder:
         default_factory=dict, repr=False, compare=False
     )
 
+    def __post_init__(self) -> None:
+        if not self._runs:  # built from paths / URLs alone
+            self._runs.update({name: Location.of(path) for name, path in self.run_dirs.items()})
+
     @property
     def runs(self) -> list[str]:
         """Run names, sorted."""

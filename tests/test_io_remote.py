@@ -120,6 +120,11 @@ def test_missing_store_names_the_url(server: CountingHTTPServer, folder: Path) -
     (folder / "broken.zarr" / "zarr.json").write_text("{not json")
     with pytest.raises(FormatError, match=r"broken\.zarr"):
         read_ome_zarr(f"{server.url}/broken.zarr")
+    (folder / "deep.zarr").mkdir()
+    (folder / "deep.zarr" / "zarr.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(FormatError, match="nesting deeper") as deep:
+        read_ome_zarr(f"{server.url}/deep.zarr")
+    assert f"{server.url}/deep.zarr/zarr.json" in str(deep.value)
 
 
 def closed_port() -> int:

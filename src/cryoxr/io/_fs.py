@@ -145,12 +145,13 @@ def remote_filesystem(url: str, **options: Any) -> tuple[Any, str]:
 
 
 def zarr_store(url: str) -> Any:
-    """A read-only ``zarr.storage.FsspecStore`` for the store at ``url`` (chunks read one by one)."""
-    from zarr.storage import FsspecStore
+    """A read-only ``zarr.storage.FsspecStore`` for the store at ``url`` (chunks read one by one;
+    metadata checked: :class:`~cryoxr.io.ome_zarr._store.GuardedFsspecStore`)."""
+    from cryoxr.io.ome_zarr._store import GuardedFsspecStore
 
     remote_filesystem(url)  # the clear errors for a missing fsspec / protocol package
     try:
-        return FsspecStore.from_url(url, read_only=True)
+        return GuardedFsspecStore.from_url(url, read_only=True)
     except (ImportError, ValueError) as err:
         raise _fsspec_error(url, err) from None
 

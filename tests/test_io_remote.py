@@ -281,6 +281,13 @@ def test_portal_over_http_equals_local(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got["position"].values, want["position"].values)
 
 
+def test_copick_config_404(server: CountingHTTPServer) -> None:
+    url = f"{server.url}/nothing/config.json"
+    with pytest.raises(CryoxrFileNotFoundError, match="no such copick config") as err:
+        open_copick(url)
+    assert url in str(err.value)
+
+
 def test_portal_url_that_is_no_folder(server: CountingHTTPServer) -> None:
     with pytest.raises(CryoxrFileNotFoundError, match="no such folder") as err:
         open_portal(f"{server.url}/nothing")

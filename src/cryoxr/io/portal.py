@@ -39,8 +39,9 @@ session    the annotation id: the ``Annotations/<id>/`` folder (first layout: th
 The folder may also be a URL (``https://``, ``s3://``: ``pip install 'cryoxr[remote]'``),
 read through fsspec by the same functions (:mod:`cryoxr.io._fs`): runs and annotations are
 found by listing folders, which S3 does natively and an HTTP server does when it sends
-index pages for folders (the Portal's own HTTPS bucket front does not: use its ``s3://``
-URL); folders are listed only down to the OME-Zarr stores, never into them.
+index pages for folders (a file host that sends none, as object stores behind HTTPS
+usually do not, shows no runs: list the Portal's files through their ``s3://`` URL, with
+s3fs); folders are listed only down to the OME-Zarr stores, never into them.
 
 :func:`open_portal` returns a :class:`PortalFolder`: ``.runs``, ``.voxel_spacings(run)``,
 ``.tomogram_kinds(run, voxel_spacing)``, ``.annotations(run)``, ``.tomogram(run,

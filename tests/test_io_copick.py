@@ -149,11 +149,23 @@ def test_write_back_round_trip(project: Path, tmp_path: Path) -> None:
         write_copick_picks(two, tmp_path / "x.json", object="o", user="u", session="s")
 
 
-def test_remote_root_refused(tmp_path: Path) -> None:
+def test_unknown_root_protocol(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"overlay_root": "s3://bucket/project", "pickable_objects": []}))
-    with pytest.raises(UnknownFormatError, match="remote"):
+    path.write_text(json.dumps({"overlay_root": "nosuchprotocol://bucket/project", "pickable_objects": []}))
+    with pytest.raises(UnknownFormatError, match="overlay_root") as err:
         open_copick(path)
+    assert str(path) in str(err.value)
+
+
+def test_relative_root_from_the_config_folder(project: Path) -> None:
+    config = json.loads(project.read_text())
+    config["static_root"] = "static"  # relative: the config's folder
+    config.pop("overlay_root")
+    relative = project.parent / "relative.json"
+    relative.write_text(json.dumps(config))
+    cp = open_copick(relative)
+    assert cp.roots == (project.parent / "static",)
+    assert cp.pick_sets("TS_001") == [("ribosome", "curation", "0")]
 
 
 @pytest.mark.parametrize(

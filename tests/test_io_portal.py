@@ -122,3 +122,42 @@ def test_bad_ndjson(tmp_path: Path, text: str, match: str) -> None:
 def test_no_runs(tmp_path: Path) -> None:
     with pytest.raises(CryoxrFileNotFoundError, match="run folders"):
         open_portal(tmp_path)
+
+
+def test_picks_by_copick_names(portal: Path) -> None:
+    """object / user / session as copick names Portal annotations: user "data-portal" or an author,
+    session the annotation id; annotation= is session's older name."""
+    run = portal / "10445" / "TS_026" / "Reconstructions" / "VoxelSpacing13.480" / "Annotations"
+    (run / "201").mkdir()
+    row = {"type": "point", "location": {"x": 1.0, "y": 1.0, "z": 1.0}}
+    (run / "201" / "cytosolic_ribosome-2.0_point.ndjson").write_text(json.dumps(row) + "\n")
+    (run / "201" / "annotation_metadata.json").write_text(json.dumps({"authors": [{"name": "Ada"}]}))
+    p = open_portal(portal)
+    entries = {a["annotation"]: a for a in p.annotations("TS_026")}
+    assert (entries["200"]["version"], entries["201"]["version"]) == (None, "2.0")
+    assert p.authors("TS_026", "201") == ["Ada"]
+    assert p.authors("TS_026", "200") == []  # its metadata JSON has no authors
+    with pytest.raises(InvalidValueError, match="2 annotations"):
+        p.picks("TS_026", object="cytosolic_ribosome")
+    assert p.picks("TS_026", object="cytosolic_ribosome", session="200").sizes["particle"] == 2
+    assert p.picks("TS_026", object="cytosolic_ribosome", annotation="201").sizes["particle"] == 1
+    by_author = p.picks("TS_026", object="cytosolic_ribosome", user="Ada")
+    np.testing.assert_array_equal(by_author["position"].values, [[1.0, 1.0, 1.0]])
+    assert (
+        p.picks("TS_026", object="cytosolic_ribosome", user="data-portal", session="201").sizes["particle"]
+        == 1
+    )
+    with pytest.raises(InvalidValueError, match="by 'Bob'"):
+        p.picks("TS_026", object="cytosolic_ribosome", user="Bob")
+    with pytest.raises(InvalidValueError, match="disagree"):
+        p.picks("TS_026", object="cytosolic_ribosome", session="200", annotation="201")
+    # the object with or without its version suffix (first layout: membrane-1.0_point.ndjson)
+    assert p.picks("TS_027", object="membrane").sizes["particle"] == 1
+
+
+def test_bad_author_metadata(portal: Path) -> None:
+    folder = portal / "10445" / "TS_026" / "Reconstructions" / "VoxelSpacing13.480" / "Annotations" / "200"
+    (folder / "annotation_metadata.json").write_text(json.dumps({"authors": "Ada"}))
+    with pytest.raises(FormatError, match="authors") as err:
+        open_portal(portal).picks("TS_026", object="cytosolic_ribosome", user="Ada")
+    assert "annotation_metadata.json" in str(err.value)

@@ -15,6 +15,12 @@ Examples
 
 from __future__ import annotations
 
+import functools
+import http.server
+import os
+import threading
+import urllib.parse
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,11 +35,13 @@ from scipy.spatial.transform import Rotation
 from cryoxr.poseset import make_poseset
 
 __all__ = [
+    "CountingHTTPServer",
     "CountingScheduler",
     "patch_mrc_header",
     "raise_if_dask_computes",
     "random_array",
     "random_poses",
+    "serve_folder",
     "write_mrc_with_mrcfile",
 ]
 
@@ -151,3 +159,91 @@ def patch_mrc_header(path: Path, **fields: Any) -> None:
     with mrcfile.mmap(path, mode="r+", permissive=True) as mrc:
         for key, value in fields.items():
             mrc.header[key] = value
+
+
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    """Python's file server, telling its :class:`CountingHTTPServer` what each request cost."""
+
+    counter: CountingHTTPServer
+
+    def send_head(self) -> Any:
+        self.counter._record(self.command, self.path, 0)
+        return super().send_head()
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        data = source.read()
+        outputfile.write(data)
+        self.counter._record(None, self.path, len(data))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: tests read the counters instead
+
+
+class CountingHTTPServer:
+    """A local HTTP server serving a folder in a thread, counting requests and bytes per path.
+
+    It listens on 127.0.0.1 at a port the OS picks (never a fixed one), serves the folder as
+    Python's ``http.server`` does (HTML index pages for folders, 404 for missing files, no
+    ``Range`` support) and counts, per URL path (unquoted, without the query): the requests
+    (``requests``, any method) and the body bytes sent (``bytes``). Use :func:`serve_folder`.
+
+    Attributes
+    ----------
+    url
+        ``http://127.0.0.1:<port>``, without a trailing slash.
+    requests, bytes
+        :class:`collections.Counter` by path (``"/t.zarr/0/c/0/0/0"``).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        handler = functools.partial(
+            type("Handler", (_CountingHandler,), {"counter": self}), directory=os.fspath(folder)
+        )
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="cryoxr-http", daemon=True)
+        self._thread.start()
+
+    def _record(self, method: str | None, raw_path: str, nbytes: int) -> None:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(raw_path).path)
+        with self._lock:
+            if method is not None:
+                self.requests[path] += 1
+            self.bytes[path] += nbytes
+
+    def reset(self) -> None:
+        """Zero the counters."""
+        with self._lock:
+            self.requests.clear()
+            self.bytes.clear()
+
+    def close(self) -> None:
+        """Stop serving and free the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+@contextmanager
+def serve_folder(folder: str | os.PathLike[str]) -> Iterator[CountingHTTPServer]:
+    """Serve ``folder`` over HTTP on 127.0.0.1 for the block (:class:`CountingHTTPServer`).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, urllib.request
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.txt").write_text("hello")
+    >>> with serve_folder(folder) as server:
+    ...     body = urllib.request.urlopen(f"{server.url}/a.txt").read()
+    >>> body, server.requests["/a.txt"], server.bytes["/a.txt"]
+    (b'hello', 1, 5)
+    """
+    server = CountingHTTPServer(folder)
+    try:
+        yield server
+    finally:
+        server.close()

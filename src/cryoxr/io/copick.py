@@ -1,4 +1,4 @@
-"""copick projects on the local disk, read directly (copick itself pins zarr < 3).
+"""copick projects on the local disk or behind a URL, read directly (copick itself pins zarr < 3).
 
 Layout (copick's documented filesystem layout; facts, not code)::
 
@@ -14,8 +14,16 @@ A picks file (:data:`PICK_KEYS`) holds ``pickable_object_name``, ``user_id``,
 at 0, as cryoxr's coordinates) and a 4 x 4 ``transformation_`` whose rotation takes the
 reference into the tomogram (cryoxr's orientation) and whose translation (Å) is the shift;
 ``score`` and ``instance_id`` are optional. Runs and picks are searched in the overlay root,
-then the static root; a root other than a local path (``s3://``, ``https://``) is refused
-(remote stores are not read here).
+then the static root.
+
+Remote projects: the config may be given as a URL (``https://.../config.json``,
+``s3://...``), and each root may be a URL as copick itself allows (``"overlay_root":
+"s3://bucket/project"``); a relative root is taken from the config's folder, a
+``local://`` root is a local path. Remote files are read through fsspec (``pip install
+'cryoxr[remote]'``, :mod:`cryoxr.io._fs`) by the same functions as local ones; runs, voxel
+spacings and picks are found by listing folders, which S3 does natively and an HTTP server
+does when it sends index pages for folders (a server that sends none shows no runs).
+Tomograms are read chunk by chunk (:func:`cryoxr.io.ome_zarr.read_ome_zarr` on the URL).
 
 :func:`open_copick` returns a :class:`CopickProject`: ``.runs``, ``.voxel_spacings(run)``,
 ``.tomogram_kinds(run, voxel_spacing)``, ``.pick_sets(run)``, ``.tomogram(run,
@@ -46,7 +54,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +67,12 @@ from cryoxr.errors import (
     CryoxrFileNotFoundError,
     FormatError,
     InvalidValueError,
+    MissingDependencyError,
     UnknownFormatError,
 )
 from cryoxr.image import Chunks, Image
 from cryoxr.io._atomic import atomic_path
-from cryoxr.io._paths import read_bytes
+from cryoxr.io._fs import Location, is_url
 from cryoxr.poseset import make_poseset
 
 __all__ = ["PICK_KEYS", "CopickProject", "open_copick", "read_copick_picks", "write_copick_picks"]
@@ -83,40 +92,46 @@ _SPACING = re.compile(r"^VoxelSpacing(\d+(?:\.\d+)?)$")
 _METADATA_MAX = 1 << 30
 
 
-def _json(path: Path, what: str) -> Any:
-    data = read_bytes(path, what=what, max_bytes=_METADATA_MAX)
+def _json(path: Location, what: str) -> Any:
+    data = path.read_bytes(what=what, max_bytes=_METADATA_MAX)
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise FormatError(f"{path}: expected JSON ({what}), found: {err}") from None
 
 
-def _root(config: Path, url: Any, key: str) -> Path | None:
+def _root(config: Location, url: Any, key: str) -> Location | None:
     if url is None:
         return None
     if not isinstance(url, str):
-        raise FormatError(f"{config}, {key}: expected a path or local:// URL, found {url!r}")
-    if url.startswith("local://"):
-        url = url[len("local://") :]
-    elif "://" in url:
-        raise UnknownFormatError(
-            f"{config}, {key}: {url!r} is a remote store; cryoxr opens local copick projects only"
-        )
-    root = Path(url)
-    return root if root.is_absolute() else (config.parent / root)
+        raise FormatError(f"{config}, {key}: expected a path or URL, found {url!r}")
+    try:
+        if is_url(url) or url.startswith(("local://", "file://")) or Path(url).is_absolute():
+            return Location.of(url)
+    except (MissingDependencyError, UnknownFormatError) as err:
+        raise type(err)(f"{config}, {key}: {err}") from None
+    return config.parent / url  # relative to the config's folder, local or remote
 
 
 @dataclass(frozen=True)
 class CopickProject:
-    """A copick project on disk: its config, roots and pickable objects (see the module docstring)."""
+    """A copick project: its config, roots and pickable objects (see the module docstring).
 
-    config: Path
+    ``config`` and ``roots`` are local paths or, for remote ones, URLs.
+    """
+
+    config: Path | str
     name: str
-    roots: tuple[Path, ...]
+    roots: tuple[Path | str, ...]
     objects: tuple[str, ...]
+    _roots: tuple[Location, ...] = field(default=(), repr=False, compare=False)
 
-    def _run_dirs(self, run: str) -> list[Path]:
-        found = [r / "ExperimentRuns" / run for r in self.roots if (r / "ExperimentRuns" / run).is_dir()]
+    def __post_init__(self) -> None:
+        if not self._roots:  # built from paths / URLs alone
+            object.__setattr__(self, "_roots", tuple(Location.of(r) for r in self.roots))
+
+    def _run_dirs(self, run: str) -> list[Location]:
+        found = [r / "ExperimentRuns" / run for r in self._roots if (r / "ExperimentRuns" / run).is_dir()]
         if not found:
             raise CryoxrFileNotFoundError(f"{self.config}: no run {run!r}; runs: {self.runs}")
         return found
@@ -124,13 +139,7 @@ class CopickProject:
     @property
     def runs(self) -> list[str]:
         """Run names, over every root, sorted."""
-        names = {
-            p.name
-            for r in self.roots
-            if (r / "ExperimentRuns").is_dir()
-            for p in (r / "ExperimentRuns").iterdir()
-            if p.is_dir()
-        }
+        names = {p.name for r in self._roots for p in (r / "ExperimentRuns").children() if p.is_dir()}
         return sorted(names)
 
     def voxel_spacings(self, run: str) -> list[float]:
@@ -138,16 +147,16 @@ class CopickProject:
         found = {
             float(m.group(1))
             for d in self._run_dirs(run)
-            for p in d.iterdir()
+            for p in d.children()
             if (m := _SPACING.match(p.name))
         }
         return sorted(found)
 
-    def _spacing_dir(self, run: str, voxel_spacing: float) -> list[Path]:
+    def _spacing_dir(self, run: str, voxel_spacing: float) -> list[Location]:
         dirs = [
             p
             for d in self._run_dirs(run)
-            for p in d.iterdir()
+            for p in d.children()
             if (m := _SPACING.match(p.name)) and abs(float(m.group(1)) - voxel_spacing) < 1e-3
         ]
         if not dirs:
@@ -159,7 +168,12 @@ class CopickProject:
     def tomogram_kinds(self, run: str, voxel_spacing: float) -> list[str]:
         """The tomogram types (``wbp``, ``denoised``, ...) at one voxel spacing."""
         return sorted(
-            {p.name[: -len(".zarr")] for d in self._spacing_dir(run, voxel_spacing) for p in d.glob("*.zarr")}
+            {
+                p.name[: -len(".zarr")]
+                for d in self._spacing_dir(run, voxel_spacing)
+                for p in d.children()
+                if p.name.endswith(".zarr")
+            }
         )
 
     def tomogram(
@@ -171,15 +185,17 @@ class CopickProject:
         for folder in self._spacing_dir(run, voxel_spacing):
             store = folder / f"{kind}.zarr"
             if store.is_dir():
-                return read_ome_zarr(store, level=level, chunks=chunks, experiment_id=run)
+                return read_ome_zarr(store.target, level=level, chunks=chunks, experiment_id=run)
         raise CryoxrFileNotFoundError(
             f"{self.config}: run {run!r} has no {kind!r} tomogram at {voxel_spacing} Å; kinds: {self.tomogram_kinds(run, voxel_spacing)}"
         )
 
-    def _pick_files(self, run: str) -> dict[tuple[str, str, str], Path]:
-        found: dict[tuple[str, str, str], Path] = {}
+    def _pick_files(self, run: str) -> dict[tuple[str, str, str], Location]:
+        found: dict[tuple[str, str, str], Location] = {}
         for d in reversed(self._run_dirs(run)):  # overlay (first root) wins
-            for path in sorted((d / "Picks").glob("*.json")) if (d / "Picks").is_dir() else []:
+            for path in (d / "Picks").children():
+                if not (path.name.endswith(".json") and path.is_file()):
+                    continue
                 parts = path.stem.split("_", 2)
                 if len(parts) == 3:
                     user, session, obj = parts
@@ -211,16 +227,35 @@ class CopickProject:
 
 
 def open_copick(config: PathLike) -> CopickProject:
-    """Open a copick project from its config JSON (local roots only).
+    """Open a copick project from its config JSON, a local path or a URL.
+
+    Parameters
+    ----------
+    config
+        The config JSON: a path, or a URL (``https://``, ``s3://``, any fsspec protocol;
+        needs ``pip install 'cryoxr[remote]'``). Its ``overlay_root`` / ``static_root`` may
+        be paths, ``local://`` paths, URLs, or paths relative to the config's folder.
 
     Raises
     ------
+    CryoxrFileNotFoundError
+        No such config (a 404), or its server cannot be reached.
     FormatError
         Not JSON, or roots / pickable objects of the wrong type.
+    MissingDependencyError
+        A URL (config or root) without fsspec, or without the protocol's package.
     UnknownFormatError
-        A remote root.
+        A root whose URL protocol fsspec does not know.
+
+    Examples
+    --------
+    >>> open_copick("https://127.0.0.1:1/config.json")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    cryoxr.errors.CryoxrFileNotFoundError: https://127.0.0.1:1/config.json: the copick config file could \
+not be read: ClientConnectorError: ...
     """
-    p = Path(config)
+    p = Location.of(config)
     data = _json(p, "copick config")
     if not isinstance(data, dict):
         raise FormatError(f"{p}: expected a JSON object (copick config), found {type(data).__name__}")
@@ -236,10 +271,16 @@ def open_copick(config: PathLike) -> CopickProject:
         raise FormatError(
             f"{p}, pickable_objects: expected a list of objects with a name, found {objects!r:.200}"
         )
-    return CopickProject(p, str(data.get("name", p.stem)), roots, tuple(o["name"] for o in objects))
+    return CopickProject(
+        p.target,
+        str(data.get("name", p.stem)),
+        tuple(r.target for r in roots),
+        tuple(o["name"] for o in objects),
+        roots,
+    )
 
 
-def _point(path: Path, i: int, point: Any) -> tuple[list[float], np.ndarray, float]:
+def _point(path: Location, i: int, point: Any) -> tuple[list[float], np.ndarray, float]:
     try:
         loc = point["location"]
         xyz = [float(loc[a]) for a in "xyz"]
@@ -259,8 +300,8 @@ def _point(path: Path, i: int, point: Any) -> tuple[list[float], np.ndarray, flo
     return xyz, matrix, score
 
 
-def read_copick_picks(path: PathLike, *, voxel_spacing: float) -> xr.Dataset:
-    """Read one copick picks JSON into a PoseSet in pixels of ``voxel_spacing`` Å.
+def read_copick_picks(path: PathLike | Location, *, voxel_spacing: float) -> xr.Dataset:
+    """Read one copick picks JSON (a path or a URL) into a PoseSet in pixels of ``voxel_spacing`` Å.
 
     Raises
     ------
@@ -268,7 +309,7 @@ def read_copick_picks(path: PathLike, *, voxel_spacing: float) -> xr.Dataset:
         Not JSON, no ``points`` list, a point without location, a transformation that is
         not a rotation plus translation, a unit other than angstrom.
     """
-    p = Path(path)
+    p = path if isinstance(path, Location) else Location.of(path)
     if not (np.isfinite(voxel_spacing) and voxel_spacing > 0):
         raise InvalidValueError(f"{p}: voxel_spacing must be > 0 Å, found {voxel_spacing}")
     data = _json(p, "copick picks")
@@ -312,8 +353,10 @@ def write_copick_picks(
     """Write a PoseSet (one experiment) as a copick picks JSON (Å locations, 4x4 transforms).
 
     ``position`` and ``shift`` are scaled to Å by the set's ``pixel_spacing``; a ``score``
-    variable is kept; ``instance_id`` too.
+    variable is kept; ``instance_id`` too. Written to a local path only.
     """
+    if is_url(path):
+        raise InvalidValueError(f"{path}: cryoxr writes copick picks to a local path, not to a URL")
     p = Path(path)
     spacing = float(poses.attrs["pixel_spacing"])
     ids = (

@@ -29,6 +29,7 @@ from typing import Unpack
 
 from cryoxr.errors import UnknownFormatError
 from cryoxr.image import Image
+from cryoxr.io._fs import is_url
 from cryoxr.io._image_read import ImageReadOptions
 from cryoxr.io.em import EM_SUFFIXES, read_em
 from cryoxr.io.mrc import MRC_SUFFIXES, read_mrc
@@ -83,7 +84,8 @@ def open_image(path: str | os.PathLike[str], **options: Unpack[ImageReadOptions]
     Parameters
     ----------
     path
-        An MRC file or an OME-Zarr store (see :data:`IMAGE_READERS`).
+        An MRC file or an OME-Zarr store (see :data:`IMAGE_READERS`); an OME-Zarr store
+        may be a URL (:func:`~cryoxr.io.ome_zarr.read_ome_zarr`).
     **options
         The options every image reader takes (:class:`ImageReadOptions`: ``chunks``,
         ``experiment_id``, ``pixel_spacing``, ``allow_anisotropic``), passed to the reader
@@ -99,8 +101,15 @@ def open_image(path: str | os.PathLike[str], **options: Unpack[ImageReadOptions]
     Raises
     ------
     UnknownFormatError
-        Unknown suffix; the message lists the suffixes cryoxr reads.
+        Unknown suffix; the message lists the suffixes cryoxr reads. A URL of a file other
+        than an OME-Zarr store.
     CryoxrFileNotFoundError, FormatError
         From the reader.
     """
-    return image_reader(path)(path, **options)
+    reader = image_reader(path)
+    if is_url(path) and reader is not read_ome_zarr:
+        raise UnknownFormatError(
+            f"{path}: cryoxr reads OME-Zarr stores from URLs (chunk by chunk); download this file "
+            "and open the local copy"
+        )
+    return reader(path, **options)

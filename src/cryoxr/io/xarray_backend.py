@@ -5,6 +5,7 @@ MRC (guessed from the suffix: ``.mrc .mrcs .st .ali .rec .map``) and OME-Zarr (w
 ``engine="cryoxr"`` explicitly, since xarray's zarr backend also claims ``.zarr``) through
 :func:`cryoxr.io.open_image` and :func:`cryoxr.io.read_ome_zarr`: the same values, coords
 in Å and attrs as the functions, in a Dataset with one variable named after the experiment.
+An OME-Zarr URL (``https://``, ``s3://``: :func:`cryoxr.io.read_ome_zarr`) is opened too.
 
 As xarray's own backends do, the variable is not a dask array: it is lazily indexed by
 xarray over a :class:`~xarray.backends.BackendArray` (the readers' ``chunks=None`` path),
@@ -40,6 +41,7 @@ from typing import Any
 import xarray as xr
 from xarray.backends import BackendEntrypoint
 
+from cryoxr.io._fs import is_url
 from cryoxr.io.images import IMAGE_READERS, open_image
 from cryoxr.io.mrc import MRC_SUFFIXES
 from cryoxr.io.ome_zarr import read_ome_zarr
@@ -63,8 +65,8 @@ class CryoxrBackendEntrypoint(BackendEntrypoint):
         experiment_id: str | None = None,
     ) -> xr.Dataset:
         """Open one image file as a Dataset holding one lazily indexed variable (no dask)."""
-        path = Path(filename_or_obj)
-        name = path.name.lower()
+        path = filename_or_obj if is_url(filename_or_obj) else Path(filename_or_obj)  # URLs as given
+        name = str(path).rstrip("/").lower()
         if name.endswith(".zarr"):
             image = read_ome_zarr(path, level=level, experiment_id=experiment_id, chunks=None)
         else:

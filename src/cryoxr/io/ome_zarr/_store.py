@@ -19,6 +19,10 @@ What the OME-Zarr readers get from it, for stores given as a local path:
 
 Every refusal is a :class:`~cryoxr.errors.FormatError` naming the member's path.
 
+Stores behind a URL are read through :class:`GuardedFsspecStore`, which keeps the rules that
+apply there: metadata documents over :data:`~cryoxr.io._paths.METADATA_MAX_BYTES` and JSON
+nested too deep are FormatErrors naming the member's URL.
+
 Examples
 --------
 >>> import tempfile, pathlib, zarr
@@ -47,12 +51,12 @@ from typing import Any, Self
 import numpy as np
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
-from zarr.storage import LocalStore
+from zarr.storage import FsspecStore, LocalStore
 
 from cryoxr.errors import CryoxrFileNotFoundError, FormatError
 from cryoxr.io._paths import METADATA_MAX_BYTES, inside_root, open_file
 
-__all__ = ["METADATA_NAMES", "UNREGISTERED_MAX_BYTES", "GuardedStore"]
+__all__ = ["METADATA_NAMES", "UNREGISTERED_MAX_BYTES", "GuardedFsspecStore", "GuardedStore"]
 
 #: file names that hold zarr metadata (JSON)
 METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
@@ -123,14 +127,7 @@ class GuardedStore(LocalStore):
         with handle:
             data = _read_range(handle, st.st_size, byte_range, limit, path, what)
         if what == "zarr metadata":
-            try:
-                json.loads(data)
-            except RecursionError:
-                raise FormatError(
-                    f"{path}: zarr metadata: expected JSON, found nesting deeper than Python's parser allows"
-                ) from None
-            except ValueError:
-                pass  # zarr reports broken JSON itself
+            _check_metadata(data, str(path))
         return prototype.buffer.from_bytes(data)
 
     def get_sync(
@@ -150,6 +147,34 @@ class GuardedStore(LocalStore):
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
         return [self._read(key, prototype, byte_range) for key, byte_range in key_ranges]
+
+
+def _check_metadata(data: bytes, where: str) -> None:
+    """Refuse metadata larger than :data:`METADATA_MAX_BYTES` or nested deeper than Python parses."""
+    if len(data) > METADATA_MAX_BYTES:
+        raise FormatError(
+            f"{where}: zarr metadata file of {len(data)} bytes; expected at most {METADATA_MAX_BYTES} bytes"
+        )
+    try:
+        json.loads(data)
+    except RecursionError:
+        raise FormatError(
+            f"{where}: zarr metadata: expected JSON, found nesting deeper than Python's parser allows"
+        ) from None
+    except ValueError:
+        pass  # zarr reports broken JSON itself
+
+
+class GuardedFsspecStore(FsspecStore):
+    """A :class:`zarr.storage.FsspecStore` (a store behind a URL) that checks its metadata documents."""
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        buffer = await super().get(key, prototype, byte_range)
+        if buffer is not None and key.rsplit("/", 1)[-1] in METADATA_NAMES:
+            _check_metadata(buffer.to_bytes(), f"{self.fs.unstrip_protocol(self.path)}/{key}")
+        return buffer
 
 
 def _read_range(

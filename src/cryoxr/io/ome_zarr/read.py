@@ -9,6 +9,13 @@ length 1 are dropped. Chunk bytes the codecs cannot decode are reported as
 is read through :class:`~cryoxr.io.ome_zarr._store.GuardedStore`: no link out of the store
 is followed (unless ``allow_links_outside=True``), no pipe or device is opened, and no
 metadata or chunk file larger than it can be is read.
+
+A URL (``https://``, ``http://``, ``s3://``, any fsspec protocol; the optional extra
+``pip install 'cryoxr[remote]'``) is read through fsspec (:func:`cryoxr.io._fs.zarr_store`),
+chunk by chunk: opening reads only the metadata documents (``zarr.json``, or ``.zgroup`` /
+``.zattrs`` / ``.zarray``), a selection reads only the chunks it touches. A URL with nothing
+behind it (a 404, no zarr metadata) or a host that cannot be reached is a
+:class:`~cryoxr.errors.CryoxrFileNotFoundError` naming the URL, also when a chunk is read.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from xarray.core import indexing
 
 from cryoxr.errors import CryoxrError, CryoxrFileNotFoundError, FormatError, InvalidValueError
 from cryoxr.image import IMAGE_DIMS, SPATIAL_DIMS, Chunks, Image, image_coords
+from cryoxr.io._fs import client_errors, is_url, remote_errors, remote_filesystem, zarr_store
 from cryoxr.io._image_read import IMAGE_CLASS
 from cryoxr.io.mrc.array import NanCheckedArray
 from cryoxr.io.ome_zarr._store import GuardedStore
@@ -69,10 +77,10 @@ class _ZarrChunks:
     is where they are reported.
     """
 
-    __slots__ = ("array", "dtype", "ndim", "path", "shape", "where")
+    __slots__ = ("array", "dtype", "ndim", "path", "remote", "shape", "where")
 
-    def __init__(self, array: Any, where: str, path: str) -> None:
-        self.array, self.where, self.path = array, where, path
+    def __init__(self, array: Any, where: str, path: str, remote: bool = False) -> None:
+        self.array, self.where, self.path, self.remote = array, where, path, remote
         self.shape = tuple(array.shape)
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
@@ -88,6 +96,13 @@ class _ZarrChunks:
                 f"{self.where}: array {self.path!r}, chunks under selection {key}: expected chunk data "
                 f"that the array's codecs decode, found {type(err).__name__}: {err}"
             ) from err
+        except Exception as err:
+            if not (self.remote and isinstance(err, client_errors())):
+                raise
+            raise CryoxrFileNotFoundError(
+                f"{self.where}: array {self.path!r}, chunks under selection {key}: could not be read: "
+                f"{type(err).__name__}: {err}"
+            ) from None
 
 
 class _LazyZarrArray(BackendArray):
@@ -114,6 +129,8 @@ def _where(path_or_store: Any) -> str:
 def _open_group(path_or_store: Any, allow_links_outside: bool = False) -> zarr.Group:
     where = _where(path_or_store)
     store = path_or_store
+    if is_url(path_or_store):
+        return _open_remote_group(where)
     if isinstance(path_or_store, str | os.PathLike) and "://" not in str(path_or_store):
         if not Path(path_or_store).exists():
             raise CryoxrFileNotFoundError(f"{where}: no such OME-Zarr store")
@@ -128,6 +145,27 @@ def _open_group(path_or_store: Any, allow_links_outside: bool = False) -> zarr.G
             f"{where}: group metadata (zarr.json, or .zgroup / .zattrs): not a zarr group; "
             f"expected readable zarr metadata, found {type(err).__name__}: {err}"
         ) from err
+
+
+def _open_remote_group(url: str) -> zarr.Group:
+    """The zarr group at a URL; a 404 or an unreachable host is a CryoxrFileNotFoundError."""
+    store = zarr_store(url)
+    with remote_errors(url, "OME-Zarr store"):
+        try:
+            return zarr.open_group(store, mode="r")
+        except CryoxrError:
+            raise
+        except METADATA_ERRORS as err:
+            fs, path = remote_filesystem(url)
+            names = ("zarr.json", ".zgroup", ".zattrs")
+            if not any(fs.exists(f"{path.rstrip('/')}/{name}") for name in names):
+                raise CryoxrFileNotFoundError(
+                    f"{url}: no such OME-Zarr store (none of {', '.join(names)} was found there)"
+                ) from None
+            raise FormatError(
+                f"{url}: group metadata (zarr.json, or .zgroup / .zattrs): not a zarr group; "
+                f"expected readable zarr metadata, found {type(err).__name__}: {err}"
+            ) from err
 
 
 def _read_level(
@@ -227,8 +265,9 @@ def _read_level(
     attrs["ome_version"] = version
     cls = IMAGE_CLASS[(len(dims) - int(stack), stack)]
     squeeze = (0,) * lead
+    remote = is_url(where)
     if chunks is None:
-        chunked = _ZarrChunks(array, where, str(path))
+        chunked = _ZarrChunks(array, where, str(path), remote)
         var = xr.Variable(names, indexing.LazilyIndexedArray(_LazyZarrArray(chunked)))[squeeze]
         # what xarray's ``open_dataarray(..., chunks=...)`` chunks along: the stored chunks
         var.encoding["preferred_chunks"] = dict(zip(dims, array.chunks[lead:], strict=True))
@@ -237,7 +276,7 @@ def _read_level(
         return cls(data)
     token = tokenize(where, group.path, path, json.dumps(array.metadata.to_dict(), default=str))
     darr = da.from_array(
-        _ZarrChunks(array, where, str(path)),
+        _ZarrChunks(array, where, str(path), remote),
         chunks=array.chunks,
         asarray=False,
         lock=False,
@@ -311,7 +350,8 @@ def read_ome_zarr(
     Parameters
     ----------
     path_or_store
-        A path, URL or zarr store (anything :func:`zarr.open_group` accepts).
+        A path, a URL (``https://``, ``s3://``, any fsspec protocol: needs ``pip install
+        'cryoxr[remote]'``; read chunk by chunk) or a zarr store.
     level
         Pyramid level (0 = full resolution; negative counts from the coarsest).
     chunks
@@ -338,7 +378,10 @@ def read_ome_zarr(
     Raises
     ------
     CryoxrFileNotFoundError
-        No such path.
+        No such path; a URL with no zarr metadata behind it (a 404), or a host that cannot
+        be reached (the message names the URL).
+    MissingDependencyError
+        A URL, and fsspec (or the protocol's package, such as s3fs) is not installed.
     FormatError
         Not a zarr group, no ``multiscales``, bad transforms or axes, unknown unit,
         anisotropic scale; the message names the store and the field. A member of a local

@@ -149,6 +149,26 @@ def test_write_back_round_trip(project: Path, tmp_path: Path) -> None:
         write_copick_picks(two, tmp_path / "x.json", object="o", user="u", session="s")
 
 
+def test_optional_fields_are_written_only_when_the_set_has_them(tmp_path: Path) -> None:
+    # a set without score / instance_id round-trips without gaining them (copick's fields are optional)
+    poses = make_poseset([[1.0, 2.0, 3.0]], experiment_id="TS_001", pixel_spacing=10.0)
+    target = tmp_path / "cryoxr_1_ribosome.json"
+    write_copick_picks(poses, target, object="ribosome", user="cryoxr", session="1")
+    assert set(json.loads(target.read_text())["points"][0]) == {"location", "transformation_"}
+    back = read_copick_picks(target, voxel_spacing=10.0)
+    assert "score" not in back
+    assert "instance_id" not in back
+    np.testing.assert_allclose(back["position"].values, [[1.0, 2.0, 3.0]])
+
+
+@pytest.mark.parametrize(("user", "session"), [("john_doe", "1"), ("alice", "a_b"), ("", "1")])
+def test_names_copick_cannot_split_are_refused(tmp_path: Path, user: str, session: str) -> None:
+    poses = make_poseset([[1.0, 2.0, 3.0]], experiment_id="TS_001", pixel_spacing=10.0)
+    with pytest.raises(InvalidValueError, match="first two underscores"):
+        write_copick_picks(poses, tmp_path / "p.json", object="ribosome", user=user, session=session)
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_unknown_root_protocol(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"overlay_root": "nosuchprotocol://bucket/project", "pickable_objects": []}))

@@ -52,7 +52,6 @@ Examples
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,11 +72,10 @@ from cryoxr.errors import (
 from cryoxr.image import Chunks, Image
 from cryoxr.io._atomic import atomic_path
 from cryoxr.io._fs import Location, is_url
+from cryoxr.io._paths import PathLike
 from cryoxr.poseset import make_poseset
 
 __all__ = ["PICK_KEYS", "CopickProject", "open_copick", "read_copick_picks", "write_copick_picks"]
-
-PathLike = str | os.PathLike[str]
 
 #: picks-file key -> meaning
 PICK_KEYS: dict[str, str] = {
@@ -323,10 +321,16 @@ def read_copick_picks(path: PathLike | Location, *, voxel_spacing: float) -> xr.
     position = np.array([pt[0] for pt in points], dtype=np.float64).reshape(n, 3) / voxel_spacing
     matrices = np.array([pt[1] for pt in points]).reshape(n, 4, 4)
     run = data.get("run_name") or p.parent.parent.name
-    extra: dict[str, np.ndarray] = {"score": np.array([pt[2] for pt in points], dtype=np.float64)}
-    ids = [pt.get("instance_id", 0) if isinstance(pt, dict) else 0 for pt in data.get("points") or []]
+    raw = [pt for pt in data.get("points") or [] if isinstance(pt, dict)]
+    extra: dict[str, np.ndarray] = {}
+    # optional fields become variables only when the file has them (a round trip adds nothing)
+    if any("score" in pt for pt in raw):
+        extra["score"] = np.array([pt[2] for pt in points], dtype=np.float64)
     try:
-        extra["instance_id"] = np.asarray(ids, dtype=np.int64).reshape(n)
+        if any("instance_id" in pt for pt in raw):
+            extra["instance_id"] = np.asarray(
+                [pt.get("instance_id", 0) for pt in raw], dtype=np.int64
+            ).reshape(n)
         ds = make_poseset(
             position,
             shift=matrices[:, :3, 3] / voxel_spacing,
@@ -352,11 +356,21 @@ def write_copick_picks(
 ) -> Path:
     """Write a PoseSet (one experiment) as a copick picks JSON (Å locations, 4x4 transforms).
 
-    ``position`` and ``shift`` are scaled to Å by the set's ``pixel_spacing``; a ``score``
-    variable is kept; ``instance_id`` too. Written to a local path only.
+    ``position`` and ``shift`` are scaled to Å by the set's ``pixel_spacing``; ``score`` and
+    ``instance_id`` variables are written when the set has them (copick's fields are optional:
+    nothing is invented). ``user`` and ``session`` must not contain ``_`` (copick splits the
+    file name ``<user>_<session>_<object>.json`` at the first two underscores). Written to a
+    local path only.
     """
     if is_url(path):
         raise InvalidValueError(f"{path}: cryoxr writes copick picks to a local path, not to a URL")
+    # copick names the file <user>_<session>_<object>.json and splits the name at the first two '_'
+    for name, value in (("user", user), ("session", session)):
+        if "_" in value or not value:
+            raise InvalidValueError(
+                f"{path}: copick {name} {value!r} must be non-empty without '_' (copick's file name "
+                f"<user>_<session>_<object>.json is split at the first two underscores)"
+            )
     p = Path(path)
     spacing = float(poses.attrs["pixel_spacing"])
     ids = (
@@ -373,24 +387,22 @@ def write_copick_picks(
         if poses.sizes["particle"]
         else np.zeros((0, 3, 3))
     )
-    score = (
-        np.asarray(poses["score"].values, dtype=np.float64) if "score" in poses else np.ones(len(position))
-    )
-    instance = (
-        np.asarray(poses["instance_id"].values) if "instance_id" in poses else np.zeros(len(position), int)
-    )
+    # score and instance_id are optional in copick: written when the set has them, never invented
+    score = np.asarray(poses["score"].values, dtype=np.float64) if "score" in poses else None
+    instance = np.asarray(poses["instance_id"].values) if "instance_id" in poses else None
     points = []
     for i in range(len(position)):
         matrix = np.eye(4)
         matrix[:3, :3], matrix[:3, 3] = rotation[i], shift[i]
-        points.append(
-            {
-                "location": dict(zip("xyz", position[i].tolist(), strict=True)),
-                "transformation_": matrix.tolist(),
-                "instance_id": int(instance[i]),
-                "score": None if np.isnan(score[i]) else float(score[i]),
-            }
-        )
+        point: dict[str, Any] = {
+            "location": dict(zip("xyz", position[i].tolist(), strict=True)),
+            "transformation_": matrix.tolist(),
+        }
+        if instance is not None:
+            point["instance_id"] = int(instance[i])
+        if score is not None:
+            point["score"] = None if np.isnan(score[i]) else float(score[i])
+        points.append(point)
     document = {
         "pickable_object_name": object,
         "user_id": user,

@@ -66,7 +66,6 @@ Examples
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,12 +78,10 @@ from scipy.spatial.transform import Rotation
 from cryoxr.errors import CryoxrError, CryoxrFileNotFoundError, FormatError, InvalidValueError
 from cryoxr.image import Chunks, Image
 from cryoxr.io._fs import Location
-from cryoxr.io._paths import METADATA_MAX_BYTES, parse_json
+from cryoxr.io._paths import METADATA_MAX_BYTES, PathLike, parse_json
 from cryoxr.poseset import make_poseset
 
 __all__ = ["NDJSON_KEYS", "PORTAL_USER", "PortalFolder", "open_portal", "read_portal_points"]
-
-PathLike = str | os.PathLike[str]
 
 #: ndjson keys -> meaning
 NDJSON_KEYS: dict[str, str] = {

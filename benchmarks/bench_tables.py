@@ -114,8 +114,9 @@ TASKS = [
 ]
 
 
-def make_relion5_file(path: Path, n: int, *, seed: int = 0) -> None:
-    """A RELION 5 particle file of ``n`` rows, columns padded with blanks (vectorised)."""
+def make_relion5_file(path: Path, n: int, *, seed: int = 0, pad: bool = True) -> None:
+    """A RELION 5 particle file of ``n`` rows, columns padded with blanks (vectorised);
+    ``pad=False``: single spaces (as cryoxr writes), the same values."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -139,7 +140,7 @@ def make_relion5_file(path: Path, n: int, *, seed: int = 0) -> None:
 
     def padded(values: np.ndarray, width: int = 12) -> pa.Array:
         arr = pa.array(np.round(values, 6) if values.dtype.kind == "f" else values)
-        return pc.utf8_lpad(pc.cast(arr, pa.string()), width=width)
+        return pc.utf8_lpad(pc.cast(arr, pa.string()), width=width if pad else 0)
 
     with open(path, "wb") as fh:
         fh.write(head.encode())
@@ -164,9 +165,9 @@ def make_relion5_file(path: Path, n: int, *, seed: int = 0) -> None:
                 padded(rng.normal(1e5, 10, k), 14),
                 padded(rng.uniform(0, 1, k)),
                 padded(rng.integers(1, 100, k), 5),
-                pc.utf8_lpad(particle, width=14),
+                pc.utf8_lpad(particle, width=14 if pad else 0),
                 padded(np.ones(k, dtype=np.int64), 3),
-                pc.utf8_lpad(pc.binary_join_element_wise(image, "_stack2d.mrcs", ""), width=40),
+                pc.utf8_lpad(pc.binary_join_element_wise(image, "_stack2d.mrcs", ""), width=40 if pad else 0),
                 padded(np.ones(k, dtype=np.int64), 3),
                 padded(index % 2 + 1, 3),
                 padded(rng.uniform(0.5, 1.5, k)),

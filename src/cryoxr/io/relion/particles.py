@@ -78,7 +78,7 @@ from cryoxr.io.relion._particle_layout import (
 )
 from cryoxr.io.star import WRITE_CHUNK_ROWS, StarBlock, format_block_header, read_star, write_star_blocks
 from cryoxr.io.star._write import _format_rows_buffer
-from cryoxr.poseset import make_poseset, validate_poseset
+from cryoxr.poseset import TEXT_DTYPE, make_poseset, validate_poseset
 
 __all__ = ["PARTICLE_LAYOUTS", "read_relion_particles", "write_relion_particles"]
 
@@ -235,11 +235,20 @@ def read_relion_particles(
     modelled = {*coordinate_labels, *origin_labels, *angle_labels}
     if experiment_label is not None:
         modelled.add(experiment_label)
-    extra = {label: _extra_values(table[label]) for label in table.columns if label not in modelled}
+    all_columns = [str(c) for c in table.columns]
+    # the table goes column by column (at 10^7 rows it is ~2 GB): modelled columns are
+    # already copied into position/shift/orientation, each extra is freed once converted
+    for label in modelled:
+        del table[label]
+    extra: dict[str, np.ndarray] = {}
+    for label in all_columns:
+        if label not in modelled:
+            extra[label] = _extra_values(table[label])
+            del table[label]
     relion_attrs: dict[str, Any] = {
         "version": block.version,
         "block": block.name,
-        "columns": [str(c) for c in table.columns],
+        "columns": all_columns,
         "ndim": ndim,
         "pixel_size_label": px_label,
         "layout": layout_name,
@@ -262,43 +271,52 @@ def read_relion_particles(
     return poses
 
 
+#: rows converted to text at a time (bounds the fixed-width scratch of a text column)
+_TEXT_ROWS = 1 << 20
+
+
 def _extra_values(column: pd.Series) -> np.ndarray:
-    """A column as a numpy array; text as fixed-width str (xarray converts object arrays
-    element by element through pandas, ~1 s per 10^6 strings)."""
+    """A column as a numpy array; text as :data:`~cryoxr.poseset.TEXT_DTYPE` (numpy's
+    variable-width strings: ~3x smaller than fixed-width ``<U`` for ``rlnImageName``)."""
     if pd.api.types.is_numeric_dtype(column.dtype):
         return column.to_numpy()
-    ascii_text = _ascii_text(column)
-    if ascii_text is not None:
-        return ascii_text
-    return np.asarray(column.to_numpy(dtype=object), dtype=str)
-
-
-def _ascii_text(column: pd.Series) -> np.ndarray | None:
-    """ASCII text of an arrow-backed column as fixed-width str, straight from arrow's buffers.
-
-    arrow pads every value with NUL bytes to the longest one (``utf8_rpad``), so the data
-    buffer becomes ``n`` equal records, widened once to ``U<width>`` code points (NUL
-    padding is what numpy's fixed-width strings strip). No Python str
-    object per value (the object route costs ~0.3 s per 10^6 values). None when the column
-    is not arrow-backed, holds nulls or any non-ASCII character.
-    """
     try:
         array = pa.array(column.array)
     except (TypeError, pa.ArrowInvalid):
-        return None
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    text = pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
-    if not text or array.null_count or len(array) == 0 or not pc.all(pc.string_is_ascii(array)).as_py():
+        array = None
+    if array is None or array.null_count or not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        return np.asarray(column.to_numpy(dtype=object)).astype(TEXT_DTYPE)
+    chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+    out = np.empty(len(array), dtype=TEXT_DTYPE)
+    at = 0
+    for chunk in chunks:
+        for start in range(0, len(chunk), _TEXT_ROWS):
+            part = chunk.slice(start, _TEXT_ROWS)
+            ascii_bytes = _ascii_bytes(part)
+            out[at : at + len(part)] = (
+                part.to_numpy(zero_copy_only=False) if ascii_bytes is None else ascii_bytes
+            )
+            at += len(part)
+    return out
+
+
+def _ascii_bytes(array: pa.Array) -> np.ndarray | None:
+    """ASCII text of an arrow string array as fixed-width bytes, straight from arrow's buffers.
+
+    arrow pads every value with NUL bytes to the longest one (``utf8_rpad``), so the data
+    buffer becomes ``n`` equal records: an ``S<width>`` array without a Python str per value
+    (NUL padding is what numpy's fixed-width strings strip; STAR text holds no NUL).
+    Casting it to :data:`~cryoxr.poseset.TEXT_DTYPE` is ~3x faster than from Python strs.
+    None when the array holds any non-ASCII character.
+    """
+    if len(array) == 0 or not pc.all(pc.string_is_ascii(array)).as_py():
         return None
     width = max(int(pc.max(pc.binary_length(array)).as_py()), 1)
     padded = pc.utf8_rpad(array, width=width, padding="\0")
     offset_type = np.int64 if pa.types.is_large_string(padded.type) else np.int32
     first = int(np.frombuffer(padded.buffers()[1], offset_type)[padded.offset])
     records = np.frombuffer(padded.buffers()[2], np.uint8)[first : first + width * len(padded)]
-    # ASCII bytes are their own code points: widen to UCS-4 as integers, not as strings
-    # (numpy's bytes -> str cast decodes value by value, ~4x slower than Python's str)
-    return records.astype(np.uint32).view(f"U{width}")
+    return records.view(f"S{width}")
 
 
 def _particle_columns(

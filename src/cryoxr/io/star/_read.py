@@ -129,11 +129,13 @@ class _BodyScanner:
             self._data = handle.read()
             self._base = start
         self._size = len(self._data)
+        self.size = self._size + self._base  # file offset of the end of the data
         self._position = start - self._base
         self.start = start  # file offset of the body
         self.stop = start  # file offset just past the body (valid once finished)
         self.nul = -1  # file offset of a NUL byte found in the body
         self.finished = self._position >= self._size
+        self._released = 0  # map offset up to which pages were dropped (see release)
 
     def next_piece(self) -> tuple[memoryview, bool]:
         """The next piece of whole lines (the last line may lack its newline), and
@@ -165,6 +167,18 @@ class _BodyScanner:
         while i > position and data[i - 1] != 10:
             i = data.find(marker, i + 1, cut)
         return i
+
+    def release(self, stop: int) -> None:
+        """Drop the map's pages before file offset ``stop`` (parsed already) from this
+        process: they stay in the page cache, but a 2 GB body no longer counts twice in
+        the reader's resident memory (once mapped, once parsed)."""
+        if self._map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        end = (stop - self._base) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > self._released:
+            with contextlib.suppress(OSError, ValueError):
+                self._map.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
+            self._released = end
 
     def close(self) -> None:
         if self._map is not None:
@@ -249,47 +263,101 @@ def _parse_quoted_piece(
 
 @dataclass
 class _ParsedBody:
-    tables: list[pa.Table]
+    """The parsed pieces of a body, in order.
+
+    Columns of a known numeric type (``numeric``: index -> numpy dtype) are copied piece
+    by piece into one growing array each, and the piece's own buffers are dropped at once,
+    so a 10^7-row body is never held twice (parsed pieces, then joined columns); the other
+    columns (text, or typed by content later) stay as the pieces' arrow chunks.
+    """
+
+    numeric: dict[int, np.dtype[Any]]
+    remaining_bytes: int = 0  # bytes from the body to the end of the file: sizes the buffers
+    tables: list[pa.Table] = field(default_factory=list)
+    buffers: dict[int, np.ndarray] = field(default_factory=dict)
+    rows: int = 0
     error: pa.ArrowInvalid | None = None
     lines: int = 0
     carriage_return: bool = False
     quoted_columns: set[int] = field(default_factory=set)
 
-    def add(self, result: _PieceResult) -> None:
+    def add(self, result: _PieceResult, piece_bytes: int) -> None:
         parsed, lines, carriage_return, quoted_columns = result
         self.lines += lines
         self.carriage_return |= carriage_return
         self.quoted_columns |= quoted_columns
         if isinstance(parsed, pa.ArrowInvalid):
             self.error = self.error or parsed
-        elif parsed is not None:
-            self.tables.append(parsed)
+        elif parsed is not None and self.error is None:
+            self._keep(parsed, piece_bytes)
+
+    def _keep(self, table: pa.Table, piece_bytes: int) -> None:
+        n = table.num_rows
+        numeric = list(self.numeric)  # known numeric labels: parsed as numbers, quoted or not
+        if self.rows + n > min((b.size for b in self.buffers.values()), default=0):
+            # rows per byte of this piece, times the bytes left (pages never written stay virtual)
+            estimate = int(n / max(piece_bytes, 1) * self.remaining_bytes * 1.1) + n + 1024
+            capacity = max(estimate, int(1.5 * (self.rows + n)))
+            for i in self.numeric:
+                grown = np.empty(capacity, dtype=self.numeric[i])
+                if i in self.buffers:
+                    grown[: self.rows] = self.buffers[i][: self.rows]
+                self.buffers[i] = grown
+        for i in numeric:
+            column = table.column(i)
+            out, at = self.buffers[i], self.rows
+            for chunk in column.chunks:
+                out[at : at + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+                at += len(chunk)
+        self.rows += n
+        self.remaining_bytes = max(self.remaining_bytes - piece_bytes, 0)
+        others = [i for i in range(table.num_columns) if i not in numeric]
+        self.tables.append(table.select(others).rename_columns([str(i) for i in others]))
+
+    def column(self, i: int, arrow_type: pa.DataType) -> np.ndarray | pa.ChunkedArray:
+        """Column ``i`` of every piece: a numpy array (numeric) or a chunked arrow array."""
+        name = str(i)
+        if self.tables and name in self.tables[0].column_names:
+            return pa.chunked_array(
+                [chunk for t in self.tables for chunk in t.column(name).chunks], type=arrow_type
+            )
+        return self.buffers[i][: self.rows]
 
 
-def _parse_body(scanner: _BodyScanner, names: list[str], column_types: dict[str, pa.DataType]) -> _ParsedBody:
+def _parse_body(
+    scanner: _BodyScanner, names: list[str], column_types: dict[str, pa.DataType], body: _ParsedBody
+) -> _ParsedBody:
     """Parse every piece of a body, in order, :data:`STAR_THREADS` pieces at a time.
 
-    The calling thread only finds line boundaries; workers count, clean and parse (numpy
-    and pyarrow release the GIL), so every core works and memory holds a few cleaned
-    pieces plus the parsed tables, never a copy of the file.
+    The calling thread only finds line boundaries and keeps the results in order;
+    workers count, clean and parse (numpy and pyarrow release the GIL), so every core
+    works and memory holds a few cleaned pieces plus the parsed columns, never a copy of
+    the file.
     """
-    body = _ParsedBody([])
     if scanner.finished:
         return body
     first = scanner.next_piece()
-    if scanner.finished:  # one piece: no threads
-        body.add(_parse_piece(*first, names, column_types))
+    if scanner.finished:  # one piece: no threads, and buffers of its own size
+        body.remaining_bytes = len(first[0])
+        body.add(_parse_piece(*first, names, column_types), len(first[0]))
         return body
-    pending: deque[Future[_PieceResult]] = deque()
+    pending: deque[tuple[Future[_PieceResult], int, int]] = deque()
+
+    def collect() -> None:
+        future, size, stop = pending.popleft()
+        body.add(future.result(), size)
+        scanner.release(stop)
+
     with ThreadPoolExecutor(max_workers=STAR_THREADS, thread_name_prefix="cryoxr-star") as executor:
         piece: tuple[memoryview, bool] | None = first
         while piece is not None:
-            pending.append(executor.submit(_parse_piece, *piece, names, column_types))
-            while len(pending) > STAR_THREADS or (pending and pending[0].done()):
-                body.add(pending.popleft().result())
+            future = executor.submit(_parse_piece, *piece, names, column_types)
+            pending.append((future, len(piece[0]), scanner.stop))
+            while len(pending) > STAR_THREADS or (pending and pending[0][0].done()):
+                collect()
             piece = None if scanner.finished else scanner.next_piece()
         while pending:
-            body.add(pending.popleft().result())
+            collect()
     return body
 
 
@@ -352,8 +420,14 @@ def _read_loop_body(
         name: _ARROW_TYPES.get(kind, pa.string()) for name, kind in zip(names, kinds, strict=True)
     }
     scanner = _BodyScanner(handle, handle.tell())
+    numeric = {
+        i: np.dtype(np.float64 if kind == "float" else np.int64)
+        for i, kind in enumerate(kinds)
+        if kind in ("float", "int")
+    }
+    body = _ParsedBody(numeric, remaining_bytes=max(scanner.size - scanner.start, 0))
     try:
-        body = _parse_body(scanner, names, column_types)
+        _parse_body(scanner, names, column_types, body)
     finally:
         scanner.close()
     if scanner.nul >= 0:
@@ -369,20 +443,21 @@ def _read_loop_body(
         _diagnose(path, handle.read(scanner.stop - scanner.start), first_line, labels, kinds)
         raise _fail(path, first_line, f"cannot parse the loop body of {len(labels)} columns ({body.error})")
     pieces = len(body.tables)
-    table = pa.concat_tables(body.tables)
-    body.tables.clear()
-    columns = [table.column(name) for name in names]
-
-    def convert(column: pa.ChunkedArray, kind: str, quoted: bool) -> Any:
-        # a column with a quoted value is text, whatever its values look like
-        return _to_pandas(column if kind or quoted else _infer(column))
-
     text = [i in body.quoted_columns for i in range(len(names))]
-    if pieces == 1 or table.num_rows < 1 << 16:
-        converted = [convert(*args) for args in zip(columns, kinds, text, strict=True)]
-    else:  # joining the pieces of each column copies: one column per core
+
+    def convert(i: int) -> Any:
+        column = body.column(i, column_types[names[i]])
+        if isinstance(column, np.ndarray):
+            return column
+        # a column with a quoted value is text, whatever its values look like
+        return _to_pandas(column if kinds[i] or text[i] else _infer(column))
+
+    if pieces == 1 or body.rows < 1 << 16:
+        converted = [convert(i) for i in range(len(names))]
+    else:  # joining the pieces of a text column copies: one column per core
         with ThreadPoolExecutor(max_workers=STAR_THREADS, thread_name_prefix="cryoxr-star") as executor:
-            converted = list(executor.map(convert, columns, kinds, text))
+            converted = list(executor.map(convert, range(len(names))))
+    body.tables.clear()
     return pd.DataFrame(dict(zip(labels, converted, strict=True)), copy=False), scanner.stop, body.lines
 
 

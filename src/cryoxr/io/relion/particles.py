@@ -145,6 +145,16 @@ def read_relion_particles(
     blocks = read_star(path)
     block = _particles_block(path, blocks)
     table = block.table
+    all_columns = [str(c) for c in table.columns]
+
+    def popped(labels: Sequence[str]) -> np.ndarray:
+        """Modelled columns as a checked (n, k) float64 copy; gone from the table (at 10^7
+        rows the table is ~2 GB: it shrinks as the PoseSet's arrays grow)."""
+        values = _finite(path, block.name, table, labels)
+        for label in labels:
+            del table[label]
+        return values
+
     px, px_label = _pixel_size(path, blocks, table, pixel_spacing)
     columns = set(table.columns)
     layout_name = next(
@@ -169,7 +179,7 @@ def read_relion_particles(
             f"{path}, data_{block.name}: expected all of {list(ANGLE_LABELS)}, found {angle_labels}"
         )
     n = len(table)
-    coordinates = _finite(path, block.name, table, coordinate_labels)
+    coordinates = popped(coordinate_labels)
     # factorized once: the tomogram sizes below go by code, not by string
     if experiment_label is not None:
         codes, uniques = pd.factorize(table[experiment_label])
@@ -199,19 +209,18 @@ def read_relion_particles(
         sizes = _tomogram_sizes(tomograms, str(path))
         used_names = names if n else names[:0]
         per_particle = _sizes_by_code(sizes, codes, used_names, str(path))
-        position = (
-            _in_pixels(path, block.name, coordinate_labels, coordinates, px, px_label or "pixel_spacing")
-            + per_particle / 2.0
-        )
+        position = _in_pixels(path, block.name, coordinate_labels, coordinates, px, px_label or "pixel_spacing")
+        del coordinates
+        per_particle /= 2.0
+        position += per_particle  # in place: no (n, 3) temporaries
+        del per_particle
         used = set(used_names.tolist())
         attrs_sizes = {k: [float(x) for x in v] for k, v in sizes.items() if k in used}
     else:
         position = coordinates
     origin = np.zeros((n, ndim))
     if origin_labels:
-        origin[:, [ORIGIN_LABELS.index(lab) for lab in origin_labels]] = _finite(
-            path, block.name, table, origin_labels
-        )
+        origin[:, [ORIGIN_LABELS.index(lab) for lab in origin_labels]] = popped(origin_labels)
     pixel_origin_labels = [label for label in PIXEL_ORIGIN_LABELS[:ndim] if label in columns]
     if pixel_origin_labels and not origin_labels:  # RELION 3.0: origins in pixels of the images
         origin[:, [PIXEL_ORIGIN_LABELS.index(lab) for lab in pixel_origin_labels]] = _finite(
@@ -221,24 +230,24 @@ def read_relion_particles(
     if ndim == 2:
         position = np.column_stack([position, np.zeros(n)])
         origin = np.column_stack([origin, np.zeros(n)])
-    quaternions = np.zeros((n, 4))
-    quaternions[:, 3] = 1.0
     if angle_labels:
-        quaternions = _relion_quaternions(_finite(path, block.name, table, ANGLE_LABELS))
+        quaternions = _relion_quaternions(popped(ANGLE_LABELS))
+    else:
+        quaternions = np.zeros((n, 4))
+        quaternions[:, 3] = 1.0
     if all(label in columns for label in SUBTOMOGRAM_ANGLE_LABELS) and n:
         pre = _rotation_from_relion(_finite(path, block.name, table, SUBTOMOGRAM_ANGLE_LABELS))
         quaternions = np.asarray((pre * Rotation.from_quat(quaternions)).as_quat()).reshape(n, 4)
         origin = pre.apply(origin).reshape(n, 3)
-    shift = (
-        -_in_pixels(path, block.name, ORIGIN_LABELS, origin, px, px_label or "pixel_spacing") + 0.0
-    )  # no -0.0
+    shift = _in_pixels(path, block.name, ORIGIN_LABELS, origin, px, px_label or "pixel_spacing")
+    del origin
+    np.negative(shift, out=shift)
+    shift += 0.0  # no -0.0
     modelled = {*coordinate_labels, *origin_labels, *angle_labels}
     if experiment_label is not None:
         modelled.add(experiment_label)
-    all_columns = [str(c) for c in table.columns]
-    # the table goes column by column (at 10^7 rows it is ~2 GB): modelled columns are
-    # already copied into position/shift/orientation, each extra is freed once converted
-    for label in modelled:
+    # the rest of the table goes column by column: each extra is freed once converted
+    for label in modelled & set(table.columns):
         del table[label]
     extra: dict[str, np.ndarray] = {}
     for label in all_columns:

@@ -19,6 +19,7 @@ rules; a quoted value of a label :data:`LABEL_TYPES` does not know is text.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import mmap
 import os
@@ -54,6 +55,14 @@ _VERSION = re.compile(r"#\s*version\s+(\d+)")
 #: indices of the columns holding a quoted value)
 _PieceResult = tuple[pa.Table | pa.ArrowInvalid | None, int, bool, set[int]]
 _CARRIAGE_RETURN = "carriage return (Windows CR+LF line endings); RELION rejects these, convert with dos2unix"
+
+
+def _trim_heap() -> None:
+    """Give the C heap's freed pages back to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere): the pieces of a large body, parsed and freed, would otherwise stay
+    resident until reused, and the PoseSet built next allocates elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _fail(path: Path, line: int, message: str) -> FormatError:
@@ -458,6 +467,8 @@ def _read_loop_body(
         with ThreadPoolExecutor(max_workers=STAR_THREADS, thread_name_prefix="cryoxr-star") as executor:
             converted = list(executor.map(convert, range(len(names))))
     body.tables.clear()
+    if pieces > 1:
+        _trim_heap()
     return pd.DataFrame(dict(zip(labels, converted, strict=True)), copy=False), scanner.stop, body.lines
 
 

@@ -281,7 +281,9 @@ def engine_floor(path: Path, repeats: int) -> dict[str, float]:
         return np.require(xr.open_dataarray("-", engine=InMemory).isel(z=nz // 2).values, requirements="O")
 
     def floor_coords() -> np.ndarray:
-        return np.require(xr.open_dataarray("-", engine=InMemoryCoords).isel(z=nz // 2).values, requirements="O")
+        return np.require(
+            xr.open_dataarray("-", engine=InMemoryCoords).isel(z=nz // 2).values, requirements="O"
+        )
 
     contenders = {
         "raw mrcfile.mmap + numpy": raw,

@@ -224,7 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes = args.rows or ([100_000] if args.quick else [1_000_000, 10_000_000])
     folder = args.folder or Path(tempfile.mkdtemp(prefix="cryoxr-bench-tables-"))
-    print(f"machine: {os.cpu_count()} cores, {_memory_gib():.0f} GiB; load average {os.getloadavg()[0]:.1f}; folder {folder}")
+    print(
+        f"machine: {os.cpu_count()} cores, {_memory_gib():.0f} GiB; load average {os.getloadavg()[0]:.1f}; folder {folder}"
+    )
     results = []
     for n in sizes:
         path = folder / (f"particles_{n}_unpadded.star" if args.unpadded else f"particles_{n}.star")

@@ -648,7 +648,9 @@ def test_text_columns_convert_in_slices(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 odd_text = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zl", "Zp"), exclude_characters="\x85"),
+    alphabet=st.characters(
+        codec="utf-8", exclude_categories=("Cs", "Cc", "Zl", "Zp"), exclude_characters="\x85"
+    ),
     max_size=12,
 )
 
@@ -675,3 +677,28 @@ def test_odd_text_round_trips_unchanged(tmp_path: Path, values: list[str]) -> No
     again = tmp_path / "again.star"
     write_relion_particles(back, again, overwrite=True)
     assert again.read_bytes() == path.read_bytes()
+
+
+def test_text_survives_zarr_and_convert(tmp_path: Path) -> None:
+    """StringDType text through the other writers: a PoseSet stored as zarr (format 2, as
+    cryoxr's commands write) and ``convert`` STAR -> STAR give back the same text."""
+    names = ["000001@Subtomograms/TS 01.mrcs", "", "ü'x\"", "b"]
+    poses = cryoxr.make_poseset(
+        np.arange(12.0).reshape(4, 3),
+        experiment_id=["TS_01", "TS_01", "TS_02", "TS_02"],
+        pixel_spacing=1.5,
+        extra={"rlnImageName": names},
+    )
+    star = tmp_path / "p.star"
+    write_relion_particles(poses, star, version=4)
+    read = read_relion_particles(star)
+    store = tmp_path / "p.zarr"
+    read.to_zarr(store, zarr_format=2)
+    import xarray as xr
+
+    back = xr.open_zarr(store).compute()
+    assert back["rlnImageName"].values.tolist() == names
+    write_relion_particles(back, tmp_path / "from_zarr.star")
+    assert (tmp_path / "from_zarr.star").read_bytes() == star.read_bytes()
+    cryoxr.io.convert(star, tmp_path / "converted.star")
+    assert read_relion_particles(tmp_path / "converted.star")["rlnImageName"].values.tolist() == names

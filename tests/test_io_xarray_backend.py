@@ -139,14 +139,22 @@ def test_dask_only_with_chunks(image_path: Path, monkeypatch: pytest.MonkeyPatch
     ],
 )
 def test_engine_dataset_is_read_mrc_without_the_wrapper(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, shape: tuple[int, ...], stack: bool, patch: dict
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    shape: tuple[int, ...],
+    stack: bool,
+    patch: dict,
 ) -> None:
     """The engine builds its Dataset straight from the header (no Image to validate) and
     gives exactly what ``read_mrc(chunks=None)`` gives: values, coords, attrs."""
     from cryoxr.testing import patch_mrc_header, random_array, write_mrc_with_mrcfile
 
     path = write_mrc_with_mrcfile(
-        tmp_path / name, random_array(np.random.default_rng(3), shape, np.float32), voxel_size=3.5, stack=stack
+        tmp_path / name,
+        random_array(np.random.default_rng(3), shape, np.float32),
+        voxel_size=3.5,
+        stack=stack,
     )
     if patch:
         patch_mrc_header(path, **patch)
@@ -162,5 +170,7 @@ def test_engine_dataset_is_read_mrc_without_the_wrapper(
     xr.testing.assert_identical(da_, direct)
     assert ds.attrs == direct.attrs
     if "swapped" not in name:  # what chunks={} chunks along: read_mrc's own dask chunks
-        assert da_.encoding["preferred_chunks"] == dict(zip(da_.dims, read_mrc(path).data.data.chunksize, strict=True))
+        assert da_.encoding["preferred_chunks"] == dict(
+            zip(da_.dims, read_mrc(path).data.data.chunksize, strict=True)
+        )
     np.testing.assert_array_equal(da_[1].values, direct[1].values)

@@ -137,16 +137,27 @@ def read_mrc(
     (True, ('image', 'y', 'x'), 'float16', 1.35)
     """
     opened = _open_mrc(
-        Path(path), experiment_id=experiment_id, pixel_spacing=pixel_spacing, allow_anisotropic=allow_anisotropic
+        Path(path),
+        experiment_id=experiment_id,
+        pixel_spacing=pixel_spacing,
+        allow_anisotropic=allow_anisotropic,
     )
     if chunks is None:
         var, coords = _lazy_variable(opened)
         return opened.cls(xr.DataArray(var, coords=coords, name=opened.experiment_id))  # attrs on var
     array, layout, order_zyx, spatial_ndim, stack = (
-        opened.array, opened.layout, opened.order_zyx, opened.layout.spatial_ndim, opened.layout.stack
+        opened.array,
+        opened.layout,
+        opened.order_zyx,
+        opened.layout.spatial_ndim,
+        opened.layout.stack,
     )
     cls, spacing, attrs, experiment_id, path = (
-        opened.cls, opened.spacing, opened.attrs, opened.experiment_id, opened.path
+        opened.cls,
+        opened.spacing,
+        opened.attrs,
+        opened.experiment_id,
+        opened.path,
     )
     source: Any = array
     if order_zyx is not None and order_zyx != (0, 1, 2):
@@ -185,7 +196,9 @@ class _Opened:
     order_zyx: tuple[int, ...] | None  # the transpose to (z, y, x) of a volume
 
 
-def _open_mrc(path: Path, *, experiment_id: str | None, pixel_spacing: float | None, allow_anisotropic: bool) -> _Opened:
+def _open_mrc(
+    path: Path, *, experiment_id: str | None, pixel_spacing: float | None, allow_anisotropic: bool
+) -> _Opened:
     """Parse and check the header (one open, one ``fstat``); map nothing, read no voxels."""
     handle, st = open_file(path, what="MRC")  # a folder, a FIFO, a device: refused at once
     with handle:

@@ -209,7 +209,9 @@ def read_relion_particles(
         sizes = _tomogram_sizes(tomograms, str(path))
         used_names = names if n else names[:0]
         per_particle = _sizes_by_code(sizes, codes, used_names, str(path))
-        position = _in_pixels(path, block.name, coordinate_labels, coordinates, px, px_label or "pixel_spacing")
+        position = _in_pixels(
+            path, block.name, coordinate_labels, coordinates, px, px_label or "pixel_spacing"
+        )
         del coordinates
         per_particle /= 2.0
         position += per_particle  # in place: no (n, 3) temporaries
@@ -293,7 +295,11 @@ def _extra_values(column: pd.Series) -> np.ndarray:
         array = pa.array(column.array)
     except (TypeError, pa.ArrowInvalid):
         array = None
-    if array is None or array.null_count or not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+    if (
+        array is None
+        or array.null_count
+        or not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type))
+    ):
         return np.asarray(column.to_numpy(dtype=object)).astype(TEXT_DTYPE)
     chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
     out = np.empty(len(array), dtype=TEXT_DTYPE)

@@ -316,13 +316,45 @@ def _parse_body(
 ) -> _ParsedBody:
     """Parse every piece of a body, in order, :data:`STAR_THREADS` pieces at a time.
 
-    The calling thread only finds line boundaries and keeps the results in order;
-    workers count, clean and parse (numpy and pyarrow release the GIL), so every core
-    works and memory holds a few cleaned pieces plus the parsed columns, never a copy of
-    the file.
+    The calling thread only finds line boundaries; workers count, clean and parse (numpy
+    and pyarrow release the GIL), and one more thread keeps the results in order (copies
+    the numeric columns into their arrays), so every core works and memory holds a few
+    cleaned pieces plus the parsed columns, never a copy of the file.
     """
     if scanner.finished:
         return body
+    first = scanner.next_piece()
+    if scanner.finished:  # one piece: no threads, and buffers of its own size
+        body.remaining_bytes = len(first[0])
+        body.add(_parse_piece(*first, names, column_types), len(first[0]))
+        return body
+    pending: deque[tuple[Future[_PieceResult], int, int]] = deque()
+    kept: deque[Future[None]] = deque()  # body.add runs on `keeper` only: one at a time, in order
+
+    with (
+        ThreadPoolExecutor(max_workers=STAR_THREADS, thread_name_prefix="cryoxr-star") as executor,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryoxr-star-keep") as keeper,
+    ):
+
+        def collect() -> None:
+            future, size, stop = pending.popleft()
+            kept.append(keeper.submit(body.add, future.result(), size))
+            scanner.release(stop)  # parsed: the piece's pages are no longer needed
+            while len(kept) > STAR_THREADS or (kept and kept[0].done()):
+                kept.popleft().result()
+
+        piece: tuple[memoryview, bool] | None = first
+        while piece is not None:
+            future = executor.submit(_parse_piece, *piece, names, column_types)
+            pending.append((future, len(piece[0]), scanner.stop))
+            while len(pending) > STAR_THREADS or (pending and pending[0][0].done()):
+                collect()
+            piece = None if scanner.finished else scanner.next_piece()
+        while pending:
+            collect()
+        while kept:
+            kept.popleft().result()
+    return body
     first = scanner.next_piece()
     if scanner.finished:  # one piece: no threads, and buffers of its own size
         body.remaining_bytes = len(first[0])

@@ -115,7 +115,8 @@ def read_relion_particles(
     -------
     xarray.Dataset
         The PoseSet (see the module docstring for the conversion). Unmodelled columns are
-        data variables named by their RELION label; ``attrs["relion"]`` keeps the rest.
+        data variables named by their RELION label (text as numpy's variable-width
+        :data:`~cryoxr.poseset.TEXT_DTYPE`); ``attrs["relion"]`` keeps the rest.
 
     Raises
     ------

@@ -355,26 +355,3 @@ def _parse_body(
         while kept:
             kept.popleft().result()
     return body
-    first = scanner.next_piece()
-    if scanner.finished:  # one piece: no threads, and buffers of its own size
-        body.remaining_bytes = len(first[0])
-        body.add(_parse_piece(*first, names, column_types), len(first[0]))
-        return body
-    pending: deque[tuple[Future[_PieceResult], int, int]] = deque()
-
-    def collect() -> None:
-        future, size, stop = pending.popleft()
-        body.add(future.result(), size)
-        scanner.release(stop)
-
-    with ThreadPoolExecutor(max_workers=STAR_THREADS, thread_name_prefix="cryoxr-star") as executor:
-        piece: tuple[memoryview, bool] | None = first
-        while piece is not None:
-            future = executor.submit(_parse_piece, *piece, names, column_types)
-            pending.append((future, len(piece[0]), scanner.stop))
-            while len(pending) > STAR_THREADS or (pending and pending[0][0].done()):
-                collect()
-            piece = None if scanner.finished else scanner.next_piece()
-        while pending:
-            collect()
-    return body

@@ -31,6 +31,7 @@ import numpy as np
 
 QUICK_SHAPE = (256, 512, 512)  # 256 MiB of float32
 FULL_SHAPE = (1024, 1024, 1024)  # 4 GiB of float32
+ENGINE_SHAPE = (256, 1024, 1024)  # 1 GiB of float32: the engine's open + z-slice (--engine-only)
 PIXEL_SPACING = 13.48
 
 
@@ -238,6 +239,69 @@ def worker_convert(method: str, src: str, dst: str, chunk: int) -> dict[str, Any
     return {"seconds": seconds, "peak_rss": peak_rss(), "stored": tree_bytes(Path(dst))}
 
 
+def engine_floor(path: Path, repeats: int) -> dict[str, float]:
+    """Open + z-slice, interleaved in one process (each call's median over ``repeats``):
+    raw ``mrcfile.mmap``, the cryoxr engine, and xarray's own floor: ``open_dataarray``
+    through a backend that returns an in-memory Dataset of the same shape (no file, no
+    header), bare and with the same three indexed coordinates in Å.
+
+    Every contender copies the plane once into memory it owns, as :func:`_openers` does.
+    """
+    import mrcfile
+    import xarray as xr
+    from xarray.backends import BackendEntrypoint
+
+    from cryoxr.image import image_coords
+
+    with mrcfile.mmap(path, mode="r") as mrc:
+        shape = tuple(int(n) for n in mrc.data.shape)
+    nz = shape[0]
+    zeros = np.broadcast_to(np.zeros((), np.float32), shape)  # no memory, same shape
+
+    class InMemory(BackendEntrypoint):
+        coords = False
+
+        def open_dataset(self, filename_or_obj: Any, *, drop_variables: Any = None) -> xr.Dataset:
+            data = xr.DataArray(zeros, dims=("z", "y", "x"), name="t")
+            if self.coords:
+                data = data.assign_coords(image_coords(shape, ("z", "y", "x"), PIXEL_SPACING))
+            return data.to_dataset()
+
+    class InMemoryCoords(InMemory):
+        coords = True
+
+    def raw() -> np.ndarray:
+        mrc = mrcfile.mmap(path, mode="r")
+        return np.array(mrc.data[nz // 2])
+
+    def engine() -> np.ndarray:
+        return np.require(xr.open_dataarray(path, engine="cryoxr").isel(z=nz // 2).values, requirements="O")
+
+    def floor() -> np.ndarray:
+        return np.require(xr.open_dataarray("-", engine=InMemory).isel(z=nz // 2).values, requirements="O")
+
+    def floor_coords() -> np.ndarray:
+        return np.require(
+            xr.open_dataarray("-", engine=InMemoryCoords).isel(z=nz // 2).values, requirements="O"
+        )
+
+    contenders = {
+        "raw mrcfile.mmap + numpy": raw,
+        "xr.open_dataarray(engine='cryoxr')": engine,
+        "xarray floor: in-memory backend": floor,
+        "xarray floor: in-memory backend + coords": floor_coords,
+    }
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for fn in contenders.values():
+        fn()  # imports, caches
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def run_worker(args: list[str]) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(args)], capture_output=True, text=True, check=False
@@ -263,6 +327,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="256 MiB instead of 4 GiB")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="only open + z-slice of the engine against raw mmap and xarray's floor, one process, "
+        "1 GiB volume (256 x 1024 x 1024), 500 interleaved repeats",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -271,8 +341,8 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    shape = QUICK_SHAPE if args.quick else FULL_SHAPE
-    repeats = args.repeats or (20 if args.quick else 10)
+    shape = ENGINE_SHAPE if args.engine_only else QUICK_SHAPE if args.quick else FULL_SHAPE
+    repeats = args.repeats or (500 if args.engine_only else 20 if args.quick else 10)
     folder = Path(args.dir or tempfile.mkdtemp(prefix="cryoxr-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     src = folder / f"tomo_{'x'.join(map(str, shape))}.mrc"
@@ -282,6 +352,26 @@ def main() -> None:
         make_mrc(src, shape)
         print(f"wrote {src} ({mib(nbytes)}) in {time.perf_counter() - t0:.1f} s", flush=True)
     print(f"machine: {os.cpu_count()} cores; volume {shape} float32 = {mib(nbytes)}", flush=True)
+    if args.engine_only:
+        warm(src)
+        load = os.getloadavg()[0]
+        floor = engine_floor(src, repeats)
+        raw_time = floor["raw mrcfile.mmap + numpy"]
+        print(f"\n## Open + z-slice, one process, median of {repeats} interleaved repeats (load {load:.1f} -> "
+              f"{os.getloadavg()[0]:.1f})\n")  # fmt: skip
+        print("| method | open + z-slice | vs raw mmap |\n|---|---|---|")
+        for name, seconds in floor.items():
+            print(f"| {name} | {seconds * 1e3:.3f} ms | {seconds / raw_time:.2f}x |")
+        engine_time = floor["xr.open_dataarray(engine='cryoxr')"]
+        xarray_floor = floor["xarray floor: in-memory backend + coords"]
+        print(
+            f"\n- engine / raw mmap: {engine_time / raw_time:.2f}x (target <= 5x); "
+            f"xarray's floor with the same coords: {xarray_floor / raw_time:.2f}x; "
+            f"cryoxr's own part: {(engine_time - xarray_floor) * 1e3:.2f} ms"
+        )
+        if args.dir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
 
     # -- conversion ------------------------------------------------------------------------
     conversions: dict[str, dict[str, Any]] = {}

@@ -600,7 +600,7 @@ def test_empty_tomogram_name_names_the_file(tmp_path: Path) -> None:
         ["ä@TS_01.mrcs", "b", "c"],  # not ASCII: the general conversion
     ],
 )
-def test_text_extra_columns_are_fixed_width_str(tmp_path: Path, names: list[str]) -> None:
+def test_text_extra_columns_are_variable_width_strings(tmp_path: Path, names: list[str]) -> None:
     path = particles_file(
         tmp_path,
         [
@@ -615,20 +615,90 @@ def test_text_extra_columns_are_fixed_width_str(tmp_path: Path, names: list[str]
     )
     poses = read_relion_particles(path)
     values = poses["rlnImageName"].values
-    width = max(len(n) for n in names)
-    assert values.dtype == np.dtype(f"<U{width}")
+    assert values.dtype == np.dtypes.StringDType()  # not <U<longest>: 4 bytes a character
     assert values.tolist() == names
+    assert poses.experiment_id.dtype.kind == "U"  # labels stay fixed-width (astype(str) works)
     assert poses["rlnOpticsGroup"].values.tolist() == [1, 1, 1]
 
 
-def test_ascii_text_from_arrow_buffers_equals_str(rng: np.random.Generator) -> None:
-    from cryoxr.io.relion.particles import _ascii_text
+def test_ascii_bytes_from_arrow_buffers_equals_str(rng: np.random.Generator) -> None:
+    import pyarrow as pa
+
+    from cryoxr.io.relion.particles import _ascii_bytes
 
     words = ["".join(rng.choice(list("abc/@_.0123"), size=rng.integers(0, 12))) for _ in range(200)]
-    column = pd.Series(words, dtype="string[pyarrow]").iloc[7:150]  # a slice: buffers with an offset
-    got = _ascii_text(column)
+    array = pa.array(words).slice(7, 143)  # a slice: buffers with an offset
+    got = _ascii_bytes(array)
     assert got is not None
-    assert got.dtype == np.dtype(f"<U{max(len(w) for w in words[7:150])}")
-    assert got.tolist() == words[7:150]
-    assert _ascii_text(pd.Series(["é", "a"], dtype="string[pyarrow]")) is None
-    assert _ascii_text(pd.Series(["a", None], dtype="string[pyarrow]")) is None
+    assert got.dtype == np.dtype(f"S{max(len(w) for w in words[7:150])}")
+    assert got.astype(np.dtypes.StringDType()).tolist() == words[7:150]
+    assert _ascii_bytes(pa.array(["é", "a"])) is None
+
+
+def test_text_columns_convert_in_slices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slices of a column (several arrow chunks, ASCII and not) land in order."""
+    import cryoxr.io.relion.particles as particles
+
+    monkeypatch.setattr(particles, "_TEXT_ROWS", 2)
+    names = ["a", "bb@x.mrcs", "ü", "", "'q'", "d e"]
+    column = pd.Series(pd.array(names, dtype="string[pyarrow]"))
+    got = particles._extra_values(column)
+    assert got.dtype == np.dtypes.StringDType()
+    assert got.tolist() == names
+
+
+odd_text = st.text(
+    alphabet=st.characters(
+        codec="utf-8", exclude_categories=("Cs", "Cc", "Zl", "Zp"), exclude_characters="\x85"
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(odd_text, min_size=1, max_size=6))
+def test_odd_text_round_trips_unchanged(tmp_path: Path, values: list[str]) -> None:
+    """Quotes, blanks, unicode and empty strings come back exactly, as StringDType."""
+    n = len(values)
+    poses = cryoxr.make_poseset(
+        np.arange(3.0 * n).reshape(n, 3),
+        experiment_id=["TS 1"] * n,
+        pixel_spacing=1.0,
+        extra={"rlnImageName": np.array(values, dtype=object).astype(str), "rlnNote": values},
+    )
+    assert poses["rlnImageName"].dtype == np.dtypes.StringDType()
+    path = tmp_path / "odd.star"
+    write_relion_particles(poses, path, version=4, overwrite=True)
+    back = read_relion_particles(path)
+    for name in ("rlnImageName", "rlnNote"):
+        assert back[name].dtype == np.dtypes.StringDType()
+        assert back[name].values.tolist() == values
+    assert back.experiment_id.values.tolist() == ["TS 1"] * n
+    again = tmp_path / "again.star"
+    write_relion_particles(back, again, overwrite=True)
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_text_survives_zarr_and_convert(tmp_path: Path) -> None:
+    """StringDType text through the other writers: a PoseSet stored as zarr (format 2, as
+    cryoxr's commands write) and ``convert`` STAR -> STAR give back the same text."""
+    names = ["000001@Subtomograms/TS 01.mrcs", "", "ü'x\"", "b"]
+    poses = cryoxr.make_poseset(
+        np.arange(12.0).reshape(4, 3),
+        experiment_id=["TS_01", "TS_01", "TS_02", "TS_02"],
+        pixel_spacing=1.5,
+        extra={"rlnImageName": names},
+    )
+    star = tmp_path / "p.star"
+    write_relion_particles(poses, star, version=4)
+    read = read_relion_particles(star)
+    store = tmp_path / "p.zarr"
+    read.to_zarr(store, zarr_format=2)
+    import xarray as xr
+
+    back = xr.open_zarr(store).compute()
+    assert back["rlnImageName"].values.tolist() == names
+    write_relion_particles(back, tmp_path / "from_zarr.star")
+    assert (tmp_path / "from_zarr.star").read_bytes() == star.read_bytes()
+    cryoxr.io.convert(star, tmp_path / "converted.star")
+    assert read_relion_particles(tmp_path / "converted.star")["rlnImageName"].values.tolist() == names

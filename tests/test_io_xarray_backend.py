@@ -12,7 +12,8 @@ import xarray as xr
 from xarray.core import indexing
 
 import cryoxr
-from cryoxr.io import open_image, read_ome_zarr
+import cryoxr.image as image_module
+from cryoxr.io import open_image, read_mrc, read_ome_zarr
 from cryoxr.io.mrc.array import MrcArray
 from cryoxr.io.ome_zarr.read import _ZarrChunks
 from cryoxr.io.xarray_backend import CryoxrBackendEntrypoint
@@ -125,3 +126,51 @@ def test_dask_only_with_chunks(image_path: Path, monkeypatch: pytest.MonkeyPatch
     direct = read_ome_zarr(image_path) if image_path.name.endswith(".zarr") else open_image(image_path)
     assert chunked.chunks == direct.data.chunks
     xr.testing.assert_identical(chunked.drop_attrs().compute(), direct.data.drop_attrs().compute())
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "stack", "patch"),
+    [
+        ("vol.mrc", (5, 6, 7), False, {}),
+        ("tilts.mrcs", (3, 6, 7), True, {}),
+        ("mic.mrc", (1, 6, 7), False, {}),
+        ("swapped.mrc", (5, 6, 7), False, {"mapc": 2, "mapr": 1}),  # a lazy transpose
+        ("labelled.rec", (4, 6, 7), False, {"nlabl": 1, "label": [b"made by hand"] + [b""] * 9}),
+    ],
+)
+def test_engine_dataset_is_read_mrc_without_the_wrapper(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    shape: tuple[int, ...],
+    stack: bool,
+    patch: dict,
+) -> None:
+    """The engine builds its Dataset straight from the header (no Image to validate) and
+    gives exactly what ``read_mrc(chunks=None)`` gives: values, coords, attrs."""
+    from cryoxr.testing import patch_mrc_header, random_array, write_mrc_with_mrcfile
+
+    path = write_mrc_with_mrcfile(
+        tmp_path / name,
+        random_array(np.random.default_rng(3), shape, np.float32),
+        voxel_size=3.5,
+        stack=stack,
+    )
+    if patch:
+        patch_mrc_header(path, **patch)
+    direct = read_mrc(path, chunks=None).data
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the engine validated an image it had just built")
+
+    monkeypatch.setattr(image_module, "validate_image", refuse)
+    with raise_if_dask_computes():
+        ds = xr.open_dataset(path, engine="cryoxr")
+    da_ = ds[direct.name]
+    xr.testing.assert_identical(da_, direct)
+    assert ds.attrs == direct.attrs
+    if "swapped" not in name:  # what chunks={} chunks along: read_mrc's own dask chunks
+        assert da_.encoding["preferred_chunks"] == dict(
+            zip(da_.dims, read_mrc(path).data.data.chunksize, strict=True)
+        )
+    np.testing.assert_array_equal(da_[1].values, direct[1].values)

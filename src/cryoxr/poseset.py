@@ -9,7 +9,8 @@ A PoseSet is a plain Dataset (``PoseSet`` is a type alias, never a subclass) wit
   of the rotation taking the reference's basis vectors into the tomogram frame;
 - ``experiment_id``: a str attr, or a str coordinate on ``particle`` for multi-tomogram sets;
 - attrs ``pixel_spacing`` (Å per pixel of ``position``) and ``source``;
-- any other per-particle column as a data variable on ``particle``.
+- any other per-particle column as a data variable on ``particle``; text as numpy's
+  variable-width :data:`TEXT_DTYPE` (``experiment_id`` stays fixed-width ``<U``).
 
 Examples
 --------
@@ -41,6 +42,7 @@ __all__ = [
     "AXIS",
     "QUATERNION",
     "QUATERNION_TOLERANCE",
+    "TEXT_DTYPE",
     "PoseSet",
     "absolute_position",
     "experiment_ids",
@@ -57,6 +59,11 @@ AXIS = ["x", "y", "z"]
 QUATERNION = ["x", "y", "z", "w"]
 #: how far |q| may be from 1 before a quaternion is rejected
 QUATERNION_TOLERANCE = 1e-6
+#: dtype of text data variables (``rlnImageName``, ...): numpy's variable-width strings,
+#: 16 bytes a value (plus the text beyond 15 bytes) where ``<U`` takes 4 bytes per
+#: character of the longest value. xarray 2026.9 cannot fill them with NaN: ``where``
+#: and outer joins raise (pydata/xarray#10965); select with ``isel(particle=mask)``.
+TEXT_DTYPE = np.dtypes.StringDType()
 #: particles per chunk when a numpy-backed set is chunked without an explicit size
 DEFAULT_PARTICLE_CHUNK = 100_000
 
@@ -203,6 +210,8 @@ def make_poseset(
         if name in data_vars or name in ("experiment_id", "particle", "axis", "quaternion"):
             raise InvalidValueError(f"make_poseset: extra column {name!r} clashes with the schema")
         col = column if _is_dask(column) else np.asarray(column)
+        if col.dtype.kind == "U":
+            col = col.astype(TEXT_DTYPE)
         if col.ndim != 1 or col.shape[0] != n:
             raise InvalidValueError(
                 f"make_poseset: extra column {name!r} must have shape ({n},), found {tuple(col.shape)}"
@@ -218,7 +227,9 @@ def make_poseset(
             raise InvalidValueError(
                 f"make_poseset: experiment_id must be a str or {n} strs, found shape {ids.shape}"
             )
-        if ids.dtype.kind != "U":
+        if ids.dtype.kind == "T":  # numpy refuses astype(str) from StringDType
+            ids = ids.astype(f"U{max(int(np.strings.str_len(ids).max(initial=0)), 1)}")
+        elif ids.dtype.kind != "U":
             try:
                 ids = ids.astype(str)
             except (TypeError, ValueError):

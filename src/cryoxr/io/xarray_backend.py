@@ -42,8 +42,9 @@ import xarray as xr
 from xarray.backends import BackendEntrypoint
 
 from cryoxr.io._fs import is_url
-from cryoxr.io.images import IMAGE_READERS, open_image
-from cryoxr.io.mrc import MRC_SUFFIXES
+from cryoxr.io.images import IMAGE_READERS, image_reader, open_image
+from cryoxr.io.mrc import MRC_SUFFIXES, read_mrc
+from cryoxr.io.mrc.read import mrc_dataset
 from cryoxr.io.ome_zarr import read_ome_zarr
 
 __all__ = ["CryoxrBackendEntrypoint"]
@@ -69,13 +70,19 @@ class CryoxrBackendEntrypoint(BackendEntrypoint):
         name = str(path).rstrip("/").lower()
         if name.endswith(".zarr"):
             image = read_ome_zarr(path, level=level, experiment_id=experiment_id, chunks=None)
+            data = image.data
+            ds = data.to_dataset(name=str(data.name or image.experiment_id))
+            ds.attrs = dict(data.attrs)
+        elif not is_url(path) and image_reader(path) is read_mrc:
+            # built straight from the header: the opening cost is what a slice pays first
+            ds = mrc_dataset(path, experiment_id=experiment_id)
         else:
             image = open_image(path, experiment_id=experiment_id, chunks=None)
-        data = image.data
-        ds = data.to_dataset(name=str(data.name or image.experiment_id))
-        ds.attrs = dict(data.attrs)
+            ds = image.data.to_dataset(name=str(image.data.name or image.experiment_id))
+            ds.attrs = dict(image.data.attrs)
         dropped = [drop_variables] if isinstance(drop_variables, str) else list(drop_variables or [])
-        return ds.drop_vars([v for v in dropped if v in ds.variables])
+        dropped = [v for v in dropped if v in ds.variables]
+        return ds.drop_vars(dropped) if dropped else ds  # drop_vars copies, even for nothing
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
         """MRC files by suffix; OME-Zarr only when asked for with ``engine="cryoxr"``."""

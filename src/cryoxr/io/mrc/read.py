@@ -136,7 +136,70 @@ def read_mrc(
     >>> ts.stack, ts.dims, ts.data.dtype.name, ts.pixel_spacing
     (True, ('image', 'y', 'x'), 'float16', 1.35)
     """
-    path = Path(path)
+    opened = _open_mrc(
+        Path(path),
+        experiment_id=experiment_id,
+        pixel_spacing=pixel_spacing,
+        allow_anisotropic=allow_anisotropic,
+    )
+    if chunks is None:
+        var, coords = _lazy_variable(opened)
+        return opened.cls(xr.DataArray(var, coords=coords, name=opened.experiment_id))  # attrs on var
+    array, layout, order_zyx, spatial_ndim, stack = (
+        opened.array,
+        opened.layout,
+        opened.order_zyx,
+        opened.layout.spatial_ndim,
+        opened.layout.stack,
+    )
+    cls, spacing, attrs, experiment_id, path = (
+        opened.cls,
+        opened.spacing,
+        opened.attrs,
+        opened.experiment_id,
+        opened.path,
+    )
+    source: Any = array
+    if order_zyx is not None and order_zyx != (0, 1, 2):
+        source = da.from_array(
+            array, chunks=_auto_chunks(array.shape, layout.dtype.itemsize), asarray=False, lock=False,
+            meta=np.empty((0, 0, 0), array.dtype),
+        ).transpose(order_zyx)  # fmt: skip
+    elif chunks == "auto" and spatial_ndim == 3 and not stack:
+        chunks = _auto_chunks(array.shape, layout.dtype.itemsize)
+    image = cls.from_array(
+        source,
+        pixel_spacing=spacing,
+        experiment_id=experiment_id,
+        source=str(path),
+        stack=stack,
+        chunks=chunks,
+        attrs=attrs,
+    )
+    if isinstance(source, MrcArray):
+        _remember_source(image.data.data, source)
+    return image
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """An MRC file with its header parsed and checked, and its voxels not yet read."""
+
+    path: Path
+    cls: type[Image]
+    array: MrcArray | np.ndarray  # the file's array (sections, rows, columns)
+    layout: _Layout
+    spacing: float
+    attrs: dict[str, Any]
+    experiment_id: str
+    file_axes: tuple[str, ...]
+    order_zyx: tuple[int, ...] | None  # the transpose to (z, y, x) of a volume
+
+
+def _open_mrc(
+    path: Path, *, experiment_id: str | None, pixel_spacing: float | None, allow_anisotropic: bool
+) -> _Opened:
+    """Parse and check the header (one open, one ``fstat``); map nothing, read no voxels."""
     handle, st = open_file(path, what="MRC")  # a folder, a FIFO, a device: refused at once
     with handle:
         head = handle.read(HEADER_BYTES)
@@ -173,45 +236,55 @@ def read_mrc(
     # axes of the file array (sections, rows, columns) and the transpose to (z, y, x)
     file_axes = tuple(AXIS_BY_MAP[m] for m in reversed(mapcrs))
     order_zyx = tuple(file_axes.index(a) for a in "zyx") if spatial_ndim == 3 else None
-    if order_zyx is not None:
+    if order_zyx is not None and order_zyx != (0, 1, 2):
         # nxstart, nystart, nzstart belong to the columns, rows, sections: permute them with the data
         starts = dict(zip((AXIS_BY_MAP[m] for m in mapcrs), attrs["mrc_nstart"], strict=True))
         attrs["mrc_nstart"] = [starts[a] for a in "xyz"]
-    cls = IMAGE_CLASS[(spatial_ndim, stack)]
-    experiment_id = experiment_id if experiment_id is not None else path.name.split(".")[0] or path.name
-    if chunks is None:
-        dims = IMAGE_DIMS[(array.ndim, stack)]
-        lazy = indexing.LazilyIndexedArray(_MrcBackendArray(array)) if isinstance(array, MrcArray) else array
-        var = xr.Variable(dims if order_zyx is None else file_axes, lazy)
-        var = var.transpose(*dims)
-        if order_zyx is None or order_zyx == (0, 1, 2):
-            # what xarray's ``open_dataarray(..., chunks=...)`` chunks along: read_mrc's own choice
-            preferred = _auto_chunks(array.shape, layout.dtype.itemsize) if len(dims) == 3 else array.shape
-            preferred = (1, *preferred[1:]) if stack else preferred
-            var.encoding["preferred_chunks"] = dict(zip(dims, preferred, strict=True))
-        data = xr.DataArray(var, coords=image_coords(var.shape, dims, spacing), name=experiment_id)
-        data.attrs.update(attrs, experiment_id=experiment_id, pixel_spacing=spacing, source=str(path))
-        return cls(data)
-    source: Any = array
-    if order_zyx is not None and order_zyx != (0, 1, 2):
-        source = da.from_array(
-            array, chunks=_auto_chunks(array.shape, layout.dtype.itemsize), asarray=False, lock=False,
-            meta=np.empty((0, 0, 0), array.dtype),
-        ).transpose(order_zyx)  # fmt: skip
-    elif chunks == "auto" and spatial_ndim == 3 and not stack:
-        chunks = _auto_chunks(array.shape, layout.dtype.itemsize)
-    image = cls.from_array(
-        source,
-        pixel_spacing=spacing,
-        experiment_id=experiment_id,
-        source=str(path),
-        stack=stack,
-        chunks=chunks,
-        attrs=attrs,
+    return _Opened(
+        path,
+        IMAGE_CLASS[(spatial_ndim, stack)],
+        array,
+        layout,
+        spacing,
+        attrs,
+        experiment_id if experiment_id is not None else path.name.split(".")[0] or path.name,
+        file_axes,
+        order_zyx,
     )
-    if isinstance(source, MrcArray):
-        _remember_source(image.data.data, source)
-    return image
+
+
+def _lazy_variable(opened: _Opened) -> tuple[xr.Variable, xr.Coordinates]:
+    """The ``chunks=None`` variable (lazily indexed by xarray, no dask; the image attrs on
+    it) and its coordinates."""
+    array, layout = opened.array, opened.layout
+    stack = layout.stack
+    dims = IMAGE_DIMS[(array.ndim, stack)]
+    lazy = indexing.LazilyIndexedArray(_MrcBackendArray(array)) if isinstance(array, MrcArray) else array
+    attrs = {
+        **opened.attrs,
+        "experiment_id": opened.experiment_id,
+        "pixel_spacing": opened.spacing,
+        "source": str(opened.path),
+    }
+    order = opened.order_zyx
+    if order is None or order == (0, 1, 2):
+        var = xr.Variable(dims, lazy, attrs=attrs)
+        # what xarray's ``open_dataarray(..., chunks=...)`` chunks along: read_mrc's own choice
+        preferred = _auto_chunks(array.shape, layout.dtype.itemsize) if len(dims) == 3 else array.shape
+        preferred = (1, *preferred[1:]) if stack else preferred
+        var.encoding["preferred_chunks"] = dict(zip(dims, preferred, strict=True))
+    else:
+        var = xr.Variable(opened.file_axes, lazy, attrs=attrs).transpose(*dims)
+    return var, image_coords(var.shape, dims, opened.spacing)
+
+
+def mrc_dataset(path: str | os.PathLike[str], *, experiment_id: str | None = None) -> xr.Dataset:
+    """The ``chunks=None`` image of :func:`read_mrc` as a Dataset of one variable named
+    after the experiment, for the xarray engine: the same values, coords and attrs,
+    built straight (no Image wrapper to validate what was just built)."""
+    opened = _open_mrc(Path(path), experiment_id=experiment_id, pixel_spacing=None, allow_anisotropic=False)
+    var, coords = _lazy_variable(opened)
+    return xr.Dataset({opened.experiment_id: var}, coords=coords, attrs=dict(var.attrs))
 
 
 @dataclass(frozen=True)

@@ -90,12 +90,19 @@ def _relion_quaternions(angles: np.ndarray) -> np.ndarray:
     Closed form of ``q_z(rot) q_y(tilt) q_z(psi)``, conjugated (vectorised; scipy's
     ``from_euler`` is ~20x slower for 10^6 particles). Tested against scipy and eulerangles.
     """
-    half = np.deg2rad(np.asarray(angles, dtype=np.float64).reshape(-1, 3)) / 2
-    a, b, c = half[:, 0], half[:, 1], half[:, 2]
-    sb, cb = np.sin(b), np.cos(b)
-    return np.column_stack(
-        [-sb * np.sin(c - a), -sb * np.cos(a - c), -cb * np.sin(a + c), cb * np.cos(a + c)]
-    )
+    angles = np.asarray(angles, dtype=np.float64).reshape(-1, 3)
+    out = np.empty((len(angles), 4))
+    step = 1 << 16  # blocks of rows: the temporaries stay in cache, not (n,)-sized
+    for start in range(0, len(angles), step):
+        half = np.deg2rad(angles[start : start + step]) / 2
+        a, b, c = half[:, 0], half[:, 1], half[:, 2]
+        sb, cb = np.sin(b), np.cos(b)
+        block = out[start : start + step]
+        np.multiply(-sb, np.sin(c - a), out=block[:, 0])
+        np.multiply(-sb, np.cos(a - c), out=block[:, 1])
+        np.multiply(-cb, np.sin(a + c), out=block[:, 2])
+        np.multiply(cb, np.cos(a + c), out=block[:, 3])
+    return out
 
 
 def _rotation_from_relion(angles: np.ndarray) -> Rotation:

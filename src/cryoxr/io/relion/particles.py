@@ -78,7 +78,7 @@ from cryoxr.io.relion._particle_layout import (
 )
 from cryoxr.io.star import WRITE_CHUNK_ROWS, StarBlock, format_block_header, read_star, write_star_blocks
 from cryoxr.io.star._write import _format_rows_buffer
-from cryoxr.poseset import make_poseset, validate_poseset
+from cryoxr.poseset import TEXT_DTYPE, make_poseset, validate_poseset
 
 __all__ = ["PARTICLE_LAYOUTS", "read_relion_particles", "write_relion_particles"]
 
@@ -115,7 +115,8 @@ def read_relion_particles(
     -------
     xarray.Dataset
         The PoseSet (see the module docstring for the conversion). Unmodelled columns are
-        data variables named by their RELION label; ``attrs["relion"]`` keeps the rest.
+        data variables named by their RELION label (text as numpy's variable-width
+        :data:`~cryoxr.poseset.TEXT_DTYPE`); ``attrs["relion"]`` keeps the rest.
 
     Raises
     ------
@@ -145,6 +146,16 @@ def read_relion_particles(
     blocks = read_star(path)
     block = _particles_block(path, blocks)
     table = block.table
+    all_columns = [str(c) for c in table.columns]
+
+    def popped(labels: Sequence[str]) -> np.ndarray:
+        """Modelled columns as a checked (n, k) float64 copy; gone from the table (at 10^7
+        rows the table is ~2 GB: it shrinks as the PoseSet's arrays grow)."""
+        values = _finite(path, block.name, table, labels)
+        for label in labels:
+            del table[label]
+        return values
+
     px, px_label = _pixel_size(path, blocks, table, pixel_spacing)
     columns = set(table.columns)
     layout_name = next(
@@ -169,7 +180,7 @@ def read_relion_particles(
             f"{path}, data_{block.name}: expected all of {list(ANGLE_LABELS)}, found {angle_labels}"
         )
     n = len(table)
-    coordinates = _finite(path, block.name, table, coordinate_labels)
+    coordinates = popped(coordinate_labels)
     # factorized once: the tomogram sizes below go by code, not by string
     if experiment_label is not None:
         codes, uniques = pd.factorize(table[experiment_label])
@@ -199,19 +210,20 @@ def read_relion_particles(
         sizes = _tomogram_sizes(tomograms, str(path))
         used_names = names if n else names[:0]
         per_particle = _sizes_by_code(sizes, codes, used_names, str(path))
-        position = (
-            _in_pixels(path, block.name, coordinate_labels, coordinates, px, px_label or "pixel_spacing")
-            + per_particle / 2.0
+        position = _in_pixels(
+            path, block.name, coordinate_labels, coordinates, px, px_label or "pixel_spacing"
         )
+        del coordinates
+        per_particle /= 2.0
+        position += per_particle  # in place: no (n, 3) temporaries
+        del per_particle
         used = set(used_names.tolist())
         attrs_sizes = {k: [float(x) for x in v] for k, v in sizes.items() if k in used}
     else:
         position = coordinates
     origin = np.zeros((n, ndim))
     if origin_labels:
-        origin[:, [ORIGIN_LABELS.index(lab) for lab in origin_labels]] = _finite(
-            path, block.name, table, origin_labels
-        )
+        origin[:, [ORIGIN_LABELS.index(lab) for lab in origin_labels]] = popped(origin_labels)
     pixel_origin_labels = [label for label in PIXEL_ORIGIN_LABELS[:ndim] if label in columns]
     if pixel_origin_labels and not origin_labels:  # RELION 3.0: origins in pixels of the images
         origin[:, [PIXEL_ORIGIN_LABELS.index(lab) for lab in pixel_origin_labels]] = _finite(
@@ -221,25 +233,34 @@ def read_relion_particles(
     if ndim == 2:
         position = np.column_stack([position, np.zeros(n)])
         origin = np.column_stack([origin, np.zeros(n)])
-    quaternions = np.zeros((n, 4))
-    quaternions[:, 3] = 1.0
     if angle_labels:
-        quaternions = _relion_quaternions(_finite(path, block.name, table, ANGLE_LABELS))
+        quaternions = _relion_quaternions(popped(ANGLE_LABELS))
+    else:
+        quaternions = np.zeros((n, 4))
+        quaternions[:, 3] = 1.0
     if all(label in columns for label in SUBTOMOGRAM_ANGLE_LABELS) and n:
         pre = _rotation_from_relion(_finite(path, block.name, table, SUBTOMOGRAM_ANGLE_LABELS))
         quaternions = np.asarray((pre * Rotation.from_quat(quaternions)).as_quat()).reshape(n, 4)
         origin = pre.apply(origin).reshape(n, 3)
-    shift = (
-        -_in_pixels(path, block.name, ORIGIN_LABELS, origin, px, px_label or "pixel_spacing") + 0.0
-    )  # no -0.0
+    shift = _in_pixels(path, block.name, ORIGIN_LABELS, origin, px, px_label or "pixel_spacing")
+    del origin
+    np.negative(shift, out=shift)
+    shift += 0.0  # no -0.0
     modelled = {*coordinate_labels, *origin_labels, *angle_labels}
     if experiment_label is not None:
         modelled.add(experiment_label)
-    extra = {label: _extra_values(table[label]) for label in table.columns if label not in modelled}
+    # the rest of the table goes column by column: each extra is freed once converted
+    for label in modelled & set(table.columns):
+        del table[label]
+    extra: dict[str, np.ndarray] = {}
+    for label in all_columns:
+        if label not in modelled:
+            extra[label] = _extra_values(table[label])
+            del table[label]
     relion_attrs: dict[str, Any] = {
         "version": block.version,
         "block": block.name,
-        "columns": [str(c) for c in table.columns],
+        "columns": all_columns,
         "ndim": ndim,
         "pixel_size_label": px_label,
         "layout": layout_name,
@@ -262,43 +283,56 @@ def read_relion_particles(
     return poses
 
 
+#: rows converted to text at a time (bounds the fixed-width scratch of a text column)
+_TEXT_ROWS = 1 << 20
+
+
 def _extra_values(column: pd.Series) -> np.ndarray:
-    """A column as a numpy array; text as fixed-width str (xarray converts object arrays
-    element by element through pandas, ~1 s per 10^6 strings)."""
+    """A column as a numpy array; text as :data:`~cryoxr.poseset.TEXT_DTYPE` (numpy's
+    variable-width strings: ~3x smaller than fixed-width ``<U`` for ``rlnImageName``)."""
     if pd.api.types.is_numeric_dtype(column.dtype):
         return column.to_numpy()
-    ascii_text = _ascii_text(column)
-    if ascii_text is not None:
-        return ascii_text
-    return np.asarray(column.to_numpy(dtype=object), dtype=str)
-
-
-def _ascii_text(column: pd.Series) -> np.ndarray | None:
-    """ASCII text of an arrow-backed column as fixed-width str, straight from arrow's buffers.
-
-    arrow pads every value with NUL bytes to the longest one (``utf8_rpad``), so the data
-    buffer becomes ``n`` equal records, widened once to ``U<width>`` code points (NUL
-    padding is what numpy's fixed-width strings strip). No Python str
-    object per value (the object route costs ~0.3 s per 10^6 values). None when the column
-    is not arrow-backed, holds nulls or any non-ASCII character.
-    """
     try:
         array = pa.array(column.array)
     except (TypeError, pa.ArrowInvalid):
-        return None
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    text = pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
-    if not text or array.null_count or len(array) == 0 or not pc.all(pc.string_is_ascii(array)).as_py():
+        array = None
+    if (
+        array is None
+        or array.null_count
+        or not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type))
+    ):
+        return np.asarray(column.to_numpy(dtype=object)).astype(TEXT_DTYPE)
+    chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+    out = np.empty(len(array), dtype=TEXT_DTYPE)
+    at = 0
+    for chunk in chunks:
+        for start in range(0, len(chunk), _TEXT_ROWS):
+            part = chunk.slice(start, _TEXT_ROWS)
+            ascii_bytes = _ascii_bytes(part)
+            out[at : at + len(part)] = (
+                part.to_numpy(zero_copy_only=False) if ascii_bytes is None else ascii_bytes
+            )
+            at += len(part)
+    return out
+
+
+def _ascii_bytes(array: pa.Array) -> np.ndarray | None:
+    """ASCII text of an arrow string array as fixed-width bytes, straight from arrow's buffers.
+
+    arrow pads every value with NUL bytes to the longest one (``utf8_rpad``), so the data
+    buffer becomes ``n`` equal records: an ``S<width>`` array without a Python str per value
+    (NUL padding is what numpy's fixed-width strings strip; STAR text holds no NUL).
+    Casting it to :data:`~cryoxr.poseset.TEXT_DTYPE` is ~3x faster than from Python strs.
+    None when the array holds any non-ASCII character.
+    """
+    if len(array) == 0 or not pc.all(pc.string_is_ascii(array)).as_py():
         return None
     width = max(int(pc.max(pc.binary_length(array)).as_py()), 1)
     padded = pc.utf8_rpad(array, width=width, padding="\0")
     offset_type = np.int64 if pa.types.is_large_string(padded.type) else np.int32
     first = int(np.frombuffer(padded.buffers()[1], offset_type)[padded.offset])
     records = np.frombuffer(padded.buffers()[2], np.uint8)[first : first + width * len(padded)]
-    # ASCII bytes are their own code points: widen to UCS-4 as integers, not as strings
-    # (numpy's bytes -> str cast decodes value by value, ~4x slower than Python's str)
-    return records.astype(np.uint32).view(f"U{width}")
+    return records.view(f"S{width}")
 
 
 def _particle_columns(

@@ -86,7 +86,7 @@ def _experiment_ids(poses: xr.Dataset) -> np.ndarray:
 def _particle_names(poses: xr.Dataset, ids: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
     """``rlnTomoParticleName`` per particle (given, or ``tomo/k``), and whether it was generated."""
     if "rlnTomoParticleName" in poses.data_vars:
-        names = np.asarray(poses["rlnTomoParticleName"].values).astype(str)
+        names = np.asarray(poses["rlnTomoParticleName"].values, dtype=object).astype(str)  # StringDType too
         generated = False
     else:
         counter: dict[str, int] = {}

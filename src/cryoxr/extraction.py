@@ -34,7 +34,8 @@ import xarray as xr
 from cryoxr.errors import InvalidValueError
 from cryoxr.image import Image, validate_image
 from cryoxr.projection import _check_projected
-from cryoxr.subtilts import RelionSteps, extract_relion
+from cryoxr.subtilt_graph import extract_relion
+from cryoxr.subtilts import RelionSteps
 
 __all__ = ["extract_subtilts"]
 
@@ -272,7 +273,7 @@ def _extract_relion_mode(
     bfactor_per_dose: float,
     dtype: Any,
 ) -> xr.DataArray:
-    """Check the RELION-path arguments and build :func:`cryoxr.subtilts.extract_relion`'s graph."""
+    """Check the RELION-path arguments and build :func:`cryoxr.subtilt_graph.extract_relion`'s graph."""
     where = "extract_subtilts(mode='relion')"
     _check_projected(projected, where)
     if projection_model is None:

@@ -235,44 +235,61 @@ class _Plan:
         groups = [range(s, min(s + tilts_per_task, n_tilts)) for s in range(0, n_tilts, tilts_per_task)]
         tchunks = tuple(len(g) for g in groups) or (0,)
         xy_in = self.xy.inputs(pchunks, tchunks)
-        df_in = [] if self.defocus is None else self.defocus.inputs(pchunks, tchunks)
+        df_in: list[da.Array] = []
+        if self.defocus is not None:
+            x, f = self.xy.recipe, self.defocus.recipe
+            same_poses = (
+                x is not None and f is not None and f.poses is x.poses and f.experiments == x.experiments
+            )
+            # one copy of the poses' chunks when positions and defocus come from the same poses
+            df_in = xy_in if same_poses and f.dtype == x.dtype else self.defocus.inputs(pchunks, tchunks)  # type: ignore[union-attr]
         name = "relion-subtilts-" + tokenize(
             [a.name for a in xy_in], [a.name for a in df_in], self.codes, steps,
             [a.name for a in self.images], self.max_dose, pchunks, tchunks,
         )  # fmt: skip
         graph: dict[Any, Any] = {}
         starts = np.cumsum((0, *pchunks))
+        # one spec object per tilt group and set of experiments, shared by every block's task
+        # (in memory and in a pickled graph: a task carries references, not copies)
+        specs: dict[tuple[int, tuple[int, ...]], tuple[tuple[Any, ...], list[Any]]] = {}
         for b in range(len(pchunks)):
             block_codes = self.codes[starts[b] : starts[b + 1]]
-            present = [int(c) for c in np.unique(block_codes)]
+            present = tuple(int(c) for c in np.unique(block_codes))
             xy_keys = self.xy.keys(xy_in, b, 0)
             df_none: list[Any] = [None, None, None]
             for g, tilts in enumerate(groups):
                 if self.xy.recipe is None:
                     xy_keys = self.xy.keys(xy_in, b, g)
                 df_keys = df_none if self.defocus is None else self.defocus.keys(df_in, b, g)
-                spec, image_keys = [], []
-                for local, t in enumerate(tilts):
-                    inside = []
-                    for c in present:
-                        e = self.experiments[c]
-                        if t < len(e.usable) and e.usable[t]:
-                            optics = {k: float(v[t]) for k, v in e.optics.items()}
-                            inside.append(
-                                (c, e.width, e.height, float(e.pre_exposure[t]), optics, len(image_keys))
-                            )
-                            image_keys.append((self.images[c].name, t, 0, 0))
-                    df_op = None if self.defocus is None else self.defocus.operator(t)
-                    spec.append((local, self.xy.operator(t), df_op, tuple(inside)))
+                if (g, present) not in specs:
+                    specs[g, present] = self._spec(tilts, present)
+                spec, image_keys = specs[g, present]
                 graph[(name, b, g, 0, 0)] = (
-                    _patch_task, *xy_keys, *df_keys, block_codes, steps, tuple(spec), *image_keys
+                    _patch_task, *xy_keys, *df_keys, block_codes, steps, spec, *image_keys
                 )  # fmt: skip
+        deps: list[Any] = [*xy_in, *df_in, *self.images]
         return da.Array(
-            HighLevelGraph.from_collections(name, graph, dependencies=[*xy_in, *df_in, *self.images]),
+            HighLevelGraph.from_collections(name, graph, dependencies=deps),
             name,
             chunks=(pchunks, tchunks, (steps.crop,), (steps.crop,)),
             dtype=np.dtype(steps.dtype),
         )
+
+    def _spec(self, tilts: range, present: tuple[int, ...]) -> tuple[tuple[Any, ...], list[Any]]:
+        """The ``tilts`` argument of :func:`_patch_task` and its image keys."""
+        spec: list[Any] = []
+        image_keys: list[Any] = []
+        for local, t in enumerate(tilts):
+            inside = []
+            for c in present:
+                e = self.experiments[c]
+                if t < len(e.usable) and e.usable[t]:
+                    optics = {k: float(v[t]) for k, v in e.optics.items()}
+                    inside.append((c, e.width, e.height, float(e.pre_exposure[t]), optics, len(image_keys)))
+                    image_keys.append((self.images[c].name, t, 0, 0))
+            df_op = None if self.defocus is None else self.defocus.operator(t)
+            spec.append((local, self.xy.operator(t), df_op, tuple(inside)))
+        return tuple(spec), image_keys
 
     def visible(self, pchunks: tuple[int, ...]) -> da.Array:
         """(particle, image) visibility, lazily, projected in its tasks when fused."""
@@ -319,12 +336,13 @@ class _Recipe:
         self.name, self.plan = name, plan
 
 
-def subtilt_blocks(data: Any, particles_per_task: int | None = None) -> da.Array | None:
+def subtilt_blocks(data: Any, particles_per_task: int | tuple[int, ...] | None = None) -> da.Array | None:
     """The stacks ``data`` (exactly the dask array of :func:`cryoxr.extract_subtilts` with
     ``mode="relion"``), rebuilt with one task per block of particles over all tilts; None
     for any other array.
 
-    ``particles_per_task`` defaults to ~32 MiB of boxes and patches per task.
+    ``particles_per_task``: particles per block, or the blocks' sizes; default ~32 MiB of
+    boxes and patches per task.
 
     Examples
     --------
@@ -346,8 +364,16 @@ def subtilt_blocks(data: Any, particles_per_task: int | None = None) -> da.Array
         return None
     plan = recipe.plan
     n = len(plan.codes)
-    size = particles_per_task or _task_particles(plan.steps, max(plan.n_tilts, 1))
-    return plan.build(_blocks(n, max(1, int(size))), max(plan.n_tilts, 1))
+    if isinstance(particles_per_task, tuple):
+        if sum(particles_per_task) != n:
+            raise InvalidValueError(
+                f"subtilt_blocks: blocks {particles_per_task[:5]}... do not sum to {n} particles"
+            )
+        pchunks = particles_per_task
+    else:
+        size = particles_per_task or _task_particles(plan.steps, max(plan.n_tilts, 1))
+        pchunks = _blocks(n, max(1, int(size)))
+    return plan.build(pchunks, max(plan.n_tilts, 1))
 
 
 def _task_particles(steps: RelionSteps, tilts: int) -> int:
@@ -447,7 +473,7 @@ def extract_relion(
         existing = xy.recipe.pchunks if xy.recipe is not None else xy_chunks(projected.data)
         pchunks = tuple(existing) if existing and max(existing) <= size else _blocks(n_particles, size)
     out = plan.build(pchunks, 1)
-    out._cryoxr_subtilts = _Recipe(out.name, plan)
+    out._cryoxr_subtilts = _Recipe(out.name, plan)  # type: ignore[attr-defined]
     binned = steps.binned_pixel_size
     offsets = (np.arange(steps.crop) - steps.crop // 2) * binned
     coords: dict[str, Any] = {

@@ -50,6 +50,8 @@ PIXEL = 2.7
 IMAGE = (2048, 2048)  # (ny, nx)
 TOMO = (2048, 2048, 600)  # (x, y, z) in tilt-image pixels
 HERE = os.path.abspath(__file__)
+#: the peer's venv that bench_extraction.py installs (zarr-particle-tools pins zarr < 3)
+PEER_PYTHON = Path("/tmp/cryoxr-bench-peer-venv/bin/python")
 
 
 def make_model() -> Any:
@@ -321,7 +323,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
-        "--peer-python", type=Path, default=None, help="python of a venv with zarr-particle-tools"
+        "--peer-python",
+        type=Path,
+        default=PEER_PYTHON if (PEER_PYTHON.parent / "zarr-particle-reconstruct").exists() else None,
+        help=f"python of a venv with zarr-particle-tools (default {PEER_PYTHON} when it has it: the venv "
+        "bench_extraction.py installs)",
     )
     parser.add_argument("--only", default=None, help="comma-separated contenders to run (default: all)")
     parser.add_argument("--particles", type=int, default=None, help="N (default 500 quick, 10,000 full)")

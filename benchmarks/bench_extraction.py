@@ -111,7 +111,12 @@ def make_project(folder: Path, n: int, size: int) -> None:
         mrc.voxel_size = PX
     images = cryoxr.io.read_mrc(stack_path, chunks=(1, size, size), pixel_spacing=PX)
     cryoxr.io.write_ome_zarr(
-        images, folder / "tilt_series" / "TS_01.zarr", version="0.4", chunks=(1, 512, 512), levels=1
+        images,
+        folder / "tilt_series" / "TS_01.zarr",
+        version="0.4",
+        chunks=(1, 512, 512),
+        levels=1,
+        overwrite=True,
     )
     angles = np.arange(-60.0, 61.0, 3.0)
     acquisition = np.lexsort((angles < 0, np.abs(angles)))  # dose-symmetric: 0, +3, -3, +6, ...

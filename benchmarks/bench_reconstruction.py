@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,8 @@ PIXEL = 2.7
 IMAGE = (2048, 2048)  # (ny, nx)
 TOMO = (2048, 2048, 600)  # (x, y, z) in tilt-image pixels
 HERE = os.path.abspath(__file__)
+#: the peer's venv that bench_extraction.py installs (zarr-particle-tools pins zarr < 3)
+PEER_PYTHON = Path("/tmp/cryoxr-bench-peer-venv/bin/python")
 
 
 def make_model() -> Any:
@@ -168,8 +169,15 @@ def run_one(name: str, folder: Path, n: int) -> dict[str, Any]:
         np.save(folder / f"{name.replace(' ', '_')}_{n}.npy", merged)
     else:
         raise SystemExit(f"unknown contender {name!r}")
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = own_peak_rss_mb()
     return out
+
+
+def own_peak_rss_mb() -> float:
+    """This process's own high-water mark (VmHWM): ``ru_maxrss`` keeps the parent's RSS at
+    the fork as a floor (here the driver that wrote a 688 MB tilt series)."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
 def write_relion_project(folder: Path, model: Any, poses: Any, sizes: dict[str, Any]) -> None:
@@ -315,9 +323,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
-        "--peer-python", type=Path, default=None, help="python of a venv with zarr-particle-tools"
+        "--peer-python",
+        type=Path,
+        default=PEER_PYTHON if (PEER_PYTHON.parent / "zarr-particle-reconstruct").exists() else None,
+        help=f"python of a venv with zarr-particle-tools (default {PEER_PYTHON} when it has it: the venv "
+        "bench_extraction.py installs)",
     )
     parser.add_argument("--only", default=None, help="comma-separated contenders to run (default: all)")
+    parser.add_argument("--particles", type=int, default=None, help="N (default 500 quick, 10,000 full)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
@@ -325,7 +338,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one, args.folder, args.n)))
         return
-    n = 500 if args.quick else 10_000
+    n = args.particles or (500 if args.quick else 10_000)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -200,3 +200,53 @@ def test_writing_is_streamed_from_a_lazy_stack(
 
     write_relion_subtilts(stacks, poses, tmp_path / "job", tomograms=tomograms, compute=counting)
     assert calls == [1, 1]
+
+
+def _copy_blocks(block: np.ndarray) -> np.ndarray:
+    return block.copy()
+
+
+def test_whole_file_writes_equal_the_frame_by_frame_writer_byte_for_byte(
+    tmp_path: Path, relion5_project: Any, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stacks straight from extract_subtilts: each particle's file is opened once and written
+    whole; any other stacks (here the same values through map_blocks) frame by frame. Same
+    bytes, every file; the header statistics are mrcfile's."""
+    import os
+
+    from cryoxr.io.relion import subtilts as module
+
+    tomograms, poses, model = _project(tmp_path, relion5_project, rng)
+    stacks = _stacks(poses, model)
+    other = stacks.copy(data=stacks.data.map_blocks(_copy_blocks, dtype=stacks.dtype))
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith(".mrcs"):
+            opened.append(Path(path).name)
+        return real_open(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(module.os, "open", counting_open)
+        write_relion_subtilts(stacks, poses, tmp_path / "whole", tomograms=tomograms)
+    assert sorted(opened) == [f"{p}_stack2d.mrcs" for p in range(1, 6)]  # once per file
+    write_relion_subtilts(other, poses, tmp_path / "by_tilt", tomograms=tomograms)
+    files = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").rglob("*") if p.is_file())
+    assert len([f for f in files if f.suffix == ".mrcs"]) == 5
+    for name in files:
+        a, b = (tmp_path / "whole" / name).read_bytes(), (tmp_path / "by_tilt" / name).read_bytes()
+        if name.suffix == ".star":  # rlnImageName holds the folder's name
+            a = a.replace(b"/whole/", b"/by_tilt/")
+        assert a == b, name
+    values, visible = stacks.values, stacks.visible.values
+    for p in range(5):
+        path = tmp_path / "whole" / "Subtomograms" / "TS_01" / f"{p + 1}_stack2d.mrcs"
+        with mrcfile.open(path) as mrc:
+            frames = values[p][visible[p]]
+            np.testing.assert_array_equal(mrc.data, frames)
+            assert (mrc.header.dmin, mrc.header.dmax) == (frames.min(), frames.max())
+            wide = frames.astype(np.float64)
+            assert float(mrc.header.dmean) == pytest.approx(wide.mean(), rel=1e-6)
+            assert float(mrc.header.rms) == pytest.approx(wide.std(), rel=1e-6)
+            assert int(mrc.header.nz) == int(visible[p].sum())

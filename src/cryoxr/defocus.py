@@ -47,7 +47,7 @@ import xarray as xr
 from cryoxr.errors import InvalidValueError
 from cryoxr.geometry import ExperimentGeometry, PerExperiment, experiment_geometries, pack_operators
 from cryoxr.poseset import validate_poseset
-from cryoxr.projection import _check_float, _kernel_inputs, _particle_chunks, _project_block
+from cryoxr.projection import _check_float, _kernel_inputs, _particle_chunks, _project_block, _Projection
 from cryoxr.projection_model import PTC
 
 __all__ = ["particle_defocus"]
@@ -193,11 +193,26 @@ def particle_defocus(
     if "experiment_id" in poses.coords:
         coords["experiment_id"] = ("particle", np.asarray(poses.coords["experiment_id"].values))
     attrs = {"units": "angstrom", "experiment_ids": experiments}
-    return xr.Dataset(
-        {
-            name: xr.DataArray(
-                out[:, :, i], dims=("particle", "image"), coords=coords, attrs=attrs, name=name
-            )
-            for i, name in enumerate((PTC.DEFOCUS_U, PTC.DEFOCUS_V))
-        }
-    )
+    recipe = _Projection(out.name, poses, experiments, weights, bias, dtype, pchunks)
+    variables = {}
+    for i, name in enumerate((PTC.DEFOCUS_U, PTC.DEFOCUS_V)):
+        column = out[:, :, i]
+        # what a fused kernel (the subtilt extraction) needs to compute this defocus itself
+        column._cryoxr_defocus = (recipe, i, column.name)
+        variables[name] = xr.DataArray(
+            column, dims=("particle", "image"), coords=coords, attrs=attrs, name=name
+        )
+    return xr.Dataset(variables)
+
+
+def defocus_of(defocus: xr.Dataset) -> _Projection | None:
+    """How :func:`particle_defocus` made ``defocus`` (its U, V operators), when both
+    variables are exactly the dask arrays it returned; else None."""
+    recipes = []
+    for i, name in enumerate((PTC.DEFOCUS_U, PTC.DEFOCUS_V)):
+        data = defocus[name].data if name in defocus.data_vars else None
+        tag = getattr(data, "_cryoxr_defocus", None)
+        if not (isinstance(tag, tuple) and isinstance(data, da.Array) and tag[1:] == (i, data.name)):
+            return None
+        recipes.append(tag[0])
+    return recipes[0] if recipes[0] is recipes[1] else None

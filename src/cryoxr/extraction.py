@@ -34,7 +34,8 @@ import xarray as xr
 from cryoxr.errors import InvalidValueError
 from cryoxr.image import Image, validate_image
 from cryoxr.projection import _check_projected
-from cryoxr.subtilts import RelionSteps, extract_relion
+from cryoxr.subtilt_graph import extract_relion
+from cryoxr.subtilts import RelionSteps
 
 __all__ = ["extract_subtilts"]
 
@@ -97,7 +98,9 @@ def extract_subtilts(
 
     One task makes the patches of one tilt for a block of particles, reading only that
     tilt image, so reductions such as the mean patch per tilt stream with a few chunks
-    in memory whatever the number of particles.
+    in memory whatever the number of particles. With ``"relion"``, positions straight from
+    :func:`project` and defocus straight from :func:`particle_defocus` are computed inside
+    those tasks from the poses (nothing per particle and tilt is held between tasks).
 
     Parameters
     ----------
@@ -110,7 +113,8 @@ def extract_subtilts(
     box_size
         Patch size in pixels (>= 1); for ``"relion"`` the binned box, even.
     particles_per_task
-        Particles per output chunk; default keeps each chunk near 32 MiB.
+        Particles per output chunk; default keeps each chunk near 32 MiB (``"relion"``:
+        the chunks of the positions when no larger, as :func:`project` chunks them).
     mode
         ``"nearest"`` or ``"relion"``.
     projection_model
@@ -272,7 +276,7 @@ def _extract_relion_mode(
     bfactor_per_dose: float,
     dtype: Any,
 ) -> xr.DataArray:
-    """Check the RELION-path arguments and build :func:`cryoxr.subtilts.extract_relion`'s graph."""
+    """Check the RELION-path arguments and build :func:`cryoxr.subtilt_graph.extract_relion`'s graph."""
     where = "extract_subtilts(mode='relion')"
     _check_projected(projected, where)
     if projection_model is None:

@@ -83,6 +83,7 @@ from cryoxr.errors import InvalidValueError, SchemaError
 from cryoxr.image import image_coords
 from cryoxr.poseset import experiment_ids, validate_poseset
 from cryoxr.projection_model import PMDL, PTC, rotation_matrices, validate_projection_model
+from cryoxr.subtilt_graph import subtilt_blocks
 from cryoxr.symmetry import symmetry_matrices
 
 __all__ = ["ctf_weights", "reconstruct_particle"]
@@ -435,8 +436,11 @@ def reconstruct_particle(
         raise InvalidValueError(
             f"reconstruct_particle: half sets must hold one value per particle ({n}), found shape {np.shape(subsets)}"
         )
+    # subtilts straight from extract_subtilts: cut again one task per block over all tilts
+    # (a particle's tilts arrive together; a 41st of the tasks)
+    blocks = subtilt_blocks(subtilts.data, tuple(pchunks))
     args: list[Any] = [
-        _along_particles(subtilts, pchunks), "ptyx",
+        blocks if blocks is not None else _along_particles(subtilts, pchunks), "ptyx",
         _along_particles(poses["orientation"], pchunks), "pq",
         _along_particles(np.asarray(codes, dtype=np.int64), pchunks), "p",
         _along_particles(subsets, pchunks), "p",

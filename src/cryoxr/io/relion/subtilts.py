@@ -26,9 +26,14 @@ Where a particle has no ``rlnTomoParticleName`` (a set not read from RELION 5), 
 ``<tomo>/<k>``, ``k`` counting the tomogram's particles from 1, which is how RELION 5's
 own pickers name them.
 
-The stacks are streamed: each task writes its block of particles' frames of one tilt into
-their files at their own offsets, and the header statistics are summed on the way; the
-folder is written under a temporary name and renamed when complete (:mod:`cryoxr.io._atomic`).
+The stacks are streamed. Stacks straight from :func:`cryoxr.extract_subtilts` are cut
+again one task per block of particles over all tilts (:func:`cryoxr.subtilt_graph.subtilt_blocks`),
+and the task that cut a block writes each of its particles' files in one system call, header
+(with its statistics) and frames together, so the threads cut and write at once. Any other
+stacks are written tilt by tilt: each task writes its block of particles' frames of one tilt
+into their files at their own offsets, and the header statistics are summed on the way. Both
+write the same bytes. The folder is written under a temporary name and renamed when complete
+(:mod:`cryoxr.io._atomic`): one rename, whatever the number of files.
 :func:`write_subtilts_zarr` stores the whole ``(particle, image, y, x)`` array with its
 ``visible`` mask and attrs, streamed, for Python users.
 """
@@ -54,6 +59,7 @@ from cryoxr.io.relion._common import TomogramsInput, _block_to_json, relion_tomo
 from cryoxr.io.relion.particles import write_relion_particles
 from cryoxr.io.star import StarBlock, write_star
 from cryoxr.poseset import validate_poseset
+from cryoxr.subtilt_graph import subtilt_blocks
 
 __all__ = ["write_relion_subtilts", "write_subtilts_zarr"]
 
@@ -139,10 +145,59 @@ def _write_block(
     return stats
 
 
+def _statistics(frames: np.ndarray) -> tuple[float, float, float, float]:
+    """dmin, dmax, dmean, rms of (k, size, size) frames, as mrcfile computes them (float64
+    sums of each frame, then over frames)."""
+    wide = frames.reshape(len(frames), -1).astype(np.float64)
+    n = wide.size
+    mean = float(wide.sum(axis=1).sum()) / n
+    squares = float(np.square(wide).sum(axis=1).sum())
+    rms = float(np.sqrt(max(squares / n - mean * mean, 0.0)))
+    return float(wide.min()), float(wide.max()), mean, rms
+
+
+def _stat_offsets() -> dict[str, int]:
+    fields: Mapping[str, Any] = HEADER_DTYPE.fields or {}
+    return {field: int(fields[field][1]) for field in _STAT_FIELDS}
+
+
+def _write_particles(
+    block: np.ndarray,
+    files: np.ndarray,
+    visible: np.ndarray,
+    keep: np.ndarray,
+    folder: str,
+    file_dtype: str,
+    pixel_size: float,
+    mode: int,
+) -> np.ndarray:
+    """Write each kept particle's visible frames of a (n, T, size, size) block as its whole
+    file, one ``writev`` of header and frames (new files only); (n,) frames written."""
+    size = int(block.shape[-1])
+    offsets = _stat_offsets()
+    written = np.zeros(len(block), dtype=np.int64)
+    for i in np.nonzero(keep)[0]:
+        frames = np.ascontiguousarray(block[i][visible[i]], dtype=file_dtype)
+        header = bytearray(_header_bytes(len(frames), size, pixel_size, mode))
+        for field, value in zip(_STAT_FIELDS, _statistics(frames), strict=True):
+            header[offsets[field] : offsets[field] + 4] = np.float32(value).astype("<f4").tobytes()
+        payload: list[bytes | memoryview] = [bytes(header), frames.data.cast("B")]
+        fd = os.open(os.path.join(folder, str(files[i])), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            done = os.writev(fd, payload)
+            if done < HEADER_BYTES + frames.nbytes:  # a short write: the rest, as plain writes
+                rest = b"".join(bytes(p) for p in payload)[done:]
+                while rest:
+                    rest = rest[os.write(fd, rest) :]
+        finally:
+            os.close(fd)
+        written[i] = len(frames)
+    return written
+
+
 def _finish_headers(folder: Path, files: list[str], stats: np.ndarray, counts: np.ndarray, size: int) -> None:
     """Write dmin, dmax, dmean, rms (as mrcfile computes them) into each file's header."""
-    fields: Mapping[str, Any] = HEADER_DTYPE.fields or {}
-    offsets = {field: fields[field][1] for field in _STAT_FIELDS}
+    offsets = _stat_offsets()
     for name, (low, high, total, squares), frames in zip(files, stats, counts, strict=True):
         n = frames * size * size
         mean = total / n
@@ -269,10 +324,8 @@ def write_relion_subtilts(
     slots = np.where(visible, np.cumsum(visible, axis=1) - 1, -1)
     slots[counts < int(min_frames)] = -1
     files = _stack_files(names, ids)
-    size = int(stacks.sizes["x"])
     file_dtype = np.dtype(stacks.dtype).newbyteorder("<")
     mode = 12 if file_dtype.itemsize == 2 else 2
-    frame_bytes = size * size * file_dtype.itemsize
     px = float(stacks.attrs["pixel_spacing"])
     table = relion_tomograms_table(tomograms)
     if tomograms_file is None and isinstance(tomograms, (str, os.PathLike)):
@@ -284,29 +337,12 @@ def write_relion_subtilts(
         tmp.mkdir()
         for folder in sorted({str(PurePosixPath(files[i]).parent) for i in kept}):
             (tmp / folder).mkdir(parents=True, exist_ok=True)
-        for i in kept:
-            with open(tmp / files[i], "wb") as handle:
-                handle.write(_header_bytes(int(counts[i]), size, px, mode))
-                handle.truncate(HEADER_BYTES + int(counts[i]) * frame_bytes)
-        pchunks = stacks.data.chunks[0]
-        file_array = da.from_array(np.asarray(files, dtype=object), chunks=(pchunks,))
-        slot_array = da.from_array(slots, chunks=(pchunks, stacks.data.chunks[1]))
-        stats = da.blockwise(
-            _write_block, "pts", stacks.data, "ptyx", file_array, "p", slot_array, "pt",
-            str(tmp.resolve()), None, frame_bytes, None, file_dtype.str, None,
-            new_axes={"s": 4}, concatenate=True, dtype=np.float64, meta=np.empty((0, 0, 0)),
-        )  # fmt: skip
-        summary = da.stack(
-            [
-                stats[..., 0].min(axis=1),
-                stats[..., 1].max(axis=1),
-                stats[..., 2].sum(axis=1),
-                stats[..., 3].sum(axis=1),
-            ],
-            axis=1,
-        )
-        (totals,) = compute(summary)
-        _finish_headers(tmp, [files[i] for i in kept], np.asarray(totals)[kept], counts[kept], size)
+        keep = counts >= int(min_frames)
+        blocks = subtilt_blocks(stacks.data)
+        if blocks is not None:  # cut and write each particle's whole file in the same task
+            _write_whole(blocks, files, visible, keep, str(tmp.resolve()), file_dtype.str, px, mode, compute)
+        else:
+            _write_by_tilt(stacks, files, slots, keep, counts, tmp, px, mode, compute)
         sub = poses.isel(particle=kept)
         sub = sub.assign(position=sub["position"] + sub["shift"], shift=xr.zeros_like(sub["shift"]))
         sub = sub.drop_vars([c for c in DROPPED_COLUMNS if c in sub.data_vars])
@@ -346,6 +382,72 @@ def write_relion_subtilts(
         "particles_star": out / "particles.star",
         "optimisation_set": out / "optimisation_set.star",
     }
+
+
+def _write_whole(
+    blocks: da.Array,
+    files: list[str],
+    visible: np.ndarray,
+    keep: np.ndarray,
+    folder: str,
+    file_dtype: str,
+    px: float,
+    mode: int,
+    compute: Callable[..., Any],
+) -> None:
+    """Write every kept particle's file from stacks chunked one block of particles x all tilts."""
+    pchunks = blocks.chunks[0]
+    written = da.blockwise(
+        _write_particles, "p", blocks, "ptyx",
+        da.from_array(np.asarray(files, dtype=object), chunks=(pchunks,)), "p",
+        da.from_array(visible, chunks=(pchunks, -1)), "pt",
+        da.from_array(keep, chunks=(pchunks,)), "p",
+        folder, None, file_dtype, None, px, None, mode, None,
+        concatenate=True, dtype=np.int64, meta=np.empty((0,), np.int64),
+    )  # fmt: skip
+    compute(written)
+
+
+def _write_by_tilt(
+    stacks: xr.DataArray,
+    files: list[str],
+    slots: np.ndarray,
+    keep: np.ndarray,
+    counts: np.ndarray,
+    tmp: Path,
+    px: float,
+    mode: int,
+    compute: Callable[..., Any],
+) -> None:
+    """Write the kept particles' files tilt by tilt (any stacks): sized files first, then each
+    frame at its offset, then the header statistics."""
+    size = int(stacks.sizes["x"])
+    file_dtype = np.dtype(stacks.dtype).newbyteorder("<")
+    frame_bytes = size * size * file_dtype.itemsize
+    kept = np.nonzero(keep)[0]
+    for i in kept:
+        with open(tmp / files[i], "wb") as handle:
+            handle.write(_header_bytes(int(counts[i]), size, px, mode))
+            handle.truncate(HEADER_BYTES + int(counts[i]) * frame_bytes)
+    pchunks = stacks.data.chunks[0]
+    file_array = da.from_array(np.asarray(files, dtype=object), chunks=(pchunks,))
+    slot_array = da.from_array(slots, chunks=(pchunks, stacks.data.chunks[1]))
+    stats = da.blockwise(
+        _write_block, "pts", stacks.data, "ptyx", file_array, "p", slot_array, "pt",
+        str(tmp.resolve()), None, frame_bytes, None, file_dtype.str, None,
+        new_axes={"s": 4}, concatenate=True, dtype=np.float64, meta=np.empty((0, 0, 0)),
+    )  # fmt: skip
+    summary = da.stack(
+        [
+            stats[..., 0].min(axis=1),
+            stats[..., 1].max(axis=1),
+            stats[..., 2].sum(axis=1),
+            stats[..., 3].sum(axis=1),
+        ],
+        axis=1,
+    )
+    (totals,) = compute(summary)
+    _finish_headers(tmp, [files[i] for i in kept], np.asarray(totals)[kept], counts[kept], size)
 
 
 def write_subtilts_zarr(

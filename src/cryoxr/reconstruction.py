@@ -80,6 +80,7 @@ from cryoxr.backprojection import HALF_SET_VARIABLE, backproject_block, finalise
 from cryoxr.ctf import ctf_2d, dose_weights, tilt_ctf_parameters
 from cryoxr.defocus import particle_defocus
 from cryoxr.errors import InvalidValueError, SchemaError
+from cryoxr.geometry import model_groups
 from cryoxr.image import image_coords
 from cryoxr.poseset import experiment_ids, validate_poseset
 from cryoxr.projection_model import PMDL, PTC, rotation_matrices, validate_projection_model
@@ -100,13 +101,7 @@ def _tilt_rotations(poses: xr.Dataset, model: pd.DataFrame, n_images: int) -> tu
     """(E, n_images, 3, 3) rotations ``Rz Ry Rx`` of each experiment's tilts, in model row
     order (the ``image`` index of :func:`cryoxr.project`); NaN past an experiment's tilts."""
     experiments = experiment_ids(poses)
-    groups = {str(k): g for k, g in model.groupby(PMDL.EXPERIMENT_ID, sort=False)}
-    missing = [e for e in experiments if e not in groups]
-    if missing:
-        raise InvalidValueError(
-            f"reconstruct_particle: experiment(s) {missing} of the poses are absent from the projection model, "
-            f"which holds {list(groups)}"
-        )
+    groups = model_groups(model, experiments, where="reconstruct_particle")
     out = np.full((len(experiments), n_images, 3, 3), np.nan)
     for e, eid in enumerate(experiments):
         rows = groups[eid]
@@ -256,7 +251,7 @@ def ctf_weights(
     experiments, _ = _tilt_rotations(poses, projection_model, n_images)
     if dose_weighted is None:
         dose_weighted = bool(subtilts.attrs.get("dose_weighted", True))
-    groups = {str(k): g for k, g in projection_model.groupby(PMDL.EXPERIMENT_ID, sort=False)}
+    groups = model_groups(projection_model, experiments, where="reconstruct_particle")
     optics = np.full((len(experiments), n_images, 7), np.nan)
     exposure = np.full((len(experiments), n_images), np.nan)
     keys = (

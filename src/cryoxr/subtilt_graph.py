@@ -35,9 +35,10 @@ from dask.highlevelgraph import HighLevelGraph
 from cryoxr.ctf import tilt_ctf_parameters
 from cryoxr.defocus import defocus_of
 from cryoxr.errors import InvalidValueError
+from cryoxr.geometry import model_groups
 from cryoxr.image import Image, validate_image
 from cryoxr.projection import _kernel_inputs, _project_block, _Projection, projection_of
-from cryoxr.projection_model import PMDL, PTC
+from cryoxr.projection_model import PTC
 from cryoxr.subtilts import BATCH, RelionSteps, relion_patches
 
 __all__ = ["extract_relion", "subtilt_blocks"]
@@ -420,12 +421,7 @@ def extract_relion(
         raise InvalidValueError(
             f"extract_subtilts: no tilt series for experiment(s) {missing[:5]}; given {sorted(tilt_series)[:10]}"
         )
-    groups = {str(k): g for k, g in projection_model.groupby(PMDL.EXPERIMENT_ID, sort=False)}
-    absent = [str(n) for n in names if str(n) not in groups]
-    if absent:
-        raise InvalidValueError(
-            f"extract_subtilts: experiment(s) {absent[:5]} are absent from the projection model"
-        )
+    groups = model_groups(projection_model, [str(n) for n in names], where="extract_subtilts")
     datas = [validate_image(tilt_series[str(n)], stack=True) for n in names]
     spacings = {float(d.attrs["pixel_spacing"]) for d in datas}
     if len(spacings) != 1 or abs(spacings.pop() - steps.pixel_size) > 1e-6 * steps.pixel_size:

@@ -34,6 +34,7 @@ LAYERS = {
     "cryoxr.resolution": 2,
     "cryoxr.ctf": 2,
     "cryoxr.subtilts": 2,
+    "cryoxr.subtilt_graph": 2,
     "cryoxr.symmetry": 2,
     "cryoxr.backprojection": 2,
     "cryoxr.reconstruction": 2,

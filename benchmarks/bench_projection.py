@@ -561,7 +561,9 @@ def run_ratios(a: argparse.Namespace) -> dict[str, Any]:
         return cryoxr.in_field_of_view(xy, image_shape=IMAGE_SHAPE, margin=MARGIN).sum("particle").values
 
     def fused() -> np.ndarray:
-        return cryoxr.count_in_field_of_view(poses, model, image_shape=IMAGE_SHAPE, margin=MARGIN, **kw).values
+        return cryoxr.count_in_field_of_view(
+            poses, model, image_shape=IMAGE_SHAPE, margin=MARGIN, **kw
+        ).values
 
     def compute() -> Any:
         return cryoxr.project(poses, model, **kw).compute()
@@ -622,9 +624,14 @@ def ratios(a: argparse.Namespace) -> None:
     load0 = os.getloadavg()
     r = spawn(env, "ratios", n, max(3, a.reps))
     med = r["median"]
-    rss = {how: [spawn(env, "compute_rss", n, 1, how=how) for _ in range(max(3, a.reps))] for how in ("compute", "gemm")}
+    rss = {
+        how: [spawn(env, "compute_rss", n, 1, how=how) for _ in range(max(3, a.reps))]
+        for how in ("compute", "gemm")
+    }
     load1 = os.getloadavg()
-    print(f"N = {n:.0e} particles x {T} tilts, float64; load average {load0[0]:.1f} -> {load1[0]:.1f} (1 min)")
+    print(
+        f"N = {n:.0e} particles x {T} tilts, float64; load average {load0[0]:.1f} -> {load1[0]:.1f} (1 min)"
+    )
     print(f"medians of {len(r['times']['composed'])} interleaved rounds in one process\n")
     print("| contender | median s | all s | vs numpy chunked GEMM + count | vs numpy single GEMM |")
     print("|---|---:|---:|---:|---:|")

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+import cryoxr
 from cryoxr.errors import InvalidValueError
 from cryoxr.field_of_view import count_in_field_of_view, in_field_of_view
 from cryoxr.projection import project
@@ -98,3 +99,34 @@ def test_in_field_of_view_of_a_modified_projection_is_not_fused(
     expected = (np.abs(projected.values + 100.0 - 2047.5) <= 2047.5).all(axis=2)
     np.testing.assert_array_equal(mask.values, expected)
     assert shifted.data.name in mask.data.dask.layers
+
+
+def test_mask_chunks_sum_over_particles_exactly(rng: np.random.Generator) -> None:
+    from cryoxr.field_of_view import _MaskChunk
+
+    mask = rng.random((1000, 7)) < 0.6
+    chunk = mask.view(_MaskChunk)
+    want = mask.sum(axis=0)
+    np.testing.assert_array_equal(np.sum(chunk, axis=0), want)
+    np.testing.assert_array_equal(np.sum(chunk, axis=(0,), keepdims=True, dtype=np.int64), want[None, :])
+    np.testing.assert_array_equal(np.sum(np.ones((600, 2), bool).view(_MaskChunk), axis=-2), [600, 600])
+    assert np.sum(chunk, axis=1).tolist() == mask.sum(axis=1).tolist()  # other axes: numpy's
+    assert int(np.sum(chunk)) == int(mask.sum())
+    # everything else comes back as a plain ndarray
+    assert type(np.concatenate([chunk, chunk])) is np.ndarray
+    assert type(chunk & chunk) is np.ndarray
+    assert type(~chunk) is np.ndarray
+
+
+def test_counts_past_the_uint8_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cryoxr.field_of_view as fov
+
+    monkeypatch.setattr(fov, "_COUNT_ROWS", 3)  # 3 rows per step: 2000 rows flush the counters twice
+    poses = cryoxr.make_poseset(np.full((2000, 3), 10.0), experiment_id="t", pixel_spacing=1.0)
+    model = cryoxr.make_projection_model(rotation_y=[0.0, 30.0], experiment_id="t", pixel_spacing=1.0)
+    kw = {"tomogram_dimensions": (20, 20, 20), "tilt_image_center": (10, 10), "image_shape": (20, 20)}
+    counts = count_in_field_of_view(poses, model, chunks=1500, **kw)
+    assert counts.values.tolist() == [2000, 2000]  # every particle inside in both tilts
+    xy = project(poses, model, tomogram_dimensions=(20, 20, 20), tilt_image_center=(10, 10), chunks=1500)
+    composed = in_field_of_view(xy, image_shape=(20, 20)).sum("particle")
+    assert composed.values.tolist() == [2000, 2000]

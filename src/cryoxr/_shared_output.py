@@ -138,12 +138,14 @@ class SharedOutputArray(da.Array):
     def wrap(cls, array: da.Array, rows: Callable[[SharedOutput], da.Array]) -> SharedOutputArray:
         """``array`` as a :class:`SharedOutputArray` computed through ``rows`` (see the class)."""
         if any(len(c) != 1 for c in array.chunks[1:]):
-            raise InvalidValueError(f"SharedOutputArray: chunked along the first axis only, found {array.chunks}")
+            raise InvalidValueError(
+                f"SharedOutputArray: chunked along the first axis only, found {array.chunks}"
+            )
         out = cls(array.dask, array.name, array.chunks, meta=array._meta)
         out._cryoxr_rows = rows
         return out
 
-    def __dask_optimize__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def __dask_optimize__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
         if np.prod(self.shape) > 0 and not scheduler_ships_tasks() and self._all_of_it(keys):
             written = self._cryoxr_rows(SharedOutput(self.shape, self.dtype))
             if written.name == self.name and written.chunks == self.chunks:

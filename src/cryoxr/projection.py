@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import threading
 from typing import Any, Literal, overload
 
 import dask.array as da
@@ -382,7 +380,10 @@ def project(
     dims = ("particle", "image", "axis")
     if not return_depth:
         # computed alone, the chunks are written into one output (no concatenation)
-        out = SharedOutputArray.wrap(out, functools.partial(_rows_written, out.name, inputs, pchunks, dtype))
+        shared: Any = SharedOutputArray.wrap(
+            out, functools.partial(_rows_written, out.name, inputs, pchunks, dtype)
+        )
+        out = shared
         # what a fused kernel (the field-of-view test) needs to redo this projection itself
         out._cryoxr_projection = _Projection(out.name, inputs, weights, bias, dtype, pchunks)
         return xr.DataArray(out, dims=dims, coords=coords, attrs=attrs, name="projected")

@@ -77,10 +77,16 @@ def test_in_field_of_view_of_project_is_fused_and_equal(
         counts = fused.sum("particle")
     # one fused kernel: the projected positions are not computed on the way
     assert projected.data.name not in fused.data.dask.layers
-    graph = dask.optimize(counts.data)[0].__dask_graph__()
+    graph = dask.optimize(fused.data)[0].__dask_graph__()
     names = [k[0] for k in graph if isinstance(k, tuple)]
     assert sum("fov_mask_block" in name for name in names) == 4  # one task per particle chunk (700 / 200)
     assert not any("project_block" in name for name in names)
+    # summed over particles, it is the fused count's graph: the mask is never held either
+    graph = dask.optimize(counts.data)[0].__dask_graph__()
+    names = [k[0] for k in graph if isinstance(k, tuple)]
+    assert sum("count_block" in name for name in names) == 4
+    assert not any("fov_mask_block" in name or "project_block" in name for name in names)
+    assert counts.dtype == np.int64
     # the same mask as the test on the computed positions (generic path: numpy input)
     eager = in_field_of_view(projected.compute(), image_shape=shape, margin=margin)
     np.testing.assert_array_equal(fused.values, eager.values)
@@ -130,3 +136,17 @@ def test_counts_past_the_uint8_counters(monkeypatch: pytest.MonkeyPatch) -> None
     xy = project(poses, model, tomogram_dimensions=(20, 20, 20), tilt_image_center=(10, 10), chunks=1500)
     composed = in_field_of_view(xy, image_shape=(20, 20)).sum("particle")
     assert composed.values.tolist() == [2000, 2000]
+
+
+def test_other_reductions_of_the_fused_mask_are_dask_s(poses: xr.Dataset, tilt_model: pd.DataFrame) -> None:
+    projected = project(poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE, chunks=300)
+    mask = in_field_of_view(projected, image_shape=(3000, 3500), margin=4)
+    values = mask.values
+    assert 0 < values.mean() < 1
+    assert int(mask.sum()) == int(values.sum())
+    np.testing.assert_array_equal(mask.sum("image").values, values.sum(axis=1))
+    np.testing.assert_array_equal(
+        mask.isel(image=[0, 5]).sum("particle").values, values[:, [0, 5]].sum(axis=0)
+    )
+    np.testing.assert_array_equal(mask.sum("particle").values, values.sum(axis=0))
+    np.testing.assert_allclose(mask.mean("particle").values, values.mean(axis=0))

@@ -4,6 +4,8 @@
 :func:`cryoxr.project`) against the image bounds; :func:`count_in_field_of_view` fuses
 projection, test and count into one kernel per chunk, so counting 10^7 particles x 61
 tilts streams at GEMM speed without materialising the projected positions.
+``in_field_of_view(project(...), ...).sum("particle")``, as users type it, runs the same
+fused graph.
 
 Examples
 --------
@@ -102,7 +104,10 @@ def in_field_of_view(
     Returns
     -------
     xarray.DataArray
-        Lazy bool, dims ``("particle", "image")``.
+        Lazy bool, dims ``("particle", "image")``. Of the very array :func:`project`
+        returned, one fused kernel per particle chunk projects and tests (the positions
+        are never held), and its ``.sum("particle")`` is :func:`count_in_field_of_view`'s
+        graph (the mask is never held either).
 
     Examples
     --------

@@ -324,6 +324,11 @@ def project(
         lacks are NaN. attrs ``pixel_spacing`` (Å per tilt-image pixel, when all
         experiments share one). With ``return_depth``: a Dataset of that array
         (``projected``) and ``depth`` (dims ``("particle", "image")``, model pixels).
+        Computed by itself on an in-process scheduler (``.compute()``, ``.values``), the
+        array's tasks write their rows straight into one result, so the peak is the
+        result plus one chunk's inputs per thread (dask would hold every chunk and their
+        concatenation: twice the result); everything built on it streams chunk by chunk,
+        and ``in_field_of_view`` of it fuses projection and test into one kernel.
 
     Raises
     ------
@@ -498,7 +503,8 @@ def project_into(
     The values are those of :func:`project`, but each task writes its rows straight into
     ``out`` -- for a C-contiguous numpy array of the same dtype the GEMM's output *is*
     the target -- so no chunk-sized temporary is allocated and nothing is copied twice.
-    Use it when the result must be materialised (numpy) or persisted (zarr); reductions
+    Use it to fill an array you own (numpy, memmap) or to persist (zarr); into memory,
+    ``project(...).compute()`` also writes each chunk once, into a fresh result; reductions
     are better served by :func:`project` or :func:`count_in_field_of_view`.
 
     Numpy and memmap targets need a threaded (or synchronous) scheduler; on

@@ -27,8 +27,13 @@ Contenders (rates in particle-tilts/s, T = 61 tilts):
 - ``concat``: ``np.concatenate(dask.compute(*blocks))``.
 - ``count``: ``count_in_field_of_view(...)``, the fused streaming reduction.
 - ``c_count``: baseline, numpy's chunked GEMM + count, cache-blocked (1024 rows per GEMM
-  into reused buffers, the image test, a count per tilt): the fastest plain-numpy form.
+  into reused buffers, the image test against a full limit block, uint8 counters per
+  tilt): the fastest plain-numpy form.
 - ``composed``: ``in_field_of_view(project(...), ...).sum("particle")``, the README's way.
+- ``--ratios``: the issue-17 rows, each ratio's contenders in one process, medians of
+  interleaved rounds: composed path and fused count vs ``c_count``; ``project(...).compute()``
+  vs one GEMM into a touched output and into a fresh ``np.empty``; peak RSS of
+  ``project(...).compute()`` in fresh subprocesses against the result's bytes.
 - ``*_cluster``: the same on ``distributed.LocalCluster(2 workers x 1 thread, processes)``.
 - ``*+blas1``: the same with OpenBLAS limited to one thread per dask thread.
 
@@ -222,11 +227,11 @@ def run_c(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_c_count(a: argparse.Namespace) -> dict[str, Any]:
-    """numpy's chunked GEMM + count, cache-blocked: 1024 rows at a time into reused buffers.
+    """numpy's chunked GEMM + count, cache-blocked (:func:`numpy_chunked_count`, fast form).
 
-    The fastest plain-numpy form found (10^5-row blocks, or counting with ``.all(axis=2)``,
-    take 10x longer): GEMM with the image centre folded into the bias, ``|xy| <= half``,
-    and both bytes of each (x, y) pair true, counted per tilt.
+    The fastest plain-numpy form found: 1024 rows per GEMM into reused buffers with the
+    image centre folded into the bias, ``|xy| <= half`` against a full limit block, both
+    bytes of each (x, y) pair true, counted per tilt in uint8 counters.
     """
     dtype = np.dtype(a.dtype)
     pts = homogeneous(make_positions(a.n), dtype)
@@ -234,21 +239,10 @@ def run_c_count(a: argparse.Namespace) -> dict[str, Any]:
     centre = np.array([(IMAGE_SHAPE[1] - 1) / 2.0, (IMAGE_SHAPE[0] - 1) / 2.0])
     op[3] -= np.tile(centre, T).astype(dtype)
     half = np.tile(centre - MARGIN, T).astype(dtype)
-    step = 1024
-    xy = np.empty((step, 2 * T), dtype=dtype)
-    inside = np.empty((step, 2 * T), dtype=bool)
-    counts = np.zeros(T, np.int64)
-
-    def loop() -> None:
-        counts[:] = 0
-        for start in range(0, a.n, step):
-            m = min(step, a.n - start)
-            np.matmul(pts[start : start + m], op, out=xy[:m])
-            np.abs(xy[:m], out=xy[:m])
-            np.less_equal(xy[:m], half, out=inside[:m])
-            counts[:] += np.count_nonzero(inside[:m].view(np.uint16) == 0x0101, axis=0)
-
-    sec = best_of(loop, a.reps)
+    loop = numpy_chunked_count(pts, op, half, "fast")
+    results: list[np.ndarray] = []
+    sec = best_of(lambda: results.append(loop()), a.reps)
+    counts = results[-1]
     m = min(a.n, 10_000)
     if m == a.n and not np.array_equal(
         counts, numpy_counts(homogeneous(make_positions(m)) @ gemm_operator())
@@ -560,6 +554,16 @@ def run_ratios(a: argparse.Namespace) -> dict[str, Any]:
         xy = cryoxr.project(poses, model, **kw)
         return cryoxr.in_field_of_view(xy, image_shape=IMAGE_SHAPE, margin=MARGIN).sum("particle").values
 
+    def composed_graph() -> Any:  # building alone: validation, operators, dask graph, xarray
+        xy = cryoxr.project(poses, model, **kw)
+        return cryoxr.in_field_of_view(xy, image_shape=IMAGE_SHAPE, margin=MARGIN).sum("particle")
+
+    def composed_one_thread() -> np.ndarray:  # dask's per-task cost without thread contention
+        import dask
+
+        with dask.config.set(scheduler="synchronous"):
+            return composed()
+
     def fused() -> np.ndarray:
         return cryoxr.count_in_field_of_view(
             poses, model, image_shape=IMAGE_SHAPE, margin=MARGIN, **kw
@@ -572,6 +576,8 @@ def run_ratios(a: argparse.Namespace) -> dict[str, Any]:
         "numpy chunked GEMM + count": numpy_chunked_count(pts, centred, half, "fast"),
         "numpy chunked GEMM + count (session-4 form)": numpy_chunked_count(pts, centred, half, "s4"),
         "composed": composed,
+        "composed, synchronous scheduler": composed_one_thread,
+        "composed, building the graph only": composed_graph,
         "count_in_field_of_view": fused,
         "numpy single GEMM": lambda: np.matmul(pts, op, out=gemm_out),
         # what any fresh result pays: first-touch page faults of the new output
@@ -579,7 +585,8 @@ def run_ratios(a: argparse.Namespace) -> dict[str, Any]:
         "project(...).compute()": compute,
     }
     want = contenders["numpy chunked GEMM + count"]()
-    for name in ("numpy chunked GEMM + count (session-4 form)", "composed", "count_in_field_of_view"):
+    counted = ("numpy chunked GEMM + count (session-4 form)", "composed", "composed, synchronous scheduler")
+    for name in (*counted, "count_in_field_of_view"):
         if not np.array_equal(contenders[name](), want):
             raise SystemExit(f"ratios: {name} counts differ from numpy's")
     contenders["numpy single GEMM"]()
@@ -640,7 +647,7 @@ def ratios(a: argparse.Namespace) -> None:
     for name, sec in med.items():
         k = med["numpy chunked GEMM + count"]
         g = med["numpy single GEMM"]
-        vs_k = f"{sec / k:.2f}x" if "count" in name or name == "composed" else ""
+        vs_k = f"{sec / k:.2f}x" if "count" in name or name.startswith("composed") else ""
         vs_g = f"{sec / g:.2f}x" if "single GEMM" in name or name == "project(...).compute()" else ""
         runs = ", ".join(f"{t:.3f}" for t in r["times"][name])
         print(f"| {name} | {sec:.3f} | {runs} | {vs_k} | {vs_g} |")

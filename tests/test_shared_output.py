@@ -1,4 +1,4 @@
-"""SharedOutput / SharedOutputArray: one output for a dask array computed alone."""
+"""SharedOutput / share_output: one output for a dask array computed alone."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from cryoxr._shared_output import SharedOutput, SharedOutputArray, _finalize, scheduler_ships_tasks
+from cryoxr._shared_output import SharedOutput, _finalize, scheduler_ships_tasks, share_output
 from cryoxr.errors import InvalidValueError
 
 
-def _doubled(x: da.Array) -> SharedOutputArray:
+def _doubled(x: da.Array) -> da.Array:
     """``2 * x`` (chunked along axis 0) whose own compute writes into one output."""
     y = 2 * x
     starts = np.cumsum((0, *x.chunks[0][:-1]))
@@ -29,7 +29,7 @@ def _doubled(x: da.Array) -> SharedOutputArray:
             name=y.name, align_arrays=False, dtype=x.dtype, meta=np.empty((0, 0)),
         )  # fmt: skip
 
-    return SharedOutputArray.wrap(y, rows)
+    return share_output(y, rows)
 
 
 @pytest.fixture
@@ -54,6 +54,7 @@ def test_compute_alone_returns_the_one_output(x: da.Array, scheduler: str) -> No
 
 def test_derived_arrays_run_the_original_graph(x: da.Array) -> None:
     y = _doubled(x)
+    assert type(y) is da.Array  # a plain dask array: xarray mixes it with others
     assert type(y + 1) is da.Array
     assert type(y[3:]) is da.Array
     np.testing.assert_array_equal((y + 1).compute(), 2 * x.compute() + 1)
@@ -111,4 +112,15 @@ def test_finalize_concatenates_anything_but_the_rows_in_order() -> None:
 
 def test_wrap_refuses_chunks_along_other_axes() -> None:
     with pytest.raises(InvalidValueError, match="first axis only"):
-        SharedOutputArray.wrap(da.zeros((4, 4), chunks=(2, 2)), lambda target: da.zeros(4))
+        share_output(da.zeros((4, 4), chunks=(2, 2)), lambda target: da.zeros(4))
+
+
+def test_xarray_mixes_it_with_plain_dask_arrays(x: da.Array, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import xarray as xr
+
+    y = _doubled(x)
+    ds = xr.Dataset({"y": (("i", "j"), y), "x": (("i", "j"), x), "m": (("i", "j"), y > 10)})
+    ds.to_zarr(tmp_path / "a.zarr", mode="w-", consolidated=False)
+    back = xr.open_zarr(tmp_path / "a.zarr", consolidated=False)
+    np.testing.assert_array_equal(back["y"].values, 2 * x.compute())
+    np.testing.assert_array_equal(ds.compute()["y"].values, 2 * x.compute())

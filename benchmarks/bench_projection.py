@@ -27,8 +27,13 @@ Contenders (rates in particle-tilts/s, T = 61 tilts):
 - ``concat``: ``np.concatenate(dask.compute(*blocks))``.
 - ``count``: ``count_in_field_of_view(...)``, the fused streaming reduction.
 - ``c_count``: baseline, numpy's chunked GEMM + count, cache-blocked (1024 rows per GEMM
-  into reused buffers, the image test, a count per tilt): the fastest plain-numpy form.
+  into reused buffers, the image test against a full limit block, uint8 counters per
+  tilt): the fastest plain-numpy form.
 - ``composed``: ``in_field_of_view(project(...), ...).sum("particle")``, the README's way.
+- ``--ratios``: the issue-17 rows, each ratio's contenders in one process, medians of
+  interleaved rounds: composed path and fused count vs ``c_count``; ``project(...).compute()``
+  vs one GEMM into a touched output and into a fresh ``np.empty``; peak RSS of
+  ``project(...).compute()`` in fresh subprocesses against the result's bytes.
 - ``*_cluster``: the same on ``distributed.LocalCluster(2 workers x 1 thread, processes)``.
 - ``*+blas1``: the same with OpenBLAS limited to one thread per dask thread.
 
@@ -222,11 +227,11 @@ def run_c(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_c_count(a: argparse.Namespace) -> dict[str, Any]:
-    """numpy's chunked GEMM + count, cache-blocked: 1024 rows at a time into reused buffers.
+    """numpy's chunked GEMM + count, cache-blocked (:func:`numpy_chunked_count`, fast form).
 
-    The fastest plain-numpy form found (10^5-row blocks, or counting with ``.all(axis=2)``,
-    take 10x longer): GEMM with the image centre folded into the bias, ``|xy| <= half``,
-    and both bytes of each (x, y) pair true, counted per tilt.
+    The fastest plain-numpy form found: 1024 rows per GEMM into reused buffers with the
+    image centre folded into the bias, ``|xy| <= half`` against a full limit block, both
+    bytes of each (x, y) pair true, counted per tilt in uint8 counters.
     """
     dtype = np.dtype(a.dtype)
     pts = homogeneous(make_positions(a.n), dtype)
@@ -234,21 +239,10 @@ def run_c_count(a: argparse.Namespace) -> dict[str, Any]:
     centre = np.array([(IMAGE_SHAPE[1] - 1) / 2.0, (IMAGE_SHAPE[0] - 1) / 2.0])
     op[3] -= np.tile(centre, T).astype(dtype)
     half = np.tile(centre - MARGIN, T).astype(dtype)
-    step = 1024
-    xy = np.empty((step, 2 * T), dtype=dtype)
-    inside = np.empty((step, 2 * T), dtype=bool)
-    counts = np.zeros(T, np.int64)
-
-    def loop() -> None:
-        counts[:] = 0
-        for start in range(0, a.n, step):
-            m = min(step, a.n - start)
-            np.matmul(pts[start : start + m], op, out=xy[:m])
-            np.abs(xy[:m], out=xy[:m])
-            np.less_equal(xy[:m], half, out=inside[:m])
-            counts[:] += np.count_nonzero(inside[:m].view(np.uint16) == 0x0101, axis=0)
-
-    sec = best_of(loop, a.reps)
+    loop = numpy_chunked_count(pts, op, half, "fast")
+    results: list[np.ndarray] = []
+    sec = best_of(lambda: results.append(loop()), a.reps)
+    counts = results[-1]
     m = min(a.n, 10_000)
     if m == a.n and not np.array_equal(
         counts, numpy_counts(homogeneous(make_positions(m)) @ gemm_operator())
@@ -492,6 +486,184 @@ def run_composed(a: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# --------------------------------------------------------------------------------------
+# same-process ratios (issue 17): the composed path and project(...).compute()
+# --------------------------------------------------------------------------------------
+
+
+def numpy_chunked_count(pts: np.ndarray, op: np.ndarray, half: np.ndarray, form: str) -> Callable[[], Any]:
+    """numpy's cache-blocked GEMM + count over ``pts``, 1024 rows at a time; returns the loop.
+
+    ``op``'s bias row is centred on the image, ``half`` is the (2T,) half extent. ``form``:
+    ``"fast"`` compares against a full (rows, 2T) limit block and adds each block's bool
+    bytes into a uint8 counter (flushed every 255 blocks); ``"s4"`` is the session-4
+    baseline (a broadcast (2T,) limit, ``np.count_nonzero(..., axis=0)`` per block, 2-3x
+    slower: numpy's broadcast comparison and its bool-to-int64 column sum).
+    """
+    n, width = pts.shape[0], op.shape[1]
+    step = 1024
+    xy = np.empty((step, width), dtype=pts.dtype)
+    inside = np.empty((step, width), dtype=bool)
+    both = np.empty((step, width // 2), dtype=bool)
+    limit = np.empty((step, width), dtype=pts.dtype)
+    limit[:] = half
+    counter = np.zeros((step, width // 2), dtype=np.uint8)
+
+    def loop() -> np.ndarray:
+        counts = np.zeros(width // 2, np.int64)
+        counter[:] = 0
+        for k, start in enumerate(range(0, n, step), 1):
+            m = min(step, n - start)
+            np.matmul(pts[start : start + m], op, out=xy[:m])
+            np.abs(xy[:m], out=xy[:m])
+            if form == "s4":
+                np.less_equal(xy[:m], half, out=inside[:m])
+                counts += np.count_nonzero(inside[:m].view(np.uint16) == 0x0101, axis=0)
+                continue
+            np.less_equal(xy[:m], limit[:m], out=inside[:m])
+            np.equal(inside[:m].view(np.uint16), 0x0101, out=both[:m])
+            np.add(counter[:m], both[:m].view(np.uint8), out=counter[:m])
+            if k % 255 == 0:
+                counts += counter.sum(axis=0, dtype=np.int64)
+                counter[:] = 0
+        return counts + counter.sum(axis=0, dtype=np.int64)
+
+    return loop
+
+
+def run_ratios(a: argparse.Namespace) -> dict[str, Any]:
+    """Both sides of each ratio in this one process, interleaved ``a.reps`` times (medians)."""
+    import statistics
+
+    import cryoxr
+
+    _setup(a)
+    model = make_model()
+    _warm_up(a, model)
+    poses = make_poses(a.n)
+    pts = homogeneous(make_positions(a.n))
+    op = gemm_operator()
+    centre = np.array([(IMAGE_SHAPE[1] - 1) / 2.0, (IMAGE_SHAPE[0] - 1) / 2.0])
+    centred = op.copy()
+    centred[3] -= np.tile(centre, T)
+    half = np.tile(centre - MARGIN, T)
+    gemm_out = touched((a.n, 2 * T), np.float64)
+    kw = project_kwargs()
+
+    def composed() -> np.ndarray:  # the README's way, as typed
+        xy = cryoxr.project(poses, model, **kw)
+        return cryoxr.in_field_of_view(xy, image_shape=IMAGE_SHAPE, margin=MARGIN).sum("particle").values
+
+    def composed_graph() -> Any:  # building alone: validation, operators, dask graph, xarray
+        xy = cryoxr.project(poses, model, **kw)
+        return cryoxr.in_field_of_view(xy, image_shape=IMAGE_SHAPE, margin=MARGIN).sum("particle")
+
+    def composed_one_thread() -> np.ndarray:  # dask's per-task cost without thread contention
+        import dask
+
+        with dask.config.set(scheduler="synchronous"):
+            return composed()
+
+    def fused() -> np.ndarray:
+        return cryoxr.count_in_field_of_view(
+            poses, model, image_shape=IMAGE_SHAPE, margin=MARGIN, **kw
+        ).values
+
+    def compute() -> Any:
+        return cryoxr.project(poses, model, **kw).compute()
+
+    contenders: dict[str, Callable[[], Any]] = {
+        "numpy chunked GEMM + count": numpy_chunked_count(pts, centred, half, "fast"),
+        "numpy chunked GEMM + count (session-4 form)": numpy_chunked_count(pts, centred, half, "s4"),
+        "composed": composed,
+        "composed, synchronous scheduler": composed_one_thread,
+        "composed, building the graph only": composed_graph,
+        "count_in_field_of_view": fused,
+        "numpy single GEMM": lambda: np.matmul(pts, op, out=gemm_out),
+        # what any fresh result pays: first-touch page faults of the new output
+        "numpy single GEMM into np.empty": lambda: np.matmul(pts, op, out=np.empty((a.n, 2 * T))),
+        "project(...).compute()": compute,
+    }
+    want = contenders["numpy chunked GEMM + count"]()
+    counted = ("numpy chunked GEMM + count (session-4 form)", "composed", "composed, synchronous scheduler")
+    for name in (*counted, "count_in_field_of_view"):
+        if not np.array_equal(contenders[name](), want):
+            raise SystemExit(f"ratios: {name} counts differ from numpy's")
+    contenders["numpy single GEMM"]()
+    check("project(...).compute()", compute().values.reshape(a.n, -1), gemm_out, 1e-6)
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(a.reps):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            result = fn()
+            times[name].append(time.perf_counter() - t0)
+            del result
+    return {
+        "seconds": 0.0, "bytes": 0, "times": times,
+        "median": {name: statistics.median(ts) for name, ts in times.items()},
+    }  # fmt: skip
+
+
+def run_compute_rss(a: argparse.Namespace) -> dict[str, Any]:
+    """Peak RSS of one ``project(...).compute()`` (``--how compute``) or one GEMM into a fresh
+    output (``--how gemm``), with the RSS before it and the result's bytes."""
+    import psutil
+
+    import cryoxr
+
+    _setup(a)
+    poses, model = make_poses(a.n), make_model()
+    pts, op = homogeneous(make_positions(a.n)), gemm_operator()
+    before = psutil.Process().memory_info().rss
+    t0 = time.perf_counter()
+    if a.how == "gemm":
+        result = np.matmul(pts, op, out=np.empty((a.n, 2 * T)))
+    else:
+        result = cryoxr.project(poses, model, **project_kwargs()).compute().values
+    sec = time.perf_counter() - t0
+    return {"seconds": sec, "bytes": 0, "before": before, "result_nbytes": int(result.nbytes)}
+
+
+def ratios(a: argparse.Namespace) -> None:
+    """The issue-17 rows: each ratio from one process, medians of ``--reps`` interleaved rounds."""
+    import statistics
+
+    env = dict(os.environ)
+    n = a.n or 2_000_000
+    load0 = os.getloadavg()
+    r = spawn(env, "ratios", n, max(3, a.reps))
+    med = r["median"]
+    rss = {
+        how: [spawn(env, "compute_rss", n, 1, how=how) for _ in range(max(3, a.reps))]
+        for how in ("compute", "gemm")
+    }
+    load1 = os.getloadavg()
+    print(
+        f"N = {n:.0e} particles x {T} tilts, float64; load average {load0[0]:.1f} -> {load1[0]:.1f} (1 min)"
+    )
+    print(f"medians of {len(r['times']['composed'])} interleaved rounds in one process\n")
+    print("| contender | median s | all s | vs numpy chunked GEMM + count | vs numpy single GEMM |")
+    print("|---|---:|---:|---:|---:|")
+    for name, sec in med.items():
+        k = med["numpy chunked GEMM + count"]
+        g = med["numpy single GEMM"]
+        vs_k = f"{sec / k:.2f}x" if "count" in name or name.startswith("composed") else ""
+        vs_g = f"{sec / g:.2f}x" if "single GEMM" in name or name == "project(...).compute()" else ""
+        runs = ", ".join(f"{t:.3f}" for t in r["times"][name])
+        print(f"| {name} | {sec:.3f} | {runs} | {vs_k} | {vs_g} |")
+    print("\npeak RSS, each in a fresh subprocess (median of the runs):\n")
+    print("| what | peak RSS | RSS before | result | peak / result | (peak - before) / result |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for how, label in (("compute", "project(...).compute()"), ("gemm", "numpy GEMM into np.empty")):
+        peak = statistics.median(x["peak_rss"] for x in rss[how])
+        before = statistics.median(x["before"] for x in rss[how])
+        size = rss[how][0]["result_nbytes"]
+        print(
+            f"| {label} | {fmt_bytes(peak)} | {fmt_bytes(before)} | {fmt_bytes(size)} | {peak / size:.2f}x "
+            f"| {(peak - before) / size:.2f}x |"
+        )
+
+
 def _warm_up(a: argparse.Namespace, model: Any) -> None:
     """Untimed: imports and function shipping to the workers happen here, not in the timing."""
     import cryoxr
@@ -525,6 +697,8 @@ CONTENDERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "b_cryotypes": run_b,
     "project": run_project,
     "count": run_count,
+    "ratios": run_ratios,
+    "compute_rss": run_compute_rss,
 }
 
 
@@ -831,6 +1005,12 @@ def main(argv: list[str] | None = None) -> None:
         "--merge", nargs="+", metavar="JSON", help="print the fastest per row of earlier --json runs"
     )
     p.add_argument("--force-unset", action="store_true", help="also run with OPENBLAS_* unset if none is set")
+    p.add_argument(
+        "--ratios",
+        action="store_true",
+        help="only the issue-17 rows: composed path and project().compute() against numpy, same process "
+        "(N from --n, default 2e6; rounds from --reps, at least 3)",
+    )
     # worker options (internal)
     p.add_argument("--worker", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
@@ -846,6 +1026,8 @@ def main(argv: list[str] | None = None) -> None:
         a.rounds = 1 if a.quick else 2
     if a.merge:
         merge(a.merge)
+    elif a.ratios and not a.worker:
+        ratios(a)
     elif a.worker:
         worker(a)
     else:

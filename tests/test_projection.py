@@ -344,3 +344,40 @@ def test_default_chunks_are_bigger_when_tasks_leave_the_process() -> None:
         assert cryoxr.project(poses, model, **kw).chunks[0][:2] == (100_000, 100_000)
     with dask.config.set(scheduler="processes"):  # building only: nothing runs on it
         assert cryoxr.project(poses, model, **kw).chunks[0] == (CLUSTER_PARTICLE_CHUNK, 5)
+
+
+def test_compute_writes_one_output_without_a_concatenated_copy(tilt_model: pd.DataFrame) -> None:
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    poses = random_poses(rng, 60_000)
+    projected = project(poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE, chunks=7_000)
+    want = np.empty(projected.shape)
+    project_into(want, poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE)
+    for scheduler in ("threads", "sync"):
+        with dask.config.set(scheduler=scheduler):
+            tracemalloc.start()
+            got = projected.compute()
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        np.testing.assert_array_equal(got.values, want)
+        # the chunks were written into the result itself (dask would hold them and a
+        # concatenated copy: 2x); the rest is the chunks' (n, 4) inputs
+        assert got.values.nbytes <= peak < 1.2 * got.values.nbytes
+        assert got.values.base is None
+    # the array itself is an ordinary dask array for everything built on it
+    np.testing.assert_allclose(projected.sum("particle").values, want.sum(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(projected[10:20].values, want[10:20])
+
+
+@pytest.mark.distributed
+def test_compute_on_a_cluster_that_is_not_the_default_scheduler(
+    poses: xr.Dataset, tilt_model: pd.DataFrame, local_cluster: Any
+) -> None:
+    projected = project(poses, tilt_model, tomogram_dimensions=DIMS, tilt_image_center=CENTRE, chunks=300)
+    with dask.config.set(scheduler="threads"):
+        local = projected.values
+        # the graph is swapped for the shared output here, but its tasks run in the workers:
+        # each writes rows of its own, which are concatenated as usual
+        (remote,) = local_cluster.compute([projected.data], sync=True)
+    np.testing.assert_array_equal(remote, local)

@@ -4,6 +4,8 @@
 :func:`cryoxr.project`) against the image bounds; :func:`count_in_field_of_view` fuses
 projection, test and count into one kernel per chunk, so counting 10^7 particles x 61
 tilts streams at GEMM speed without materialising the projected positions.
+``in_field_of_view(project(...), ...).sum("particle")``, as users type it, runs one
+fused task per chunk as well (project, test, count the chunk's mask).
 
 Examples
 --------
@@ -101,7 +103,10 @@ def in_field_of_view(
     Returns
     -------
     xarray.DataArray
-        Lazy bool, dims ``("particle", "image")``.
+        Lazy bool, dims ``("particle", "image")``. Of the very array :func:`project`
+        returned, one fused kernel per particle chunk projects and tests (the positions
+        are never held); a reduction such as ``.sum("particle")`` runs in the same task
+        (dask fuses it), and the chunks' sum over particles adds bytes, not int64.
 
     Examples
     --------
@@ -121,10 +126,9 @@ def in_field_of_view(
         # straight from project(): one fused kernel per particle chunk projects and tests,
         # never holding the projected positions (a reduction downstream fuses into it too)
         t_max = recipe.weights.shape[2] // 2
+        inputs = recipe.kernel_inputs(recipe.bias - np.tile(centre, t_max)[None, :])
         mask = da.blockwise(
-            _fov_mask_block, "pt",
-            *recipe.kernel_inputs(recipe.bias - np.tile(centre, t_max)[None, :]),
-            half, None, recipe.dtype, None,
+            _fov_mask_block, "pt", *inputs, half, None, recipe.dtype, None,
             concatenate=True, new_axes={"t": t_max}, dtype=bool, meta=np.empty((0, 0), bool),
         )  # fmt: skip
     elif isinstance(data, da.Array):
@@ -142,8 +146,21 @@ def in_field_of_view(
     )
 
 
-#: rows per step of the fused count: a (rows, 2T) float64 block stays in L2
+def _count_graph(inputs: list[Any], half: np.ndarray, dtype: Any, t_max: int) -> da.Array:
+    """``(T,)`` int64 counts: the fused count kernel per particle chunk, summed."""
+    per_chunk = da.blockwise(
+        _count_block, "pt", *inputs, half, None, dtype, None,
+        concatenate=True, new_axes={"t": t_max}, adjust_chunks={"p": 1},
+        dtype=np.int64, meta=np.empty((0, 0), dtype=np.int64),
+    )  # fmt: skip
+    return per_chunk.sum(axis=0)
+
+
+#: rows per step of the fused kernels: a (rows, 2T) float64 block stays in L2
 _COUNT_ROWS = 1024
+
+#: row blocks a uint8 counter adds before it is flushed into the int64 counts (255 at most)
+_UINT8_BLOCKS = 255
 
 
 def _fov_steps(
@@ -154,21 +171,30 @@ def _fov_steps(
     bias: np.ndarray,
     half: np.ndarray,
     dtype: Any,
-) -> Iterator[tuple[Any, np.ndarray]]:
+    out: np.ndarray | None = None,
+) -> Iterator[np.ndarray]:
     """Project a chunk ``_COUNT_ROWS`` particles at a time and test them against the image.
 
-    ``bias`` is centred on the image. Yields ``(rows, inside)``: the chunk's row indices (or
-    a slice) and, for those rows, a ``(m, T)`` bool view of a reused buffer, True where both
-    x and y lie inside. The projected block is tested while still in cache; no ``(n, 2T)``
-    temporary is ever allocated (the loop is over row blocks, never tilts or particles).
+    ``bias`` is centred on the image. Yields, per step, a ``(m, T)`` bool block, True where
+    both x and y lie inside; with ``out`` (``(n, T)`` bool) each block is also stored in its
+    rows of ``out`` (written there directly when the chunk holds one experiment), else it
+    is a view of a reused buffer. The projected block is tested while still in cache; no
+    ``(n, 2T)`` temporary is ever allocated (the loop is over row blocks, never tilts or
+    particles).
+
+    Measured per 10^5 x 61 chunk (float64, one core): GEMM 3.5 ms, ``abs`` 1.8 ms, the
+    comparison 2.4 ms against a full ``(rows, 2T)`` limit block (8.3 ms against a
+    broadcast ``(2T,)`` row: numpy's broadcasting inner loop is not vectorised here),
+    the pair test 0.3 ms.
     """
     points = _homogeneous(position, shift, dtype)
     width = weights.shape[2]
-    limit = np.tile(np.asarray(half, dtype=dtype), width // 2)
     step = max(1, min(points.shape[0], _COUNT_ROWS))
+    limit = np.empty((step, width), dtype=dtype)
+    limit[:] = np.tile(np.asarray(half, dtype=dtype), width // 2)
     xy = np.empty((step, width), dtype=dtype)
     inside = np.empty((step, width), dtype=bool)
-    both = np.empty((step, width // 2), dtype=bool)
+    spare = np.empty((step, width // 2), dtype=bool)
     present = np.unique(codes) if weights.shape[0] > 1 else np.zeros(1, dtype=np.int64)
     for code in present:  # experiments in this chunk: usually one
         operator = _operator(weights, bias, code, dtype)
@@ -178,11 +204,92 @@ def _fov_steps(
             m = min(step, mine.shape[0] - start)
             np.matmul(mine[start : start + m], operator, out=xy[:m])
             np.abs(xy[:m], out=xy[:m])
-            np.less_equal(xy[:m], limit, out=inside[:m])  # NaN (missing tilt) -> False
+            np.less_equal(xy[:m], limit[:m], out=inside[:m])  # NaN (missing tilt) -> False
+            direct = out is not None and isinstance(rows, slice)
+            both = out[start : start + m] if direct else spare[:m]  # type: ignore[index]
             # inside in x and in y <=> both bytes of the (x, y) pair are 1
-            np.equal(inside[:m].view(np.uint16), 0x0101, out=both[:m])
-            picked = slice(start, start + m) if isinstance(rows, slice) else rows[start : start + m]
-            yield picked, both[:m]
+            np.equal(inside[:m].view(np.uint16), 0x0101, out=both)
+            if out is not None and not direct:
+                out[rows[start : start + m]] = both
+            yield both
+
+
+class _MaskChunk(np.ndarray):
+    """A chunk of a fused field-of-view mask: its sum over particles counts without casting.
+
+    ``np.sum`` of a bool ``(n, T)`` array over axis 0 casts every element to int64 on the
+    way (12.5 ms per 10^5 x 61); here the bytes are added as uint8 (0.2 ms, see
+    :func:`_column_sum`), so ``in_field_of_view(project(...)).sum("particle")`` -- dask calls
+    ``np.sum`` on every chunk -- counts at the fused count's speed. Every other function
+    and ufunc sees (and returns) plain :class:`numpy.ndarray`.
+
+    Examples
+    --------
+    >>> m = np.array([[True, False], [True, True]]).view(_MaskChunk)
+    >>> np.sum(m, axis=0).tolist(), np.sum(m, axis=(0,), keepdims=True).tolist(), int(np.sum(m))
+    ([2, 1], [[2, 1]], 3)
+    >>> type(np.concatenate([m, m])) is np.ndarray
+    True
+    """
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        if func is np.sum:
+            fast = _column_sum(*args, **kwargs)
+            if fast is not None:
+                return fast
+        return func(*_plain(args), **_plain(kwargs))
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        return getattr(ufunc, method)(*_plain(inputs), **_plain(kwargs))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every :class:`_MaskChunk` in it (also in lists, tuples, dicts) as an ndarray."""
+    if isinstance(value, _MaskChunk):
+        return value.view(np.ndarray)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _column_sum(
+    a: Any, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False, **rest: Any
+) -> np.ndarray | None:
+    """``np.sum(a, axis=0)`` of a 2-D bool array by halving in uint8; None for any other call.
+
+    The bytes of the bottom half of the rows are added onto the top half (one vectorised
+    add over whole rows), seven times, into one scratch array of half the size; then the
+    at most ``n / 128`` remaining rows are summed as int64. 0.2 ms per 10^5 x 61, against
+    12.5 ms for numpy's bool sum over axis 0 and 1.9 ms for uint8 sums over 255-row blocks.
+    """
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    if (
+        out is not None
+        or rest
+        or not isinstance(a, np.ndarray)
+        or a.dtype != bool
+        or a.ndim != 2
+        or axes not in ((0,), (-2,))
+        or (dtype is not None and np.dtype(dtype).kind not in "iu")
+    ):
+        return None
+    rows = a.view(np.ndarray).view(np.uint8)
+    leftover = np.zeros(rows.shape[1], dtype=np.int64)
+    for level in range(7):  # 7 halvings: a byte then holds at most 2**7 = 128
+        n = rows.shape[0]
+        if n < 64:
+            break
+        if n % 2:
+            leftover += rows[n - 1]
+            n -= 1
+        half = rows[: n // 2] if level else np.empty((n // 2, rows.shape[1]), dtype=np.uint8)
+        np.add(rows[: n // 2], rows[n // 2 : n], out=half)  # whole rows at once: SIMD over memory
+        rows = half
+    counts = rows.sum(axis=0, dtype=np.int64) + leftover
+    counts = counts.astype(np.dtype(np.int64 if dtype is None else dtype), copy=False)
+    return counts[None, :] if keepdims else counts
 
 
 def _fov_mask_block(
@@ -196,9 +303,9 @@ def _fov_mask_block(
 ) -> np.ndarray:
     """Fused kernel: project a chunk and test it, ``(n, T)`` bool (see :func:`_fov_steps`)."""
     mask = np.empty((position.shape[0], weights.shape[2] // 2), dtype=bool)
-    for rows, inside in _fov_steps(position, shift, codes, weights, bias, half, dtype):
-        mask[rows] = inside
-    return mask
+    for _ in _fov_steps(position, shift, codes, weights, bias, half, dtype, out=mask):
+        pass
+    return mask.view(_MaskChunk)
 
 
 def _count_block(
@@ -213,11 +320,20 @@ def _count_block(
     """Fused kernel: project a chunk and count points inside the image, per tilt.
 
     Works through the chunk ``_COUNT_ROWS`` particles at a time in reused buffers
-    (:func:`_fov_steps`), so no (n, 2T) temporary is ever allocated.
+    (:func:`_fov_steps`), so no (n, 2T) temporary is ever allocated. Each step's bool
+    block is added as bytes into a uint8 counter (0.2 ms per 10^5 x 61, against 8-10 ms
+    for ``np.count_nonzero(..., axis=0)``), flushed into int64 every 255 steps.
     """
-    counts = np.zeros(weights.shape[2] // 2, dtype=np.int64)
-    for _, inside in _fov_steps(position, shift, codes, weights, bias, half, dtype):
-        counts += np.count_nonzero(inside, axis=0)
+    t = weights.shape[2] // 2
+    counts = np.zeros(t, dtype=np.int64)
+    counter = np.zeros((max(1, min(position.shape[0], _COUNT_ROWS)), t), dtype=np.uint8)
+    for k, inside in enumerate(_fov_steps(position, shift, codes, weights, bias, half, dtype), 1):
+        m = inside.shape[0]
+        np.add(counter[:m], inside.view(np.uint8), out=counter[:m])
+        if k % _UINT8_BLOCKS == 0:
+            counts += counter.sum(axis=0, dtype=np.int64)
+            counter[:] = 0
+    counts += counter.sum(axis=0, dtype=np.int64)
     return counts[None, :]
 
 
@@ -266,21 +382,9 @@ def count_in_field_of_view(
     t_max = weights.shape[2] // 2
     centred_bias = bias - np.tile(centre, t_max)[None, :]
     pchunks = _particle_chunks(poses, chunks)
-    per_chunk = da.blockwise(
-        _count_block,
-        "pt",
-        *_kernel_inputs(poses, experiments, weights, centred_bias, dtype, pchunks),
-        half,
-        None,
-        dtype,
-        None,
-        concatenate=True,
-        new_axes={"t": t_max},
-        adjust_chunks={"p": 1},
-        dtype=np.int64,
-        meta=np.empty((0, 0), dtype=np.int64),
+    counts = _count_graph(
+        _kernel_inputs(poses, experiments, weights, centred_bias, dtype, pchunks), half, dtype, t_max
     )
-    counts = per_chunk.sum(axis=0)
     return xr.DataArray(
         counts,
         dims=("image",),

@@ -28,6 +28,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Literal, overload
 
 import dask.array as da
@@ -35,6 +36,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from cryoxr._shared_output import SharedOutput, share_output
+from cryoxr._shared_output import scheduler_ships_tasks as _scheduler_ships_tasks
 from cryoxr.errors import InvalidValueError
 from cryoxr.geometry import PerExperiment, projection_operators
 from cryoxr.image import ArraySource
@@ -138,8 +141,14 @@ def _codes(poses: xr.Dataset, experiments: list[str], chunks: tuple[int, ...]) -
     by dask.distributed)."""
     codes = _particle_codes(poses, experiments)
     if codes is None:
-        return da.zeros(poses.sizes["particle"], dtype=np.int64, chunks=(chunks,))
+        return _zero_codes(poses.sizes["particle"], chunks)
     return _chunked(codes, chunks)
+
+
+@functools.lru_cache(maxsize=16)
+def _zero_codes(n: int, chunks: tuple[int, ...]) -> da.Array:
+    """Lazy int64 zeros, built once per shape: ``da.zeros`` tokenizes its arguments (~7 ms a call)."""
+    return da.zeros(n, dtype=np.int64, chunks=(chunks,))
 
 
 def _kernel_inputs(
@@ -195,24 +204,26 @@ class _Projection:
     array :func:`project` returned (same dask name) is recognised by :func:`projection_of`.
     """
 
-    __slots__ = ("bias", "dtype", "experiments", "name", "pchunks", "poses", "weights")
+    __slots__ = ("bias", "dtype", "inputs", "name", "pchunks", "weights")
 
     def __init__(
         self,
         name: str,
-        poses: xr.Dataset,
-        experiments: list[str],
+        inputs: list[Any],
         weights: np.ndarray,
         bias: np.ndarray,
         dtype: np.dtype,
         pchunks: tuple[int, ...],
     ) -> None:
-        self.name, self.poses, self.experiments = name, poses, experiments
+        self.name, self.inputs = name, inputs
         self.weights, self.bias, self.dtype, self.pchunks = weights, bias, dtype, pchunks
 
-    def kernel_inputs(self, bias: np.ndarray) -> list[Any]:
-        """:func:`_kernel_inputs` of this projection, with another bias (a centred one, say)."""
-        return _kernel_inputs(self.poses, self.experiments, self.weights, bias, self.dtype, self.pchunks)
+    def kernel_inputs(self, bias: np.ndarray | None = None) -> list[Any]:
+        """The :func:`_kernel_inputs` :func:`project` used (the same dask arrays), with another bias
+        (a centred one, say)."""
+        if bias is None:
+            return list(self.inputs)
+        return [*self.inputs[:-2], da.from_array(bias.astype(self.dtype), chunks=-1, name=False), "em"]
 
 
 def projection_of(data: Any) -> _Projection | None:
@@ -313,6 +324,11 @@ def project(
         lacks are NaN. attrs ``pixel_spacing`` (Å per tilt-image pixel, when all
         experiments share one). With ``return_depth``: a Dataset of that array
         (``projected``) and ``depth`` (dims ``("particle", "image")``, model pixels).
+        Computed by itself on an in-process scheduler (``.compute()``, ``.values``), the
+        array's tasks write their rows straight into one result, so the peak is the
+        result plus one chunk's inputs per thread (dask would hold every chunk and their
+        concatenation: twice the result); everything built on it streams chunk by chunk,
+        and ``in_field_of_view`` of it fuses projection and test into one kernel.
 
     Raises
     ------
@@ -355,20 +371,11 @@ def project(
     pchunks = _particle_chunks(poses, chunks)
     k = 3 if return_depth else 2
     t_max = weights.shape[2] // k
+    inputs = _kernel_inputs(poses, experiments, weights, bias, dtype, pchunks)
     out = da.blockwise(
-        _project_block,
-        "pta",
-        *_kernel_inputs(poses, experiments, weights, bias, dtype, pchunks),
-        dtype,
-        None,
-        None,
-        None,
-        k,
-        None,
-        concatenate=True,
-        new_axes={"t": t_max, "a": k},
-        meta=np.empty((0, 0, 0), dtype=dtype),
-    )
+        _project_block, "pta", *inputs, dtype, None, None, None, k, None,
+        concatenate=True, new_axes={"t": t_max, "a": k}, meta=np.empty((0, 0, 0), dtype=dtype),
+    )  # fmt: skip
     coords: dict[str, Any] = {"image": np.arange(t_max), "axis": ["x", "y"]}
     if "experiment_id" in poses.coords:
         coords["experiment_id"] = ("particle", np.asarray(poses.coords["experiment_id"].values))
@@ -377,14 +384,46 @@ def project(
         attrs["pixel_spacing"] = float(spacing[0])
     dims = ("particle", "image", "axis")
     if not return_depth:
+        # computed alone, the chunks are written into one output (no concatenation)
+        shared: Any = share_output(out, functools.partial(_rows_written, out.name, inputs, pchunks, dtype))
+        out = shared
         # what a fused kernel (the field-of-view test) needs to redo this projection itself
-        out._cryoxr_projection = _Projection(out.name, poses, experiments, weights, bias, dtype, pchunks)
+        out._cryoxr_projection = _Projection(out.name, inputs, weights, bias, dtype, pchunks)
         return xr.DataArray(out, dims=dims, coords=coords, attrs=attrs, name="projected")
     projected = xr.DataArray(out[:, :, :2], dims=dims, coords=coords, attrs=attrs, name="projected")
     depth_coords = {k: v for k, v in coords.items() if k != "axis"}
     depth_attrs = {"units": "pixel", "experiment_ids": experiments, "long_name": "depth along the beam"}
     depth = xr.DataArray(out[:, :, 2], dims=dims[:2], coords=depth_coords, attrs=depth_attrs, name="depth")
     return xr.Dataset({"projected": projected, "depth": depth})
+
+
+def _project_rows_block(
+    position: np.ndarray,
+    shift: np.ndarray,
+    codes: np.ndarray,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    starts: np.ndarray,
+    dtype: Any,
+    target: SharedOutput,
+) -> np.ndarray:
+    """Project one chunk into its rows of a shared output; returns those rows (a view)."""
+    n = position.shape[0]
+    rows = target.rows(int(starts[0]), n)
+    _project_block(position, shift, codes, weights, bias, dtype, out=rows.reshape(n, -1))
+    return rows
+
+
+def _rows_written(
+    name: str, inputs: list[Any], pchunks: tuple[int, ...], dtype: np.dtype, target: SharedOutput
+) -> da.Array:
+    """The graph of :func:`project`'s array ``name`` whose tasks write into ``target``."""
+    starts = np.cumsum((0, *pchunks[:-1])).astype(np.int64)
+    return da.blockwise(
+        _project_rows_block, "pta", *inputs, da.from_array(starts, chunks=1), "p", dtype, None,
+        target, None, name=name, concatenate=True, align_arrays=False,
+        new_axes={"t": target.shape[1], "a": 2}, meta=np.empty((0, 0, 0), dtype=dtype),
+    )  # fmt: skip
 
 
 class _Target:
@@ -419,16 +458,6 @@ def _project_into_block(
     else:
         array[start : start + n] = _project_block(position, shift, codes, weights, bias, dtype)
     return np.array([n], dtype=np.int64)
-
-
-def _scheduler_ships_tasks() -> bool:
-    """Whether the active dask scheduler runs tasks in other processes (copies of the target)."""
-    import dask.base
-    import dask.multiprocessing
-
-    get = dask.base.get_scheduler()
-    owner = getattr(get, "__self__", None)
-    return get is dask.multiprocessing.get or type(owner).__name__ == "Client"
 
 
 def _local_threads() -> int:
@@ -472,7 +501,8 @@ def project_into(
     The values are those of :func:`project`, but each task writes its rows straight into
     ``out`` -- for a C-contiguous numpy array of the same dtype the GEMM's output *is*
     the target -- so no chunk-sized temporary is allocated and nothing is copied twice.
-    Use it when the result must be materialised (numpy) or persisted (zarr); reductions
+    Use it to fill an array you own (numpy, memmap) or to persist (zarr); into memory,
+    ``project(...).compute()`` also writes each chunk once, into a fresh result; reductions
     are better served by :func:`project` or :func:`count_in_field_of_view`.
 
     Numpy and memmap targets need a threaded (or synchronous) scheduler; on

@@ -20,6 +20,7 @@ MAX_LINES = 650
 LAYERS = {
     "cryoxr.errors": 0,
     "cryoxr._writers": 1,
+    "cryoxr._shared_output": 1,
     "cryoxr.image": 1,
     "cryoxr.poseset": 1,
     "cryoxr.projection_model": 1,

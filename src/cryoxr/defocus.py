@@ -179,10 +179,11 @@ def particle_defocus(
     experiments = [g.experiment_id for g in geometries]
     pchunks = _particle_chunks(poses, chunks)
     t_max = weights.shape[2] // 2
+    inputs = _kernel_inputs(poses, experiments, weights, bias, dtype, pchunks)
     out = da.blockwise(
         _project_block,
         "pta",
-        *_kernel_inputs(poses, experiments, weights, bias, dtype, pchunks),
+        *inputs,
         dtype,
         None,
         concatenate=True,
@@ -193,7 +194,7 @@ def particle_defocus(
     if "experiment_id" in poses.coords:
         coords["experiment_id"] = ("particle", np.asarray(poses.coords["experiment_id"].values))
     attrs = {"units": "angstrom", "experiment_ids": experiments}
-    recipe = _Projection(out.name, poses, experiments, weights, bias, dtype, pchunks)
+    recipe = _Projection(out.name, poses, experiments, inputs, weights, bias, dtype, pchunks)
     variables = {}
     for i, name in enumerate((PTC.DEFOCUS_U, PTC.DEFOCUS_V)):
         column = out[:, :, i]

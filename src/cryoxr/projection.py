@@ -204,18 +204,21 @@ class _Projection:
     array :func:`project` returned (same dask name) is recognised by :func:`projection_of`.
     """
 
-    __slots__ = ("bias", "dtype", "inputs", "name", "pchunks", "weights")
+    __slots__ = ("bias", "dtype", "experiments", "inputs", "name", "pchunks", "poses", "weights")
 
     def __init__(
         self,
         name: str,
+        poses: xr.Dataset,
+        experiments: list[str],
         inputs: list[Any],
         weights: np.ndarray,
         bias: np.ndarray,
         dtype: np.dtype,
         pchunks: tuple[int, ...],
     ) -> None:
-        self.name, self.inputs = name, inputs
+        # poses and experiments let a kernel re-chunk the inputs its own way (subtilt blocks)
+        self.name, self.poses, self.experiments, self.inputs = name, poses, experiments, inputs
         self.weights, self.bias, self.dtype, self.pchunks = weights, bias, dtype, pchunks
 
     def kernel_inputs(self, bias: np.ndarray | None = None) -> list[Any]:
@@ -388,7 +391,9 @@ def project(
         shared: Any = share_output(out, functools.partial(_rows_written, out.name, inputs, pchunks, dtype))
         out = shared
         # what a fused kernel (the field-of-view test) needs to redo this projection itself
-        out._cryoxr_projection = _Projection(out.name, inputs, weights, bias, dtype, pchunks)
+        out._cryoxr_projection = _Projection(
+            out.name, poses, experiments, inputs, weights, bias, dtype, pchunks
+        )
         return xr.DataArray(out, dims=dims, coords=coords, attrs=attrs, name="projected")
     projected = xr.DataArray(out[:, :, :2], dims=dims, coords=coords, attrs=attrs, name="projected")
     depth_coords = {k: v for k, v in coords.items() if k != "axis"}

@@ -91,6 +91,15 @@ def test_nominal_alignment(mdoc: Path) -> None:
     assert describe(mdoc)["kind"] == "alignment"
 
 
+def test_a_tilt_angle_the_model_refuses_names_the_file(tmp_path: Path) -> None:
+    # found by the fuzz suite: the ProjectionModel's range check used to speak without the file
+    path = tmp_path / "TS_01.mrc.mdoc"
+    path.write_text(mdoc_text().replace(f"TiltAngle = {ANGLES[0]}", "TiltAngle = 1e308", 1))
+    with pytest.raises(CryoxrError, match="rotation_y") as err:
+        read_alignment(path)
+    assert str(path) in str(err.value)
+
+
 def test_sniffed_without_suffix(tmp_path: Path) -> None:
     path = tmp_path / "TS_01.txt"
     path.write_text(mdoc_text())

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cryoxr.errors import FormatError, InvalidValueError
+from cryoxr.errors import CryoxrError, FormatError, InvalidValueError
 from cryoxr.io._paths import TEXT_MAX_BYTES, PathLike, read_bytes
 from cryoxr.projection_model import PMDL, make_projection_model
 
@@ -322,13 +322,18 @@ def file_model(
 
     ``geometry`` holds the ``rotation_*``, ``dx``, ``dy`` values; ``attrs`` go to ``df.attrs``.
     """
-    df = make_projection_model(
-        **geometry,
-        experiment_id=experiment_id if experiment_id is not None else path.stem,
-        pixel_spacing=pixel_spacing,
-        source=str(path),
-        extra=extra,
-    )
+    try:
+        df = make_projection_model(
+            **geometry,
+            experiment_id=experiment_id if experiment_id is not None else path.stem,
+            pixel_spacing=pixel_spacing,
+            source=str(path),
+            extra=extra,
+        )
+    except CryoxrError as err:  # a value of the file the model refuses: say which file
+        if str(path) in str(err):
+            raise
+        raise type(err)(f"{path}: {err}") from None
     df.attrs.update(attrs)
     return df
 

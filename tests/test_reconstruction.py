@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from dask.callbacks import Callback
 from scipy.spatial.transform import Rotation
 
 import cryoxr
@@ -16,7 +17,7 @@ from cryoxr.backprojection import soft_sphere_mask
 from cryoxr.ctf import ctf_2d
 from cryoxr.errors import InvalidValueError, SchemaError
 from cryoxr.projection_model import rotation_matrices
-from cryoxr.reconstruction import ctf_weights, reconstruct_particle
+from cryoxr.reconstruction import ctf_weights, fold_sum, reconstruct_particle
 from cryoxr.testing import raise_if_dask_computes
 
 #: the planted particle: Gaussian blobs (x, y, z offsets from the box centre in voxels, amplitude)
@@ -386,3 +387,22 @@ def test_ctf_weights_need_the_optics_columns() -> None:
             model,
             ctf_weights=xr.DataArray(np.ones((2, 41, 4, 4)), dims=("particle", "image", "ky", "kx")),
         )
+
+
+@pytest.mark.parametrize(("blocks", "lanes"), [(1, 8), (5, 2), (17, 8), (40, 3)])
+def test_fold_sum_equals_the_sum_and_holds_lanes_not_levels(blocks: int, lanes: int) -> None:
+    rng = np.random.default_rng(blocks)
+    values = rng.standard_normal((blocks, 2, 5, 3))
+    partial = da.from_array(values, chunks=(1, 2, 5, 3))
+    total = fold_sum(partial, lanes=lanes)
+    np.testing.assert_allclose(total.compute(), values.sum(axis=0), rtol=1e-12)
+    # what waits for an addition at any time: one running sum per lane, never a tree level
+    held: list[int] = []
+
+    class Track(Callback):
+        def _posttask(self, key, result, dsk, state, id):  # type: ignore[no-untyped-def]
+            held.append(sum(1 for k in state["cache"] if "fold-running" in str(k)))
+
+    with Track(), dask.config.set(scheduler="synchronous"):
+        total.compute()
+    assert max(held) <= min(lanes, blocks)

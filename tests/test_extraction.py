@@ -14,7 +14,7 @@ from cryoxr.errors import InvalidValueError
 from cryoxr.extraction import extract_subtilts
 from cryoxr.projection import project
 from cryoxr.subtilts import RelionSteps, relion_patches
-from cryoxr.testing import raise_if_dask_computes
+from cryoxr.testing import noise_tilt_series, raise_if_dask_computes
 
 
 def _gaussian_tilt_series(points: np.ndarray, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -213,33 +213,14 @@ def relion_reference(
 def _relion_setup(
     n_tilts: int = 3, *, shape: tuple[int, int] = (80, 96), excluded: bool = False
 ) -> tuple[pd.DataFrame, cryoxr.Image]:
-    rng = np.random.default_rng(7)
-    model = cryoxr.make_projection_model(
-        rotation_y=np.linspace(-30, 30, n_tilts),
-        rotation_z=80.0,
-        experiment_id="TS_01",
-        pixel_spacing=2.5,
-        tomogram_size_x=96,
-        tomogram_size_y=80,
-        tomogram_size_z=40,
-        tilt_image_center_x=48.0,
-        tilt_image_center_y=40.0,
-        defocus_u=np.linspace(30000, 32000, n_tilts),
-        defocus_v=np.linspace(29000, 31000, n_tilts),
-        defocus_angle=35.0,
+    return noise_tilt_series(
+        n_tilts,
+        shape=shape,
         phase_shift=10.0,
         ctf_bfactor=-20.0,
         ctf_scale=0.9,
-        voltage=300.0,
-        spherical_aberration=2.7,
-        amplitude_contrast=0.07,
-        defocus_handedness=-1,
-        pre_exposure=np.arange(n_tilts) * 3.0,
         excluded=[False] * (n_tilts - 1) + [excluded],
     )
-    images = rng.normal(size=(n_tilts, *shape)).astype(np.float32)
-    ts = cryoxr.Image.from_array(images, pixel_spacing=2.5, experiment_id="TS_01", stack=True)
-    return model, ts
 
 
 @pytest.mark.parametrize(("box", "binning", "crop"), [(16, 1.0, 16), (12, 2.0, 8), (10, 1.5, 10)])

@@ -16,35 +16,13 @@ from dask.utils import key_split
 import cryoxr
 from cryoxr.errors import InvalidValueError
 from cryoxr.subtilt_graph import subtilt_blocks
-from cryoxr.testing import raise_if_dask_computes
+from cryoxr.testing import noise_tilt_series, raise_if_dask_computes
 
 N_TILTS = 9
 
 
 def _setup(n_tilts: int = N_TILTS, experiment: str = "TS_01") -> tuple[pd.DataFrame, cryoxr.Image]:
-    rng = np.random.default_rng(7)
-    model = cryoxr.make_projection_model(
-        rotation_y=np.linspace(-40, 40, n_tilts),
-        rotation_z=80.0,
-        experiment_id=experiment,
-        pixel_spacing=2.5,
-        tomogram_size_x=96,
-        tomogram_size_y=80,
-        tomogram_size_z=40,
-        tilt_image_center_x=48.0,
-        tilt_image_center_y=40.0,
-        defocus_u=np.linspace(30000, 32000, n_tilts),
-        defocus_v=np.linspace(29000, 31000, n_tilts),
-        defocus_angle=35.0,
-        voltage=300.0,
-        spherical_aberration=2.7,
-        amplitude_contrast=0.07,
-        defocus_handedness=-1,
-        pre_exposure=np.arange(n_tilts) * 3.0,
-    )
-    images = rng.normal(size=(n_tilts, 80, 96)).astype(np.float32)
-    ts = cryoxr.Image.from_array(images, pixel_spacing=2.5, experiment_id=experiment, stack=True)
-    return model, ts
+    return noise_tilt_series(n_tilts, max_angle=40.0, experiment_id=experiment)
 
 
 def _poses(n: int, seed: int = 3, chunks: int | None = None) -> xr.Dataset:

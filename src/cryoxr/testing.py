@@ -32,11 +32,14 @@ import numpy as np
 import xarray as xr
 from scipy.spatial.transform import Rotation
 
+from cryoxr.image import Image
 from cryoxr.poseset import make_poseset
+from cryoxr.projection_model import make_projection_model
 
 __all__ = [
     "CountingHTTPServer",
     "CountingScheduler",
+    "noise_tilt_series",
     "patch_mrc_header",
     "raise_if_dask_computes",
     "random_array",
@@ -122,6 +125,55 @@ def random_poses(
         source="synthetic",
         chunks=chunks,
     )
+
+
+def noise_tilt_series(
+    n_tilts: int,
+    *,
+    shape: tuple[int, int] = (80, 96),
+    max_angle: float = 30.0,
+    experiment_id: str = "TS_01",
+    **columns: Any,
+) -> tuple[Any, Image]:
+    """A small tilt series of Gaussian noise and its model with RELION 5 optics, for extraction tests.
+
+    Tilts from ``-max_angle`` to ``max_angle``, tilt axis 80°, 2.5 Å/px, a 96 x 80 x 40
+    tomogram centred in the ``shape`` images, per-tilt defocus 3.0-3.2 µm (U) and
+    2.9-3.1 µm (V) at 35°, 300 kV, Cs 2.7 mm, 7% amplitude contrast, handedness -1 and
+    3 e/Å² per tilt. ``columns`` adds or overrides model columns (``phase_shift=10.0``, ...).
+    The images are the same for the same ``n_tilts`` and ``shape`` (seed 7).
+
+    Examples
+    --------
+    >>> from cryoxr.testing import noise_tilt_series
+    >>> model, series = noise_tilt_series(3, phase_shift=10.0)
+    >>> model["rotation_y"].tolist(), model["phase_shift"].tolist(), dict(series.data.sizes)
+    ([-30.0, 0.0, 30.0], [10.0, 10.0, 10.0], {'image': 3, 'y': 80, 'x': 96})
+    """
+    optics: dict[str, Any] = {
+        "tomogram_size_x": 96,
+        "tomogram_size_y": 80,
+        "tomogram_size_z": 40,
+        "tilt_image_center_x": 48.0,
+        "tilt_image_center_y": 40.0,
+        "defocus_u": np.linspace(30000, 32000, n_tilts),
+        "defocus_v": np.linspace(29000, 31000, n_tilts),
+        "defocus_angle": 35.0,
+        "voltage": 300.0,
+        "spherical_aberration": 2.7,
+        "amplitude_contrast": 0.07,
+        "defocus_handedness": -1,
+        "pre_exposure": np.arange(n_tilts) * 3.0,
+    }
+    model = make_projection_model(
+        rotation_y=np.linspace(-max_angle, max_angle, n_tilts),
+        rotation_z=80.0,
+        experiment_id=experiment_id,
+        pixel_spacing=2.5,
+        **{**optics, **columns},
+    )
+    images = np.random.default_rng(7).normal(size=(n_tilts, *shape)).astype(np.float32)
+    return model, Image.from_array(images, pixel_spacing=2.5, experiment_id=experiment_id, stack=True)
 
 
 def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> np.ndarray:

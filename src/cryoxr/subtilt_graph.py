@@ -198,9 +198,13 @@ class _Source:
         """Dask arrays the tasks take (chunked along particles as ``pchunks``)."""
         if self.recipe is not None:
             r = self.recipe
-            position, _, shift, _, codes = _kernel_inputs(
-                r.poses, r.experiments, r.weights, r.bias, r.dtype, pchunks
-            )[:5]
+            # the very pose chunks project / particle_defocus made, when the blocks agree
+            inputs = (
+                r.kernel_inputs()
+                if tuple(pchunks) == tuple(r.pchunks)
+                else _kernel_inputs(r.poses, r.experiments, r.weights, r.bias, r.dtype, pchunks)
+            )
+            position, _, shift, _, codes = inputs[:5]
             return [position, shift, codes]
         assert self.array is not None
         return [self.array.rechunk((pchunks, tchunks, 2))]

@@ -224,8 +224,10 @@ class _CountingHandler(http.server.SimpleHTTPRequestHandler):
 
     def copyfile(self, source: Any, outputfile: Any) -> None:
         data = source.read()
-        outputfile.write(data)
+        # counted before the client can read it: a test that resets the counters as soon
+        # as its read returns must never see these bytes land afterwards
         self.counter._record(None, self.path, len(data))
+        outputfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests read the counters instead
